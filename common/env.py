@@ -1,0 +1,63 @@
+"""Library versions and device description recorded with every artifact and report."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+
+_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "peft",
+             "bitsandbytes", "tensorrt", "scikit-learn", "tokenizers")
+
+
+def versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """Installed versions, read from package metadata (no heavy import)."""
+    out = {"python": platform.python_version()}
+    for p in packages:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_device() -> dict[str, object]:
+    flags = cpu_flags()
+    return {
+        "kind": "cpu",
+        "name": cpu_name(),
+        "cores": os.cpu_count(),
+        # VNNI decides whether INT8 GEMMs beat FP32 on x86: report it next to every CPU number.
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+    }
+
+
+def cuda_device(index: int = 0) -> dict[str, object]:
+    import torch  # lazy: only for GPU descriptions
+
+    props = torch.cuda.get_device_properties(index)
+    return {"kind": "cuda", "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "memory_gb": round(props.total_memory / 2**30, 1)}

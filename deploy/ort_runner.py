@@ -1,0 +1,84 @@
+"""ONNX Runtime runner. The requested execution provider must really be active after the session
+is created: ONNX Runtime drops an EP it cannot initialise and runs on CPU without a word, which
+would put CPU numbers in a GPU row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.runner import BaseRunner, RunnerError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+
+
+def check_provider(provider: str) -> str:
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise RunnerError(f"unknown provider {provider!r}; choose one of {sorted(PROVIDERS)}")
+    want = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if want not in available:
+        hint = (" Install onnxruntime-gpu (and uninstall onnxruntime) with a matching CUDA/cuDNN."
+                if provider != "cpu" else "")
+        raise RunnerError(f"ONNX Runtime provider {want} is not available in this install "
+                          f"(available: {', '.join(available)}).{hint}")
+    return want
+
+
+class OrtRunner(BaseRunner):
+    backend = "ort"
+
+    def __init__(self, path: Path, input_names: tuple[str, ...] | None = None, threads: int = 1,
+                 provider: str = "cpu", variant: str = "fp32", extra_files: tuple[Path, ...] = ()):
+        super().__init__(variant, input_names or (), threads)
+        self.path = Path(path)
+        self.provider = provider
+        self.extra_files = extra_files
+        self.session: Any = None
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        want = check_provider(self.provider)
+        if not self.path.is_file():
+            raise RunnerError(f"{self.path} not found; build it with `make engines`")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [want] if want == "CPUExecutionProvider" else [want, "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as exc:  # corrupt or truncated files fail here
+            raise RunnerError(f"ONNX Runtime could not load {self.path}: {exc}. "
+                              "Rebuild it with `make engines`.") from exc
+        active = self.session.get_providers()
+        if want not in active:
+            raise RunnerError(f"ONNX Runtime created the session without {want} (active: {active}); "
+                              "refusing to fall back to CPU silently")
+        names = tuple(i.name for i in self.session.get_inputs())
+        if self.input_names and set(self.input_names) != set(names):
+            raise RunnerError(f"{self.path} takes inputs {names}, expected {self.input_names}")
+        self.input_names = names
+        super().load()
+
+    def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        self._require_loaded()
+        return self.session.run(["logits"], self._check_feed(feed))[0]
+
+    def close(self) -> None:
+        self.session = None
+        super().close()
+
+    def files(self) -> list[Path]:
+        return [self.path, *self.extra_files]
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "device": self.provider, "provider": PROVIDERS[self.provider],
+                "active_providers": self.session.get_providers() if self.session else None,
+                "graph_optimization": "ORT_ENABLE_ALL"}

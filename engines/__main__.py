@@ -1,0 +1,52 @@
+"""python -m engines [--model ...] [--data ...] [--stages baseline,onnx,...]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common.data import DEFAULT_DATASET
+from common.modelsource import DEFAULT_MODEL
+from engines.pipeline import STAGES, BuildConfig, build_all
+from export.onnx_export import ExportConfig
+from train.finetune import FinetuneConfig
+
+
+def parse(argv: list[str] | None = None) -> BuildConfig:
+    p = argparse.ArgumentParser(prog="python -m engines", description=__doc__)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local dir (default: packaged MiniLM)")
+    p.add_argument("--data", default=DEFAULT_DATASET, help="Hub dataset name or local folder of jsonl")
+    p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
+    p.add_argument("--force", action="store_true", help="rebuild even if current")
+    d = FinetuneConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--amp", default=d.amp, choices=["none", "fp16", "bf16"])
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--limit-train", type=int, default=0)
+    p.add_argument("--limit-eval", type=int, default=0)
+    a = p.parse_args(argv)
+    ft = FinetuneConfig(model=a.model, data=a.data, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+                        max_length=a.max_length, warmup_ratio=a.warmup_ratio,
+                        weight_decay=a.weight_decay, seed=a.seed, amp=a.amp, device=a.device,
+                        threads=a.threads, limit_train=a.limit_train, limit_eval=a.limit_eval)
+    stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
+    return BuildConfig(model=a.model, data=a.data, artifacts=a.artifacts, stages=stages,
+                       force=a.force, finetune=ft,
+                       export=ExportConfig(max_length=a.max_length, data=a.data))
+
+
+def main(argv: list[str] | None = None) -> int:
+    build_all(parse(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Write one evaluation as JSON (+ logits .npy), Markdown and a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.labels import LABELS
+from common.manifest import write_json_atomic
+from evaluate.plots import confusion_png
+
+
+def stem(backend: str, variant: str) -> str:
+    return f"{backend}-{variant}"
+
+
+def to_markdown(r: dict) -> str:
+    dev = r["device"]
+    lat, bl, tp = r["latency_ms"], r["batched_latency_ms"], r["throughput"]
+    lines = [
+        f"# {r['backend']} / {r['variant']}",
+        "",
+        f"- model: `{r['model']}`; data: `{r['data']}` split `{r['split']}` ({r['n_examples']} rows)",
+        f"- device: {dev.get('name', dev.get('kind'))}; provider: {r['provider']}; threads: {r['threads']}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r['versions'].items()))}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| macro F1 | {r['macro_f1']:.4f} |",
+        f"| accuracy | {r['accuracy']:.4f} |",
+        f"| size MB | {r['size_mb']:.1f} |",
+        f"| latency batch 1 p50 / p95 / p99 ms | {lat['p50']:.2f} / {lat['p95']:.2f} / {lat['p99']:.2f} |",
+        f"| latency batch {bl['batch_size']} p50 / p95 ms | {bl['p50']:.2f} / {bl['p95']:.2f} |",
+        f"| throughput (batch {tp['batch_size']}) | {tp['examples_per_s']:.1f} examples/s |",
+        "",
+        f"Size: {r['size_note']}.",
+        "",
+        f"Measured: batch 1: {r['measurement']['batch1']}. Batched: {r['measurement']['batched']}. "
+        f"Max length {r['measurement']['max_length']} ({r['measurement']['truncated_texts']} texts truncated).",
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name in LABELS:
+        c = r["per_class"][name]
+        lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
+              "| | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
+    for name, row in zip(LABELS, r["confusion_matrix"], strict=True):
+        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", f"![confusion matrix]({stem(r['backend'], r['variant'])}-confusion.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(result: dict, out: Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = stem(result["backend"], result["variant"])
+    r = dict(result)
+    logits = r.pop("logits")
+    paths = {"json": out / f"{s}.json", "md": out / f"{s}.md", "png": out / f"{s}-confusion.png",
+             "logits": out / f"{s}.logits.npy"}
+    np.save(paths["logits"], np.asarray(logits, dtype=np.float32))
+    r["logits_file"] = paths["logits"].name
+    write_json_atomic(paths["json"], r)
+    paths["md"].write_text(to_markdown(r), encoding="utf-8")
+    confusion_png(r["confusion_matrix"], f"{s}: macro F1 {r['macro_f1']:.3f}", paths["png"])
+    return paths
+
+
+def load_report(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

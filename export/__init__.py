@@ -1,0 +1,1 @@
+"""ONNX export of the fine-tuned classifier and its validation against PyTorch."""

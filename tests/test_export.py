@@ -1,0 +1,40 @@
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from common.data import load_split
+from common.feeds import encode
+from common.manifest import Manifest
+from common.modelsource import load_tokenizer
+from export.onnx_export import ExportValidationError, onnx_input_names, validate_against_torch
+
+
+def test_export_is_validated_and_recorded(tiny_artifacts):
+    e = Manifest(tiny_artifacts).get("onnx-fp32")
+    v = e["validation"]
+    assert v["top1_agreement"] == 1.0 and v["max_abs_diff"] <= v["atol"] and v["n"] >= 48
+    assert e["inputs"] == {"artifact:baseline": Manifest(tiny_artifacts).get("baseline")["sha256"]}
+
+
+def test_dynamic_batch_and_sequence(tiny_artifacts):
+    path = tiny_artifacts / "onnx" / "fp32.onnx"
+    names = onnx_input_names(path)
+    assert names[:2] == ["input_ids", "attention_mask"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, seq in [(1, 5), (3, 17), (7, 64)]:
+        feed = {n: np.ones((batch, seq), dtype=np.int64) for n in names}
+        assert sess.run(["logits"], feed)[0].shape == (batch, 6)
+
+
+def test_validation_fails_loudly_on_mismatch(tiny_artifacts, data_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    ckpt = tiny_artifacts / "baseline"
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    with torch.no_grad():  # a model that is not the one exported
+        model.classifier.bias += torch.tensor([5.0, 0, 0, 0, 0, -5.0])
+    enc = encode(load_tokenizer(ckpt), load_split(data_dir, "test").texts[:20], 64)
+    with pytest.raises(ExportValidationError, match="disagrees with PyTorch"):
+        validate_against_torch(model, tiny_artifacts / "onnx" / "fp32.onnx", enc,
+                               onnx_input_names(tiny_artifacts / "onnx" / "fp32.onnx"), 1e-3)

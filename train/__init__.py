@@ -1,0 +1,1 @@
+"""Fine-tuning recipes: the FP32 baseline (finetune), later QAT and QLoRA."""

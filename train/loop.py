@@ -1,0 +1,59 @@
+"""Pieces shared by every training recipe: seeding, length-bucketed batches, torch evaluation."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from common.feeds import Encoded, batches
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def bucketed_batches(enc: Encoded, batch_size: int, rng: np.random.Generator,
+                     bucket_factor: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar length: ~2x faster on CPU than random batches, since padding
+    to the longest example dominates the cost of short sentences. Shuffle, sort inside windows of
+    `bucket_factor` batches, cut, then shuffle the batch order."""
+    idx = rng.permutation(len(enc))
+    lengths = enc.lengths()
+    window = batch_size * bucket_factor
+    out: list[list[int]] = []
+    for s in range(0, len(idx), window):
+        chunk = sorted(idx[s:s + window].tolist(), key=lambda i: lengths[i])
+        out.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def torch_logits(model, enc: Encoded, input_names, batch_size: int = 64, device: str = "cpu",
+                 progress: str | None = None) -> np.ndarray:
+    """Logits of every example, in order (batches padded to their own longest example)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for b in tqdm(batches(len(enc), batch_size), desc=progress, disable=progress is None,
+                      leave=False):
+            feed = enc.batch(b, input_names)
+            t = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
+            out.append(model(**t).logits.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def model_input_names(model) -> tuple[str, ...]:
+    """BERT-style models take token_type_ids only when the config has a type vocabulary."""
+    names = ["input_ids", "attention_mask"]
+    if getattr(model.config, "type_vocab_size", 0) and "token_type_ids" in \
+            model.forward.__code__.co_varnames:
+        names.append("token_type_ids")
+    return tuple(names)
