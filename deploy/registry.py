@@ -25,7 +25,18 @@ class Variant:
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("torch", "fp32", "baseline", "fine-tuned FP32 checkpoint in PyTorch"),
+    Variant("torch", "ptq-dynamic", "torch-ptq-dynamic",
+            "torch.ao quantize_dynamic: int8 encoder Linear weights, activations quantized per batch"),
     Variant("ort", "fp32", "onnx-fp32", "FP32 ONNX export (plain graph)"),
+    Variant("ort", "fp32-fused", "onnx-fp32-fused", "FP32 ONNX after ORT's transformers optimizer"),
+    Variant("ort", "dynamic", "onnx-dynamic", "ORT quantize_dynamic of the plain FP32 graph"),
+    Variant("ort", "ptq", "onnx-ptq", "ORT static QDQ INT8 (U8 symmetric activations, S8 weights)"),
+    Variant("ort", "ptq-s8", "onnx-ptq-s8", "ORT static QDQ INT8, S8 activations (TensorRT flavour)"),
+    Variant("ort", "dynamic-fused", "onnx-dynamic-fused", "ORT quantize_dynamic of the fused graph"),
+    Variant("trt", "fp32", "trt-fp32", "TensorRT FP32 engine"),
+    Variant("trt", "fp16", "trt-fp16", "TensorRT FP16 engine"),
+    Variant("trt", "int8", "trt-int8", "TensorRT implicit INT8, entropy calibrator (TensorRT 10.x)"),
+    Variant("trt", "ptq", "trt-ptq", "TensorRT explicit INT8 from the ORT PTQ Q/DQ ONNX (S8)"),
 )
 
 
@@ -70,4 +81,10 @@ def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int 
         from deploy.ort_runner import OrtRunner
 
         return OrtRunner(path, names, threads, provider=device, variant=variant)
+    if backend == "trt":
+        from deploy.trt_runner import TrtRunner
+        from engines.trt_build import TrtProfile
+
+        e = man.get(spec.artifact)
+        return TrtRunner(path, names, e["device"], TrtProfile(**e["trt"]["profile"]), variant)
     raise RunnerError(f"backend {backend!r} has no runner yet")

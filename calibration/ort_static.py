@@ -1,0 +1,164 @@
+"""ONNX Runtime static PTQ in QDQ format over the saved calibration set, with an automatic
+per-block sensitivity pass that keeps in FP32 the blocks that cost too much macro F1.
+
+Order of work: quant_pre_process (shape inference; NO attention fusion, since fused ops are not
+statically quantized) -> quantize_static(QDQ) -> validation macro F1 against the FP32 graph ->
+if the drop exceeds the budget, quantize one block at a time, rank blocks by their own drop, and
+keep the worst in FP32 until the whole model fits the budget.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calibration.ort_reader import make_reader
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    method: str = "minmax"
+    per_channel: bool = True
+    # Symmetric INT8 activations in both flavours: "u8" writes them as uint8 with zero point 128
+    # (ONNX Runtime on x86 without VNNI runs S8 activations 2-10x slower, measured here), "s8" as
+    # int8 with zero point 0 (what TensorRT's explicit-quantization path wants). Same quantizer.
+    activation_type: str = "u8"
+    # MatMul: every projection and feed-forward matrix (and the two attention matmuls);
+    # Gather: the embedding tables (most of the bytes: without it size stays ~0.65x).
+    # Kept FP32 by construction: LayerNorm, Softmax, GELU (Erf), residual Adds, the pooler and
+    # classifier Gemms (tiny; they write the logits).
+    op_types: tuple[str, ...] = ("MatMul", "Gather")
+    exclude_blocks: tuple[str, ...] = ()  # e.g. ("layer.5",): kept FP32 on purpose
+    auto_exclude: bool = True  # sensitivity pass when the validation drop exceeds the budget
+    max_f1_drop_pt: float = 0.5
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method must be one of {METHODS}, not {self.method!r}")
+        if self.activation_type not in {"u8", "s8"}:
+            raise ValueError("activation_type must be u8 (CPU) or s8 (TensorRT)")
+
+
+def block_of(node_name: str) -> str:
+    """Which block a node of the torch.onnx BERT export belongs to."""
+    m = re.search(r"/encoder/layer\.(\d+)/", node_name)
+    if m:
+        return f"layer.{m.group(1)}"
+    if "/embeddings/" in node_name:
+        return "embeddings"
+    return "head"
+
+
+def quantizable_nodes(model_path: Path, op_types: tuple[str, ...]) -> dict[str, list[str]]:
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in m.graph.initializer}
+    out: dict[str, list[str]] = {}
+    for n in m.graph.node:
+        if n.op_type not in op_types:
+            continue
+        # Gather nodes that index shape tensors (not embedding tables) stay as they are.
+        if n.op_type == "Gather" and n.input[0] not in init:
+            continue
+        out.setdefault(block_of(n.name), []).append(n.name)
+    return out
+
+
+def preprocess(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # skip_symbolic_shape: symbolic shape inference stops on this export with "Incomplete
+    # symbolic shape inference" (dynamic batch/sequence); ONNX shape inference suffices.
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def quantize(pre: Path, dst: Path, calib: Path, names: list[str], batch_size: int,
+             cfg: StaticConfig, nodes: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.method]
+    act = QuantType.QUInt8 if cfg.activation_type == "u8" else QuantType.QInt8
+    # Only inputs/outputs of the op types quantized are calibrated, so the additive attention
+    # mask (-3.4e38 where padded), which breaks histogram calibrators ("Too many bins for data
+    # range"), is never histogrammed: it only feeds an Add.
+    extra: dict[str, object] = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if cfg.method == "percentile":
+        extra["CalibPercentile"] = cfg.percentile
+    quantize_static(str(pre), str(dst), make_reader(calib, batch_size, names),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(cfg.op_types),
+                    per_channel=cfg.per_channel, activation_type=act, weight_type=QuantType.QInt8,
+                    nodes_to_quantize=nodes, calibrate_method=method, extra_options=extra)
+
+
+def macro_f1_onnx(path: Path, enc, names: list[str], labels: np.ndarray, threads: int = 0) -> float:
+    import onnxruntime as ort
+
+    from common.feeds import batches
+    from evaluate.metrics import classification_metrics
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    logits = np.concatenate([sess.run(["logits"], enc.batch(b, names))[0]
+                             for b in batches(len(enc), 64)])
+    return classification_metrics(labels, logits.argmax(-1))["macro_f1"]
+
+
+def build_static_ptq(fp32: Path, out: Path, calib: Path, names: list[str], batch_size: int,
+                     cfg: StaticConfig, val_enc, val_labels: np.ndarray) -> dict:
+    """Returns what the manifest and report record: blocks quantized / kept FP32, F1s, sensitivity."""
+    work = Path(tempfile.mkdtemp(prefix="ptq-"))
+    try:
+        pre = work / "pre.onnx"
+        preprocess(fp32, pre)
+        blocks = quantizable_nodes(pre, cfg.op_types)
+        f1_fp32 = macro_f1_onnx(fp32, val_enc, names, val_labels)
+        budget = cfg.max_f1_drop_pt / 100
+
+        def run(keep_fp32: set[str], path: Path) -> float:
+            nodes = [n for b, ns in blocks.items() if b not in keep_fp32 for n in ns]
+            quantize(pre, path, calib, names, batch_size, cfg, nodes)
+            return macro_f1_onnx(path, val_enc, names, val_labels)
+
+        excluded = set(cfg.exclude_blocks)
+        cand = work / "q.onnx"
+        f1 = run(excluded, cand)
+        print(f"  static INT8 ({cfg.method}): validation macro F1 {f1:.4f} vs FP32 {f1_fp32:.4f}")
+        sensitivity: dict[str, float] = {}
+        if f1_fp32 - f1 > budget and cfg.auto_exclude:
+            for b in sorted(set(blocks) - excluded):
+                only = set(blocks) - {b}
+                sensitivity[b] = f1_fp32 - run(only, work / "one.onnx")
+                print(f"  sensitivity: only {b} quantized -> drop {100 * sensitivity[b]:.2f} pt")
+            for b in sorted(sensitivity, key=sensitivity.get, reverse=True):  # type: ignore[arg-type]
+                if f1_fp32 - f1 <= budget or len(excluded) >= len(blocks) - 1:
+                    break
+                excluded.add(b)
+                f1 = run(excluded, cand)
+                print(f"  keeping {sorted(excluded)} in FP32 -> validation macro F1 {f1:.4f}")
+        shutil.move(str(cand), str(out))
+        from export.ort_graphs import op_counts
+
+        return {
+            "static": asdict(cfg), "blocks_quantized": sorted(set(blocks) - excluded),
+            "blocks_fp32": sorted(excluded), "val_macro_f1_fp32": f1_fp32, "val_macro_f1_int8": f1,
+            "val_drop_pt": 100 * (f1_fp32 - f1), "within_budget": f1_fp32 - f1 <= budget,
+            "sensitivity_drop_pt": {k: 100 * v for k, v in sensitivity.items()},
+            "kept_fp32_ops": ["LayerNormalization", "Softmax", "Erf (GELU)", "Add (residual/bias)",
+                              "Gemm (pooler, classifier)"],
+            "qdq_ops": {k: v for k, v in op_counts(out).items()
+                        if k in {"QuantizeLinear", "DequantizeLinear"}},
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

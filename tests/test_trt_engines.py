@@ -1,0 +1,55 @@
+"""Real TensorRT engines from the tiny model (marked trt: run where TensorRT and a GPU exist,
+e.g. inside docker/Dockerfile.gpu; skipped with the reason elsewhere)."""
+
+import numpy as np
+import pytest
+
+from common.data import load_split
+from common.feeds import batches, encode
+from common.modelsource import load_tokenizer
+
+pytestmark = pytest.mark.trt
+
+
+@pytest.fixture(scope="module")
+def trt_artifacts(tiny_artifacts, tiny_model_dir, data_dir):
+    from engines.pipeline import build_all
+    from tests.conftest import tiny_build_config
+
+    b = build_all(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts, stages=("trt",)))
+    assert {"trt-fp32", "trt-fp16", "trt-ptq"} <= set(b.built) | set(b.skipped)
+    return tiny_artifacts
+
+
+@pytest.mark.parametrize("variant, reference, min_agreement", [
+    ("fp32", "fp32", 1.0), ("fp16", "fp32", 0.97), ("ptq", "ptq-s8", 0.95), ("int8", "fp32", 0.9)])
+def test_engine_agrees_with_onnx_runtime(trt_artifacts, data_dir, variant, reference, min_agreement):
+    import tensorrt as trt
+
+    from deploy.registry import make_runner
+
+    if variant == "int8" and int(trt.__version__.split(".")[0]) >= 11:
+        pytest.skip("implicit INT8 does not exist in TensorRT 11")
+    enc = encode(load_tokenizer(trt_artifacts / "baseline"), load_split(data_dir, "test").texts, 64)
+    with make_runner("trt", variant, trt_artifacts) as t, make_runner("ort", reference, trt_artifacts, threads=1) as o:
+        a = np.concatenate([t.infer(enc.batch(b, t.input_names)) for b in batches(len(enc), 16)])
+        r = np.concatenate([o.infer(enc.batch(b, o.input_names)) for b in batches(len(enc), 16)])
+    assert (a.argmax(-1) == r.argmax(-1)).mean() >= min_agreement
+    if variant == "fp32":
+        assert np.abs(a - r).max() < 1e-2
+
+
+def test_engine_from_another_gpu_is_refused(trt_artifacts, tmp_path):
+    import json
+    import shutil
+
+    from deploy.registry import make_runner
+    from deploy.runner import RunnerError
+
+    art = tmp_path / "a"
+    shutil.copytree(trt_artifacts, art)
+    m = json.loads((art / "manifest.json").read_text())
+    m["trt-fp16"]["device"]["compute_capability"] = "1.0"
+    (art / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RunnerError, match="compute_capability.*make engines"):
+        make_runner("trt", "fp16", art).load()
