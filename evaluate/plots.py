@@ -46,3 +46,62 @@ def confusion_png(cm, title: str, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _label(r: dict) -> str:
+    return f"{r['backend']}/{r['variant']}"
+
+
+def confusion_grid(rows: list[dict], path: Path) -> Path:
+    plt = _plt()
+    n = len(rows)
+    cols = min(3, n)
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 4.3 * nrows), squeeze=False)
+    for ax, r in zip(axes.ravel(), rows, strict=False):
+        draw_confusion(ax, r["confusion_matrix"], f"{_label(r)} (macro F1 {r['macro_f1']:.3f})")
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle("Confusion matrices, rows normalised (counts in cells)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_class_bars(rows: list[dict], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(LABELS) + 0.2 * len(rows)), 4.5))
+    width = 0.8 / len(rows)
+    x = np.arange(len(LABELS))
+    for i, r in enumerate(rows):
+        ax.bar(x + i * width - 0.4 + width / 2, [r["per_class_f1"][c] for c in LABELS], width,
+               label=_label(r))
+    ax.set_xticks(x, LABELS)
+    ax.set_ylabel("F1 (test)")
+    lo = min(min(r["per_class_f1"].values()) for r in rows)
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Per-class F1 by variant")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def f1_vs_latency(rows: list[dict], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        ax.scatter(r["latency_ms"]["p50"], r["macro_f1"], s=max(20.0, 4 * r["size_mb"]), alpha=0.6,
+                   label=f"{_label(r)} on {r['device_kind']} ({r['size_mb']:.0f} MB)")
+        ax.annotate(_label(r), (r["latency_ms"]["p50"], r["macro_f1"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("batch-1 latency p50 (ms)")
+    ax.set_ylabel("macro F1 (test)")
+    ax.set_title("Macro F1 vs batch-1 latency (marker area ~ model size)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,150 @@
+"""The comparison: every variant's report in one table, with ratios formed only within one
+backend, device and thread count, agreement with the PyTorch FP32 model, and the rows that could
+not be measured, each with its reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.labels import LABELS
+from common.manifest import write_json_atomic
+from evaluate.report import load_report, stem
+
+AGREEMENT_REFERENCE = ("torch", "fp32")
+FP32_VARIANTS = {"torch": ("fp32",), "ort": ("fp32", "fp32-fused"), "trt": ("fp32",)}
+
+
+def device_key(r: dict) -> tuple:
+    """What must be equal for two numbers to share a ratio: device and thread count."""
+    d = r["device"]
+    return (d.get("kind"), d.get("name"), r.get("threads"))
+
+
+def ratio_vs(r: dict, ref: dict | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    if device_key(r) != device_key(ref):
+        return {"reference": stem(ref["backend"], ref["variant"]),
+                "refused": f"different device/threads ({device_key(r)} vs {device_key(ref)})"}
+    return {"reference": stem(ref["backend"], ref["variant"]),
+            "speedup_batch1": ref["latency_ms"]["p50"] / r["latency_ms"]["p50"],
+            "throughput_ratio": r["throughput"]["examples_per_s"] / ref["throughput"]["examples_per_s"],
+            "size_ratio": r["size_mb"] / ref["size_mb"],
+            "delta_macro_f1_pt": 100 * (r["macro_f1"] - ref["macro_f1"])}
+
+
+def agreement(r: dict, ref: dict | None, reports_dir: Path) -> dict[str, Any] | None:
+    if ref is None or "logits_file" not in r or "logits_file" not in ref:
+        return None
+    a = np.load(reports_dir / r["logits_file"])
+    b = np.load(reports_dir / ref["logits_file"])
+    if a.shape != b.shape:
+        return {"refused": f"different inputs ({a.shape} vs {b.shape})"}
+    return {"reference": stem(*AGREEMENT_REFERENCE), "n": int(a.shape[0]),
+            "top1_pct": 100 * float((a.argmax(-1) == b.argmax(-1)).mean()),
+            "max_abs_logit_diff": float(np.abs(a - b).max())}
+
+
+def what_changed(r: dict, ref: dict | None) -> str:
+    if ref is None:
+        return ""
+    deltas = {c: r["per_class"][c]["f1"] - ref["per_class"][c]["f1"] for c in LABELS}
+    worst = sorted(deltas, key=deltas.get)[:2]  # type: ignore[arg-type]
+    if all(abs(v) < 0.005 for v in deltas.values()):
+        return "per-class F1 within 0.5 pt of the FP32 reference for every class"
+    return "largest per-class F1 changes: " + ", ".join(f"{c} {100 * deltas[c]:+.1f} pt" for c in worst)
+
+
+def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path) -> dict:
+    by = {(r["backend"], r["variant"]): r for r in reports}
+    agree_ref = by.get(AGREEMENT_REFERENCE)
+    rows = []
+    for r in reports:
+        refs = [by[(r["backend"], v)] for v in FP32_VARIANTS.get(r["backend"], ()) if (r["backend"], v) in by]
+        same = [x for x in refs if device_key(x) == device_key(r)]
+        # headline reference: the fastest FP32 graph of this backend on this device/threads
+        head = min(same, key=lambda x: x["latency_ms"]["p50"]) if same else (refs[0] if refs else None)
+        rows.append({
+            "backend": r["backend"], "variant": r["variant"], "device": r["device"].get("name"),
+            "device_kind": r["device"].get("kind"), "threads": r["threads"], "provider": r.get("provider"),
+            "macro_f1": r["macro_f1"], "accuracy": r["accuracy"], "size_mb": r["size_mb"],
+            "latency_ms": r["latency_ms"], "throughput": r["throughput"],
+            "vs_fp32": ratio_vs(r, head), "vs_each_fp32": [ratio_vs(r, x) for x in refs],
+            "agreement": agreement(r, agree_ref, reports_dir),
+            "what_changed": what_changed(r, agree_ref if head is None else head),
+            "per_class_f1": {c: r["per_class"][c]["f1"] for c in LABELS},
+            "confusion_matrix": r["confusion_matrix"], "measurement": r["measurement"],
+            "versions": r["versions"], "report": f"{stem(r['backend'], r['variant'])}.md",
+        })
+    return {"rows": rows, "missing": missing}
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def comparison_markdown(c: dict) -> str:
+    out = ["# Comparison", "",
+           "Ratios compare a variant with the fastest FP32 graph of its own backend measured on the "
+           "same device with the same threads (named in `vs`); other pairs are refused. Agreement: "
+           "top-1 agreement and max |delta logit| against the PyTorch FP32 model on the same test inputs.",
+           "",
+           "| variant | backend | device | threads | macro F1 | accuracy | size MB | p50 ms (b=1) | "
+           "p95 ms (b=1) | throughput ex/s (batch) | vs | speed-up b=1 | size ratio | delta F1 pt | "
+           "top-1 agree % | max abs dlogit |",
+           "|" + "---|" * 16]
+    for r in c["rows"]:
+        v, a = r["vs_fp32"] or {}, r["agreement"] or {}
+        out.append(
+            f"| {r['variant']} | {r['backend']} | {r['device']} | {r['threads']} | {r['macro_f1']:.4f} | "
+            f"{r['accuracy']:.4f} | {r['size_mb']:.1f} | {r['latency_ms']['p50']:.2f} | "
+            f"{r['latency_ms']['p95']:.2f} | {r['throughput']['examples_per_s']:.0f} ({r['throughput']['batch_size']}) | "
+            f"{v.get('reference', '-')} | {_fmt(v.get('speedup_batch1'), '.2f')} | "
+            f"{_fmt(v.get('size_ratio'), '.2f')} | {_fmt(v.get('delta_macro_f1_pt'), '+.2f')} | "
+            f"{_fmt(a.get('top1_pct'), '.2f')} | {_fmt(a.get('max_abs_logit_diff'), '.3f')} |")
+    if c["missing"]:
+        out += ["", "## Not measured", "", "| variant | backend | why |", "|---|---|---|"]
+        out += [f"| {m['variant']} | {m['backend']} | {m['reason']} |" for m in c["missing"]]
+    out += ["", "## Per-class F1", "", "| variant | backend | " + " | ".join(LABELS) + " | what changed |",
+            "|" + "---|" * (len(LABELS) + 3)]
+    for r in c["rows"]:
+        out.append(f"| {r['variant']} | {r['backend']} | " +
+                   " | ".join(f"{r['per_class_f1'][x]:.3f}" for x in LABELS) + f" | {r['what_changed']} |")
+    out += ["", "## How each row was measured", ""]
+    for r in c["rows"]:
+        m = r["measurement"]
+        vers = ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items()))
+        out.append(f"- **{r['backend']}/{r['variant']}**: {r['provider']} on {r['device']}, {r['threads']} "
+                   f"threads; batch 1: {m['batch1']}; batched: {m['batched']}; max length "
+                   f"{m['max_length']}; {vers}. Details: [{r['report']}]({r['report']})")
+    out += ["", "![confusion matrices](comparison-confusion.png)", "",
+            "![per-class F1](comparison-per-class-f1.png)", "",
+            "![macro F1 vs latency](comparison-f1-vs-latency.png)", ""]
+    return "\n".join(out)
+
+
+def write_comparison(reports_dir: Path, missing: list[dict],
+                     report_files: list[Path] | None = None) -> dict[str, Path]:
+    """Compare `report_files` (default: every variant report in reports_dir)."""
+    from evaluate import plots
+
+    reports_dir = Path(reports_dir)
+    if report_files is None:
+        report_files = [p for p in sorted(reports_dir.glob("*.json"))
+                        if not p.name.startswith(("comparison", "serve-"))]
+    reports = [load_report(p) for p in report_files]
+    c = build_comparison(reports, missing, reports_dir)
+    paths = {"json": reports_dir / "comparison.json", "md": reports_dir / "comparison.md",
+             "confusion": reports_dir / "comparison-confusion.png",
+             "per_class": reports_dir / "comparison-per-class-f1.png",
+             "scatter": reports_dir / "comparison-f1-vs-latency.png"}
+    write_json_atomic(paths["json"], c)
+    paths["md"].write_text(comparison_markdown(c), encoding="utf-8")
+    if c["rows"]:
+        plots.confusion_grid(c["rows"], paths["confusion"])
+        plots.per_class_bars(c["rows"], paths["per_class"])
+        plots.f1_vs_latency(c["rows"], paths["scatter"])
+    return paths
