@@ -25,7 +25,7 @@ endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: setup engines evaluate report test lint typecheck pytest clean
+.PHONY: setup engines evaluate report readme-results test lint typecheck pytest clean
 
 setup: $(SETUP)
 
@@ -46,6 +46,15 @@ engines: $(SETUP)
 evaluate: $(SETUP)
 	$(PY) -m evaluate --backend $(BACKEND) --variant $(VARIANT) --data $(DATA) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
+
+# Every built variant on every backend available here, then reports/comparison.{md,json,png}.
+report: $(SETUP)
+	$(PY) -m evaluate --all --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) \
+	    --threads $(THREADS) $(EVAL_ARGS)
+
+# README's Results section, regenerated from reports/comparison.md (never typed by hand).
+readme-results: $(SETUP)
+	$(PY) -m evaluate --compare --out $(REPORTS) --readme README.md
 
 lint: $(SETUP)
 	$(PY) -m ruff check .

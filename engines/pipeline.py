@@ -192,7 +192,9 @@ def ptq_step(b: Builder, activation_type: str) -> Step:
 
     from calibration.ort_static import build_static_ptq
 
-    cfg = dataclasses.replace(b.cfg.static, activation_type=activation_type)
+    cfg = b.cfg.static
+    if activation_type == "s8":  # TensorRT flavour: symmetric, and MinMax (percentile: no gain)
+        cfg = dataclasses.replace(cfg, activation_type="s8", symmetric_activations=True, method="minmax")
     name = "onnx-ptq" if activation_type == "u8" else "onnx-ptq-s8"
 
     def build(tmp: Path) -> dict[str, Any]:

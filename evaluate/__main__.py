@@ -30,6 +30,8 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
     p.add_argument("--variant", default="fp32")
     p.add_argument("--all", action="store_true", help="every built variant, then the comparison")
     p.add_argument("--compare", action="store_true", help="only rebuild the comparison")
+    p.add_argument("--readme", default=None,
+                   help="with --all/--compare: write the comparison into this README's Results block")
     p.add_argument("--data", default=DEFAULT_DATASET)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--batch-size", type=int, default=32)
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             files, missing = run_all(cfg) if a.all else (None, [])
             paths = write_comparison(Path(cfg.out), missing, files)
             print(f"comparison -> {paths['md']}")
+            if a.readme:
+                from evaluate.compare import update_readme
+
+                update_readme(Path(a.readme), paths["md"])
+                print(f"results section of {a.readme} updated")
         else:
             run_one(cfg)
     except USER_ERRORS as exc:

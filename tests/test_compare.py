@@ -1,0 +1,75 @@
+"""Issue 6: the comparison from a few tiny-model reports."""
+
+import json
+import shutil
+
+import pytest
+
+from evaluate.__main__ import main as evaluate_main
+from evaluate.compare import RESULTS_END, RESULTS_START, update_readme
+
+
+@pytest.fixture(scope="module")
+def reports(tiny_artifacts, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    common = ["--data", str(data_dir), "--artifacts", str(tiny_artifacts), "--out", str(out),
+              "--threads", "1", "--batch-size", "16", "--latency-samples", "20", "--warmup", "2"]
+    for backend, variant in [("torch", "fp32"), ("ort", "fp32"), ("ort", "dynamic")]:
+        assert evaluate_main(["--backend", backend, "--variant", variant, *common]) == 0
+    return out
+
+
+def test_comparison_ratios_missing_rows_and_plots(reports, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(reports, out)
+    # a report measured elsewhere (another device): no ratio may be formed with it
+    r = json.loads((out / "ort-dynamic.json").read_text())
+    r["device"] = {**r["device"], "name": "Some Other CPU"}
+    (out / "ort-dynamic.json").write_text(json.dumps(r))
+    assert evaluate_main(["--compare", "--out", str(out)]) == 0
+    c = json.loads((out / "comparison.json").read_text())
+    rows = {(x["backend"], x["variant"]): x for x in c["rows"]}
+    assert set(rows) == {("torch", "fp32"), ("ort", "fp32"), ("ort", "dynamic")}
+    ort_fp32, dyn = rows[("ort", "fp32")], rows[("ort", "dynamic")]
+    assert ort_fp32["vs_fp32"]["speedup_batch1"] == pytest.approx(1.0)
+    assert ort_fp32["vs_fp32"]["reference"] == "ort-fp32"
+    assert "refused" in dyn["vs_fp32"] and "speedup_batch1" not in dyn["vs_fp32"]
+    # the torch row is never divided by an ort number
+    assert rows[("torch", "fp32")]["vs_fp32"]["reference"] == "torch-fp32"
+    assert rows[("torch", "fp32")]["agreement"]["top1_pct"] == 100.0
+    assert ort_fp32["agreement"]["top1_pct"] == 100.0 and ort_fp32["agreement"]["max_abs_logit_diff"] < 1e-3
+    md = (out / "comparison.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| variant | backend | device"))
+    for col in ("macro F1", "accuracy", "size MB", "p50 ms (b=1)", "p95 ms (b=1)", "throughput",
+                "speed-up b=1", "size ratio", "delta F1 pt", "top-1 agree %"):
+        assert col in header
+    for png in ("comparison-confusion.png", "comparison-per-class-f1.png", "comparison-f1-vs-latency.png"):
+        assert (out / png).stat().st_size > 5000
+
+
+def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
+    out = tmp_path / "all"
+    rc = evaluate_main(["--all", "--data", str(data_dir), "--artifacts", str(tiny_artifacts), "--out",
+                        str(out), "--threads", "1", "--latency-samples", "5", "--warmup", "1",
+                        "--limit", "32"])
+    assert rc == 0
+    c = json.loads((out / "comparison.json").read_text())
+    missing = {(m["backend"], m["variant"]): m["reason"] for m in c["missing"]}
+    measured = {(r["backend"], r["variant"]) for r in c["rows"]}
+    assert ("ort", "ptq") in measured and ("torch", "ptq-dynamic") in measured
+    assert "issue 5" in missing[("qlora", "nf4")]
+    from engines.trt_env import tensorrt_status
+
+    if not tensorrt_status()[0]:
+        assert missing[("trt", "fp16")].startswith("backend unavailable")
+    assert "## Not measured" in (out / "comparison.md").read_text()
+
+
+def test_readme_results_block_is_generated(reports, tmp_path):
+    assert evaluate_main(["--compare", "--out", str(reports)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Results\n{RESULTS_START}\nold\n{RESULTS_END}\n\n## Methods\n")
+    update_readme(readme, reports / "comparison.md")
+    text = readme.read_text()
+    assert "old" not in text and "| variant | backend |" in text and text.endswith("## Methods\n")
+    assert f"]({reports.name}/comparison-confusion.png)" in text
