@@ -33,6 +33,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ort", "ptq", "onnx-ptq", "ORT static QDQ INT8 (U8 symmetric activations, S8 weights)"),
     Variant("ort", "ptq-s8", "onnx-ptq-s8", "ORT static QDQ INT8, S8 activations (TensorRT flavour)"),
     Variant("ort", "dynamic-fused", "onnx-dynamic-fused", "ORT quantize_dynamic of the fused graph"),
+    Variant("qlora", "nf4", "qlora", "NF4 base (bitsandbytes) + LoRA adapters (peft), PyTorch"),
     Variant("trt", "fp32", "trt-fp32", "TensorRT FP32 engine"),
     Variant("trt", "fp16", "trt-fp16", "TensorRT FP16 engine"),
     Variant("trt", "int8", "trt-int8", "TensorRT implicit INT8, entropy calibrator (TensorRT 10.x)"),
@@ -81,6 +82,10 @@ def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int 
         from deploy.ort_runner import OrtRunner
 
         return OrtRunner(path, names, threads, provider=device, variant=variant)
+    if backend == "qlora":
+        from deploy.qlora_runner import QloraRunner
+
+        return QloraRunner(path, names, threads, device=device, variant=variant)
     if backend == "trt":
         from deploy.trt_runner import TrtRunner
         from engines.trt_build import TrtProfile

@@ -10,6 +10,7 @@ from common.modelsource import DEFAULT_MODEL
 from engines.pipeline import STAGES, BuildConfig, build_all
 from export.onnx_export import ExportConfig
 from train.finetune import FinetuneConfig
+from train.qlora import QloraConfig
 
 
 def parse(argv: list[str] | None = None) -> BuildConfig:
@@ -32,6 +33,16 @@ def parse(argv: list[str] | None = None) -> BuildConfig:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--limit-train", type=int, default=0)
     p.add_argument("--limit-eval", type=int, default=0)
+    qd = QloraConfig()
+    p.add_argument("--qlora-rank", type=int, default=qd.rank)
+    p.add_argument("--qlora-alpha", type=int, default=qd.alpha)
+    p.add_argument("--qlora-dropout", type=float, default=qd.dropout)
+    p.add_argument("--qlora-targets", default=qd.targets, choices=["attention", "attention+ffn"])
+    p.add_argument("--qlora-lr", type=float, default=qd.lr)
+    p.add_argument("--qlora-epochs", type=int, default=qd.epochs)
+    p.add_argument("--qlora-no-double-quant", action="store_true")
+    p.add_argument("--qlora-compute-dtype", default=qd.compute_dtype,
+                   choices=["float32", "bfloat16", "float16"])
     a = p.parse_args(argv)
     ft = FinetuneConfig(model=a.model, data=a.data, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                         max_length=a.max_length, warmup_ratio=a.warmup_ratio,
@@ -40,7 +51,15 @@ def parse(argv: list[str] | None = None) -> BuildConfig:
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
     return BuildConfig(model=a.model, data=a.data, artifacts=a.artifacts, stages=stages,
                        force=a.force, finetune=ft,
-                       export=ExportConfig(max_length=a.max_length, data=a.data))
+                       export=ExportConfig(max_length=a.max_length, data=a.data),
+                       qlora=QloraConfig(model=a.model, data=a.data, rank=a.qlora_rank,
+                                         alpha=a.qlora_alpha, dropout=a.qlora_dropout,
+                                         targets=a.qlora_targets, lr=a.qlora_lr,
+                                         epochs=a.qlora_epochs, double_quant=not a.qlora_no_double_quant,
+                                         compute_dtype=a.qlora_compute_dtype,
+                                         batch_size=a.batch_size, max_length=a.max_length,
+                                         seed=a.seed, limit_train=a.limit_train,
+                                         limit_eval=a.limit_eval))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,10 @@ from engines.trt_build import TrtProfile
 from export.onnx_export import ExportConfig
 from export.ort_graphs import DynamicConfig
 from train.finetune import FinetuneConfig
+from train.qlora import QloraConfig
 
+# qlora is built on request only (`--stages qlora`): on CPU, bitsandbytes 0.50's 4-bit layers
+# were seen to give non-deterministic NaN losses on small models (see train/qlora.py).
 STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "trt")
 
 
@@ -40,6 +43,7 @@ class BuildConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)
     static: StaticConfig = field(default_factory=StaticConfig)
     trt_profile: TrtProfile = field(default_factory=TrtProfile)
+    qlora: QloraConfig = field(default_factory=QloraConfig)
 
 
 @dataclass
@@ -219,6 +223,43 @@ def ptq_step(b: Builder, activation_type: str) -> Step:
                          "artifact:calibration": b.art("calibration")}, build)
 
 
+def run_isolated(module: str, func: str, *args: Any) -> Any:
+    """Run module.func(*args) (JSON in, JSON out) in a fresh interpreter. QLoRA needs it: in a
+    process that already ran onnxruntime, bitsandbytes' CPU 4-bit layers were seen to return NaN
+    (bitsandbytes 0.50.2, onnxruntime 1.32, torch 2.13), and `make engines` runs ORT steps first."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    code = (f"import json, sys; from {module} import {func}; "
+            f"r = {func}(*json.loads(sys.argv[1])); print('@@RESULT@@' + json.dumps(r))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=repo, text=True,
+                          stdout=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module}.{func} failed in its own process (exit {proc.returncode}); "
+                           "see the messages above")
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")]
+    print("\n".join(x for x in proc.stdout.splitlines() if not x.startswith("@@RESULT@@")))
+    return json.loads(lines[-1].removeprefix("@@RESULT@@"))
+
+
+def qlora_step(b: Builder) -> Step:
+    q = b.cfg.qlora
+
+    def inputs() -> dict[str, str]:
+        fp = dataset_fingerprint(q.data, ("train", "validation"))
+        return {"data:train": fp["train"], "data:validation": fp["validation"],
+                "model": model_fingerprint(q.model)}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        r = run_isolated("train.qlora", "train_qlora_json", asdict(q), str(tmp))
+        return {k: r[k] for k in ("best_val_macro_f1", "train_minutes", "trainable_params",
+                                  "trainable_pct", "weight_memory", "targets", "fp32_weight_bytes")}
+
+    return Step("qlora", "qlora", q.recipe(), inputs, build)
+
+
 # (variant, precision, source ONNX artifact): what the trt backend can run.
 TRT_ENGINES = (("fp32", "fp32", "onnx-fp32"), ("fp16", "fp16", "onnx-fp32"),
                ("int8", "int8-implicit", "onnx-fp32"), ("ptq", "int8-explicit", "onnx-ptq-s8"))
@@ -280,6 +321,7 @@ STEP_FACTORIES: dict[str, list[Callable[[Builder], Any]]] = {
     "calibration": [calibration_step],
     # u8: the CPU flavour (evaluated as ort/ptq); s8: the same quantizer for TensorRT.
     "ptq": [lambda b: ptq_step(b, "u8"), lambda b: ptq_step(b, "s8")],
+    "qlora": [qlora_step],
     "trt": [trt_steps],
 }
 

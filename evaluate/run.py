@@ -60,6 +60,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             logits.append(runner.infer(feed))
             batch_times.append(time.perf_counter() - t0)
         all_logits = np.concatenate(logits)
+        if not np.isfinite(all_logits).all():
+            from deploy.runner import RunnerError
+
+            raise RunnerError(f"{cfg.backend}/{cfg.variant} produced non-finite logits; refusing to score them")
         # Batch-1 pass over real sentences, unpadded, after warm-up.
         n_lat = min(cfg.latency_samples or len(enc), len(enc))
         for i in range(min(cfg.warmup, n_lat)):
@@ -98,5 +102,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             "max_length": max_length, "truncated_texts": enc.truncated,
         },
         "versions": versions(), "config": asdict(cfg),
+        **({"weight_memory": {**info["weight_memory"], "fp32_weight_bytes": info.get("fp32_weight_bytes"),
+                              "note": "in-memory weight bytes of the NF4 model (packed 4-bit + "
+                                      "quantization state + FP parts); size_mb above is the adapter "
+                                      "files on disk"}, "qlora": info.get("qlora")}
+           if "weight_memory" in info else {}),
         "logits": all_logits,
     }

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# torch before onnxruntime: test modules import onnxruntime at collection time, and a process
+# that loads onnxruntime first gets NaN from bitsandbytes' CPU 4-bit layers (train/qlora.py).
+import torch  # noqa: F401  isort: skip
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMOTION_DATA", REPO.parent / "shared" / "data" / "emotion"))
 SLICES = {"train": 320, "validation": 160, "test": 160}
@@ -54,7 +58,7 @@ def data_dir(shared_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(data_dir, tmp_path_factory) -> Path:
-    """A random 2-layer BERT (hidden 32) and a WordPiece tokenizer whose vocab is the slice's
+    """A random 2-layer BERT (hidden 64) and a WordPiece tokenizer whose vocab is the slice's
     most frequent words (a real BertTokenizerFast, built offline)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
@@ -71,11 +75,11 @@ def tiny_model_dir(data_dir, tmp_path_factory) -> Path:
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(out)
-    import torch
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+    # hidden 64: bitsandbytes' CPU 4-bit inference kernel needs rows of whole 64-wide blocks
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=128, max_position_embeddings=128,
                      num_labels=6, id2label=ID2LABEL, label2id=LABEL2ID)
     BertForSequenceClassification(cfg).save_pretrained(out)
     return out
@@ -85,11 +89,14 @@ def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overri
     from engines.pipeline import BuildConfig
     from export.onnx_export import ExportConfig
     from train.finetune import FinetuneConfig
+    from train.qlora import QloraConfig
 
     ft = FinetuneConfig(model=str(model_dir), data=str(data_dir), epochs=2, lr=5e-4, batch_size=32,
                         max_length=64, seed=0)
     kw = {"model": str(model_dir), "data": str(data_dir), "artifacts": str(artifacts),
-          "finetune": ft, "export": ExportConfig(max_length=64, data=str(data_dir), n_validate=48)}
+          "finetune": ft, "export": ExportConfig(max_length=64, data=str(data_dir), n_validate=48),
+          "qlora": QloraConfig(model=str(model_dir), data=str(data_dir), epochs=1, lr=5e-4,
+                               batch_size=32, max_length=64, seed=0)}
     kw.update(overrides)
     return BuildConfig(**kw)
 

@@ -1,0 +1,70 @@
+"""QLoRA runner: the pre-trained base re-quantized to NF4 by bitsandbytes + the saved LoRA
+adapters and head (peft), run natively in PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.runner import BaseRunner, RunnerError
+
+
+class QloraRunner(BaseRunner):
+    backend = "qlora"
+
+    def __init__(self, adapter_dir: Path, input_names: tuple[str, ...], threads: int,
+                 device: str = "cpu", variant: str = "nf4"):
+        super().__init__(variant, input_names, threads)
+        self.adapter_dir = Path(adapter_dir)
+        self.device = device
+        self.model: Any = None
+        self.recipe: dict[str, Any] = {}
+
+    def load(self) -> None:
+        import importlib.util
+
+        import torch
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise RunnerError("the qlora backend needs bitsandbytes: pip install 'bitsandbytes==0.50.*'")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RunnerError("device cuda asked for, but torch sees no CUDA GPU")
+        torch.set_num_threads(self.threads)
+        from train.qlora import ImportOrderError, load_qlora, weight_memory
+
+        try:
+            self.model, self.recipe = load_qlora(self.adapter_dir, self.device)
+        except ImportOrderError as exc:
+            raise RunnerError(str(exc)) from exc
+        self.memory = weight_memory(self.model)
+        super().load()
+
+    def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        self._require_loaded()
+        feed = self._check_feed(feed)
+        with torch.inference_mode():
+            t = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
+            return self.model(**t).logits.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None
+        super().close()
+
+    def files(self) -> list[Path]:
+        return [p for p in self.adapter_dir.iterdir() if p.name.startswith("adapter_")]
+
+    def info(self) -> dict[str, Any]:
+        out = {**super().info(), "device": self.device, "provider": f"torch-{self.device}+bitsandbytes-nf4"}
+        if self._loaded:
+            out["weight_memory"] = self.memory
+            out["fp32_weight_bytes"] = self.recipe.get("fp32_weight_bytes")
+            out["qlora"] = {k: self.recipe.get(k) for k in ("targets", "trainable_params",
+                                                           "trainable_pct", "best_val_macro_f1")}
+            out["qlora"].update({k: self.recipe["config"][k] for k in (
+                "rank", "alpha", "dropout", "lr", "epochs", "batch_size", "max_length",
+                "double_quant", "compute_dtype", "quantize_embeddings")})
+        return out
