@@ -78,7 +78,8 @@ def run_in_own_process(cfg: EvalConfig) -> Path:
     return Path(cfg.out) / f"{cfg.backend}-{cfg.variant}.json"
 
 
-def run_all(base: EvalConfig) -> tuple[list[Path], list[dict]]:
+def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[dict]]:
+    """Score every variant that can run here (measure=False: only list those that cannot)."""
     from deploy.registry import VARIANTS
     from engines.trt_env import tensorrt_status
 
@@ -92,6 +93,8 @@ def run_all(base: EvalConfig) -> tuple[list[Path], list[dict]]:
         if v.artifact not in man.entries:
             missing.append({"backend": v.backend, "variant": v.variant,
                             "reason": f"not built ({v.artifact}): run `make engines`"})
+            continue
+        if not measure:
             continue
         try:
             cfg = dataclasses.replace(base, backend=v.backend, variant=v.variant)
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.all or a.compare:
             from evaluate.compare import write_comparison
 
-            files, missing = run_all(cfg) if a.all else (None, [])
+            files, missing = run_all(cfg) if a.all else (None, run_all(cfg, measure=False)[1])
             paths = write_comparison(Path(cfg.out), missing, files)
             print(f"comparison -> {paths['md']}")
             if a.readme:

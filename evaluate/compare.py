@@ -14,7 +14,9 @@ from common.manifest import write_json_atomic
 from evaluate.report import load_report, stem
 
 AGREEMENT_REFERENCE = ("torch", "fp32")
-FP32_VARIANTS = {"torch": ("fp32",), "ort": ("fp32", "fp32-fused"), "trt": ("fp32",)}
+# FP32 rows each backend is divided by; QLoRA runs in PyTorch, so its reference is torch/fp32.
+FP32_REFS = {"torch": (("torch", "fp32"),), "ort": (("ort", "fp32"), ("ort", "fp32-fused")),
+             "trt": (("trt", "fp32"),), "qlora": (("torch", "fp32"),)}
 
 
 def device_key(r: dict) -> tuple:
@@ -63,7 +65,7 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
     agree_ref = by.get(AGREEMENT_REFERENCE)
     rows = []
     for r in reports:
-        refs = [by[(r["backend"], v)] for v in FP32_VARIANTS.get(r["backend"], ()) if (r["backend"], v) in by]
+        refs = [by[k] for k in FP32_REFS.get(r["backend"], ()) if k in by]
         same = [x for x in refs if device_key(x) == device_key(r)]
         # headline reference: the fastest FP32 graph of this backend on this device/threads
         head = min(same, key=lambda x: x["latency_ms"]["p50"]) if same else (refs[0] if refs else None)
@@ -88,8 +90,10 @@ def _fmt(v: Any, spec: str) -> str:
 
 def comparison_markdown(c: dict) -> str:
     out = ["# Comparison", "",
-           "Ratios compare a variant with the fastest FP32 graph of its own backend measured on the "
-           "same device with the same threads (named in `vs`); other pairs are refused. Agreement: "
+           "Ratios compare a variant with the fastest FP32 graph of its own backend (QLoRA: the PyTorch "
+           "FP32 model) measured on the same device with the same threads (named in `vs`); other "
+           "pairs are refused. QLoRA's size is its adapter files; its in-memory NF4 weight bytes are "
+           "in reports/qlora-nf4.json (`weight_memory`). Agreement: "
            "top-1 agreement and max |delta logit| against the PyTorch FP32 model on the same test inputs.",
            "",
            "| variant | backend | device | threads | macro F1 | accuracy | size MB | p50 ms (b=1) | "
