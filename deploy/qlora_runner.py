@@ -6,20 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from deploy.runner import RunnerError
+from deploy.torch_runner import TorchRunner
 
-from deploy.runner import BaseRunner, RunnerError
 
+class QloraRunner(TorchRunner):
+    """A TorchRunner whose model is the NF4 base + adapters (infer is TorchRunner's)."""
 
-class QloraRunner(BaseRunner):
     backend = "qlora"
 
     def __init__(self, adapter_dir: Path, input_names: tuple[str, ...], threads: int,
                  device: str = "cpu", variant: str = "nf4"):
-        super().__init__(variant, input_names, threads)
+        super().__init__(adapter_dir, input_names, threads, device=device, variant=variant)
         self.adapter_dir = Path(adapter_dir)
-        self.device = device
-        self.model: Any = None
         self.recipe: dict[str, Any] = {}
 
     def load(self) -> None:
@@ -39,26 +38,13 @@ class QloraRunner(BaseRunner):
         except ImportOrderError as exc:
             raise RunnerError(str(exc)) from exc
         self.memory = weight_memory(self.model)
-        super().load()
-
-    def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
-
-        self._require_loaded()
-        feed = self._check_feed(feed)
-        with torch.inference_mode():
-            t = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
-            return self.model(**t).logits.float().cpu().numpy()
-
-    def close(self) -> None:
-        self.model = None
-        super().close()
+        self._loaded = True  # TorchRunner.load would load a plain checkpoint: not called
 
     def files(self) -> list[Path]:
         return [p for p in self.adapter_dir.iterdir() if p.name.startswith("adapter_")]
 
     def info(self) -> dict[str, Any]:
-        out = {**super().info(), "device": self.device, "provider": f"torch-{self.device}+bitsandbytes-nf4"}
+        out = {**super().info(), "provider": f"torch-{self.device}+bitsandbytes-nf4"}
         if self._loaded:
             out["weight_memory"] = self.memory
             out["fp32_weight_bytes"] = self.recipe.get("fp32_weight_bytes")

@@ -14,11 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import load_split
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
 from evaluate.metrics import classification_metrics
-from train.loop import bucketed_batches, model_input_names, seed_everything, torch_logits
+from train.loop import (
+    bucketed_batches,
+    model_input_names,
+    seed_everything,
+    torch_logits,
+    train_val_splits,
+)
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     device = _device(cfg.device)
     if cfg.amp != "none" and device != "cuda":
         raise RuntimeError(f"--amp {cfg.amp} needs CUDA; on CPU train with --amp none")
-    train = load_split(cfg.data, "train")
-    val = load_split(cfg.data, "validation")
-    if cfg.limit_train:
-        train = train.head(cfg.limit_train)
-    if cfg.limit_eval:
-        val = val.head(cfg.limit_eval)
+    train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
 
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model).to(device)

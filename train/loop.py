@@ -9,6 +9,15 @@ import numpy as np
 from common.feeds import Encoded, batches
 
 
+def train_val_splits(data: str, limit_train: int = 0, limit_eval: int = 0):
+    """Train and validation splits, optionally cut to their first rows (tests, smoke runs)."""
+    from common.data import load_split
+
+    train, val = load_split(data, "train"), load_split(data, "validation")
+    return (train.head(limit_train) if limit_train else train,
+            val.head(limit_eval) if limit_eval else val)
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import load_split
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
 from evaluate.metrics import classification_metrics
-from train.loop import bucketed_batches, seed_everything, torch_logits
+from train.loop import bucketed_batches, seed_everything, torch_logits, train_val_splits
 
 ATTENTION = ("query", "key", "value")
 ATTENTION_FFN = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
@@ -193,12 +192,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
 
     seed_everything(cfg.seed)
     device = _device(cfg.device)
-    train = load_split(cfg.data, "train")
-    val = load_split(cfg.data, "validation")
-    if cfg.limit_train:
-        train = train.head(cfg.limit_train)
-    if cfg.limit_eval:
-        val = val.head(cfg.limit_eval)
+    train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
     tok = load_tokenizer(cfg.model)
     model = build_peft_model(cfg, device)
     names = ("input_ids", "attention_mask", "token_type_ids")
