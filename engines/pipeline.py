@@ -83,21 +83,23 @@ class Builder:
         self.built.append(step.name)
 
 
+def training_inputs(data: str, model: str) -> dict[str, str]:
+    """What a training recipe reads: the train and validation rows and the base model."""
+    fp = dataset_fingerprint(data, ("train", "validation"))
+    return {"data:train": fp["train"], "data:validation": fp["validation"],
+            "model": model_fingerprint(model)}
+
+
 def baseline_step(b: Builder) -> Step:
     from train.finetune import finetune
 
     ft = b.cfg.finetune
 
-    def inputs() -> dict[str, str]:
-        fp = dataset_fingerprint(ft.data, ("train", "validation"))
-        return {"data:train": fp["train"], "data:validation": fp["validation"],
-                "model": model_fingerprint(ft.model)}
-
     def build(tmp: Path) -> dict[str, Any]:
         r = finetune(ft, tmp)
         return {"best_val_macro_f1": r["best_val_macro_f1"], "train_minutes": r["train_minutes"]}
 
-    return Step("baseline", "baseline", ft.recipe(), inputs, build)
+    return Step("baseline", "baseline", ft.recipe(), lambda: training_inputs(ft.data, ft.model), build)
 
 
 def onnx_step(b: Builder) -> Step:
@@ -247,17 +249,12 @@ def run_isolated(module: str, func: str, *args: Any) -> Any:
 def qlora_step(b: Builder) -> Step:
     q = b.cfg.qlora
 
-    def inputs() -> dict[str, str]:
-        fp = dataset_fingerprint(q.data, ("train", "validation"))
-        return {"data:train": fp["train"], "data:validation": fp["validation"],
-                "model": model_fingerprint(q.model)}
-
     def build(tmp: Path) -> dict[str, Any]:
         r = run_isolated("train.qlora", "train_qlora_json", asdict(q), str(tmp))
         return {k: r[k] for k in ("best_val_macro_f1", "train_minutes", "trainable_params",
                                   "trainable_pct", "weight_memory", "targets", "fp32_weight_bytes")}
 
-    return Step("qlora", "qlora", q.recipe(), inputs, build)
+    return Step("qlora", "qlora", q.recipe(), lambda: training_inputs(q.data, q.model), build)
 
 
 # (variant, precision, source ONNX artifact): what the trt backend can run.

@@ -16,13 +16,12 @@ import numpy as np
 
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
-from evaluate.metrics import classification_metrics
 from train.loop import (
     bucketed_batches,
     model_input_names,
     seed_everything,
-    torch_logits,
     train_val_splits,
+    validation_row,
 )
 
 
@@ -127,13 +126,13 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
             sched.step()
             running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        logits = torch_logits(model, val_enc, names, batch_size=128, device=device, progress="validation")
-        m = classification_metrics(np.asarray(val.labels), logits.argmax(-1))
-        history.append({"epoch": epoch, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"],
-                        "train_loss_ema": running, "minutes": (time.time() - t0) / 60})
-        print(f"epoch {epoch}: validation macro F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}")
-        if m["macro_f1"] > best_f1:
-            best_f1 = m["macro_f1"]
+        row = validation_row(model, val_enc, names, val.labels, device, epoch, running,
+                             (time.time() - t0) / 60)
+        history.append(row)
+        print(f"epoch {epoch}: validation macro F1 {row['val_macro_f1']:.4f}, "
+              f"accuracy {row['val_accuracy']:.4f}")
+        if row["val_macro_f1"] > best_f1:
+            best_f1 = row["val_macro_f1"]
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     assert best_state is not None

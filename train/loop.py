@@ -66,3 +66,14 @@ def model_input_names(model) -> tuple[str, ...]:
             model.forward.__code__.co_varnames:
         names.append("token_type_ids")
     return tuple(names)
+
+
+def validation_row(model, enc: Encoded, names, labels, device: str, epoch: int, train_loss: float,
+                   minutes: float) -> dict:
+    """Score one epoch on validation: the history row that model selection reads."""
+    from evaluate.metrics import classification_metrics
+
+    logits = torch_logits(model, enc, names, batch_size=128, device=device, progress="validation")
+    m = classification_metrics(np.asarray(labels), logits.argmax(-1))
+    return {"epoch": epoch, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"],
+            "train_loss_ema": train_loss, "minutes": minutes}

@@ -24,8 +24,7 @@ import numpy as np
 
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
-from evaluate.metrics import classification_metrics
-from train.loop import bucketed_batches, seed_everything, torch_logits, train_val_splits
+from train.loop import bucketed_batches, seed_everything, train_val_splits, validation_row
 
 ATTENTION = ("query", "key", "value")
 ATTENTION_FFN = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
@@ -220,13 +219,11 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
             sched.step()
             ema = loss.item() if step == 1 else 0.98 * ema + 0.02 * loss.item()
             bar.set_postfix(loss=f"{ema:.4f}")
-        logits = torch_logits(model, va, names, batch_size=128, device=device, progress="validation")
-        m = classification_metrics(np.asarray(val.labels), logits.argmax(-1))
-        history.append({"epoch": epoch, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"],
-                        "train_loss_ema": ema, "minutes": (time.time() - t0) / 60})
-        print(f"qlora epoch {epoch}: validation macro F1 {m['macro_f1']:.4f}")
-        if m["macro_f1"] > best:
-            best = m["macro_f1"]
+        row = validation_row(model, va, names, val.labels, device, epoch, ema, (time.time() - t0) / 60)
+        history.append(row)
+        print(f"qlora epoch {epoch}: validation macro F1 {row['val_macro_f1']:.4f}")
+        if row["val_macro_f1"] > best:
+            best = row["val_macro_f1"]
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()
                           if any(t in k for t in ("lora_", "modules_to_save"))}
     assert best_state is not None
