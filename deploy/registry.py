@@ -33,11 +33,14 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ort", "ptq", "onnx-ptq", "ORT static QDQ INT8 (U8 symmetric activations, S8 weights)"),
     Variant("ort", "ptq-s8", "onnx-ptq-s8", "ORT static QDQ INT8, S8 activations (TensorRT flavour)"),
     Variant("ort", "dynamic-fused", "onnx-dynamic-fused", "ORT quantize_dynamic of the fused graph"),
+    Variant("ort", "qat", "onnx-qat", "QAT INT8 Q/DQ graph, U8 activations (CPU flavour)"),
+    Variant("ort", "qat-s8", "onnx-qat-s8", "QAT INT8 Q/DQ graph, S8 activations (TensorRT flavour)"),
     Variant("qlora", "nf4", "qlora", "NF4 base (bitsandbytes) + LoRA adapters (peft), PyTorch"),
     Variant("trt", "fp32", "trt-fp32", "TensorRT FP32 engine"),
     Variant("trt", "fp16", "trt-fp16", "TensorRT FP16 engine"),
     Variant("trt", "int8", "trt-int8", "TensorRT implicit INT8, entropy calibrator (TensorRT 10.x)"),
     Variant("trt", "ptq", "trt-ptq", "TensorRT explicit INT8 from the ORT PTQ Q/DQ ONNX (S8)"),
+    Variant("trt", "qat", "trt-qat", "TensorRT explicit INT8 from the QAT Q/DQ ONNX (S8)"),
 )
 
 

@@ -10,6 +10,7 @@ from common.modelsource import DEFAULT_MODEL
 from engines.pipeline import STAGES, BuildConfig, build_all
 from export.onnx_export import ExportConfig
 from train.finetune import FinetuneConfig
+from train.qat import QatConfig
 from train.qlora import QloraConfig
 
 
@@ -43,6 +44,15 @@ def parse(argv: list[str] | None = None) -> BuildConfig:
     p.add_argument("--qlora-no-double-quant", action="store_true")
     p.add_argument("--qlora-compute-dtype", default=qd.compute_dtype,
                    choices=["float32", "bfloat16", "float16"])
+    qa = QatConfig()
+    p.add_argument("--qat-lr", type=float, default=qa.lr)
+    p.add_argument("--qat-epochs", type=float, default=qa.epochs, help="may be a fraction")
+    p.add_argument("--qat-freeze-layers", type=int, default=qa.freeze_layers,
+                   help="freeze the embeddings and the lowest N encoder layers")
+    p.add_argument("--qat-calib-method", default=qa.calib_method, choices=["max", "percentile"])
+    p.add_argument("--qat-no-attention-matmuls", action="store_true",
+                   help="keep Q.K^T and softmax.V in FP32")
+    p.add_argument("--qat-eval-every", type=int, default=qa.eval_every)
     a = p.parse_args(argv)
     ft = FinetuneConfig(model=a.model, data=a.data, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                         max_length=a.max_length, warmup_ratio=a.warmup_ratio,
@@ -59,7 +69,14 @@ def parse(argv: list[str] | None = None) -> BuildConfig:
                                          compute_dtype=a.qlora_compute_dtype,
                                          batch_size=a.batch_size, max_length=a.max_length,
                                          seed=a.seed, limit_train=a.limit_train,
-                                         limit_eval=a.limit_eval))
+                                         limit_eval=a.limit_eval),
+                       qat=QatConfig(data=a.data, lr=a.qat_lr, epochs=a.qat_epochs,
+                                     freeze_layers=a.qat_freeze_layers,
+                                     calib_method=a.qat_calib_method,
+                                     attention_matmuls=not a.qat_no_attention_matmuls,
+                                     eval_every=a.qat_eval_every, batch_size=a.batch_size,
+                                     seed=a.seed, device=a.device, threads=a.threads,
+                                     limit_train=a.limit_train, limit_eval=a.limit_eval))
 
 
 def main(argv: list[str] | None = None) -> int:

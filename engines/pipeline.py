@@ -23,11 +23,12 @@ from engines.trt_build import TrtProfile
 from export.onnx_export import ExportConfig
 from export.ort_graphs import DynamicConfig
 from train.finetune import FinetuneConfig
+from train.qat import QatConfig
 from train.qlora import QloraConfig
 
 # qlora is built on request only (`--stages qlora`): on CPU, bitsandbytes 0.50's 4-bit layers
 # were seen to give non-deterministic NaN losses on small models (see train/qlora.py).
-STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "trt")
+STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "trt")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class BuildConfig:
     static: StaticConfig = field(default_factory=StaticConfig)
     trt_profile: TrtProfile = field(default_factory=TrtProfile)
     qlora: QloraConfig = field(default_factory=QloraConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
 
 
 @dataclass
@@ -225,6 +227,35 @@ def ptq_step(b: Builder, activation_type: str) -> Step:
                          "artifact:calibration": b.art("calibration")}, build)
 
 
+def qat_step(b: Builder) -> Step:
+    from train.qat import train_qat
+
+    q = b.cfg.qat
+
+    def build(tmp: Path) -> dict[str, Any]:
+        r = train_qat(q, b.root / "baseline", b.root / b.manifest.get("calibration")["path"],
+                      b.cfg.calib.batch_size, tmp)
+        return {k: r[k] for k in ("val_macro_f1_before_qat", "best_val_macro_f1", "best_step",
+                                  "steps", "train_minutes", "quantization", "inserted")}
+
+    def inputs() -> dict[str, str]:
+        fp = dataset_fingerprint(q.data, ("train", "validation"))
+        return {"artifact:baseline": b.art("baseline"), "artifact:calibration": b.art("calibration"),
+                "data:train": fp["train"], "data:validation": fp["validation"]}
+
+    return Step("qat", "qat", q.recipe(), inputs, build)
+
+
+def qat_onnx_step(b: Builder, flavour: str) -> Step:
+    from export.qat_export import export_qat
+
+    name = "onnx-qat" if flavour == "u8" else "onnx-qat-s8"
+    return Step(name, f"onnx/{name.removeprefix('onnx-')}.onnx",
+                {"flavour": flavour, "opset": b.cfg.export.opset, "min_top1": 0.99},
+                lambda: {"artifact:qat": b.art("qat")},
+                lambda tmp: export_qat(b.root / "qat", tmp, flavour, b.cfg.export))
+
+
 def run_isolated(module: str, func: str, *args: Any) -> Any:
     """Run module.func(*args) (JSON in, JSON out) in a fresh interpreter. QLoRA needs it: in a
     process that already ran onnxruntime, bitsandbytes' CPU 4-bit layers were seen to return NaN
@@ -259,7 +290,8 @@ def qlora_step(b: Builder) -> Step:
 
 # (variant, precision, source ONNX artifact): what the trt backend can run.
 TRT_ENGINES = (("fp32", "fp32", "onnx-fp32"), ("fp16", "fp16", "onnx-fp32"),
-               ("int8", "int8-implicit", "onnx-fp32"), ("ptq", "int8-explicit", "onnx-ptq-s8"))
+               ("int8", "int8-implicit", "onnx-fp32"), ("ptq", "int8-explicit", "onnx-ptq-s8"),
+               ("qat", "int8-explicit", "onnx-qat-s8"))
 
 
 def trt_steps(b: Builder) -> list[Step]:
@@ -318,6 +350,8 @@ STEP_FACTORIES: dict[str, list[Callable[[Builder], Any]]] = {
     "calibration": [calibration_step],
     # u8: the CPU flavour (evaluated as ort/ptq); s8: the same quantizer for TensorRT.
     "ptq": [lambda b: ptq_step(b, "u8"), lambda b: ptq_step(b, "s8")],
+    # u8: the CPU flavour (ort/qat); s8: the same trained model for TensorRT (trt/qat).
+    "qat": [qat_step, lambda b: qat_onnx_step(b, "u8"), lambda b: qat_onnx_step(b, "s8")],
     "qlora": [qlora_step],
     "trt": [trt_steps],
 }

@@ -17,10 +17,6 @@ from evaluate.report import write_report
 from evaluate.run import EvalConfig, evaluate
 
 USER_ERRORS = (RunnerError, ArtifactError, DatasetError, ModelSourceError)
-# Variants other issues add; listed so the comparison says why they have no row yet.
-PLANNED = (("ort", "qat", "QAT is not implemented yet (issue 4)"),
-           ("trt", "qat", "QAT is not implemented yet (issue 4)"),
-)
 
 
 def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace]:
@@ -101,7 +97,6 @@ def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[di
             done.append(run_in_own_process(cfg) if v.backend == "qlora" else run_one(cfg))
         except USER_ERRORS as exc:
             missing.append({"backend": v.backend, "variant": v.variant, "reason": str(exc)})
-    missing += [{"backend": b, "variant": v, "reason": why} for b, v, why in PLANNED]
     return done, missing
 
 

@@ -104,10 +104,26 @@ def validation_inputs(checkpoint: Path, cfg: ExportConfig) -> tuple[Encoded, lis
     return encode(tokenizer, test.texts, cfg.max_length), list(names)
 
 
+def torch_to_onnx(model, tokenizer, names: list[str], out_path: Path, opset: int,
+                  max_length: int) -> None:
+    """torch.onnx export with dynamic batch and sequence axes, output `logits`."""
+    import torch
+
+    sample = encode(tokenizer, ["a sample sentence to trace", "and another"], max_length)
+    feed = sample.batch([0, 1], names)
+    dyn = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+    dyn["logits"] = {0: "batch_size"}
+    # dynamo=False: the TorchScript exporter gives a plain opset-17 graph that ONNX Runtime's
+    # quantizer and transformers optimizer recognise (the dynamo exporter's graph differs), and
+    # it writes torch.fake_quantize_* as QuantizeLinear/DequantizeLinear pairs.
+    torch.onnx.export(model, tuple(torch.from_numpy(feed[n]) for n in names), str(out_path),
+                      input_names=names, output_names=["logits"], dynamic_axes=dyn,
+                      opset_version=opset, do_constant_folding=True, dynamo=False)
+
+
 def export_onnx(checkpoint: Path, out_path: Path, cfg: ExportConfig) -> dict:
     """torch.onnx export (TorchScript exporter) + onnx.checker + validation. Returns a report."""
     import onnx
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from train.loop import model_input_names
@@ -115,15 +131,7 @@ def export_onnx(checkpoint: Path, out_path: Path, cfg: ExportConfig) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     names = list(model_input_names(model))
-    sample = encode(tokenizer, ["a sample sentence to trace", "and another"], cfg.max_length)
-    feed = sample.batch([0, 1], names)
-    dyn = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
-    dyn["logits"] = {0: "batch_size"}
-    # dynamo=False: the TorchScript exporter gives a plain opset-17 graph that ONNX Runtime's
-    # quantizer and transformers optimizer recognise (the dynamo exporter's graph differs).
-    torch.onnx.export(model, tuple(torch.from_numpy(feed[n]) for n in names), str(out_path),
-                      input_names=names, output_names=["logits"], dynamic_axes=dyn,
-                      opset_version=cfg.opset, do_constant_folding=True, dynamo=False)
+    torch_to_onnx(model, tokenizer, names, out_path, cfg.opset, cfg.max_length)
     onnx.checker.check_model(str(out_path))
     enc, _ = validation_inputs(checkpoint, cfg)
     report = validate_against_torch(model, out_path, enc, names, cfg.atol)

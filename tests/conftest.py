@@ -89,6 +89,7 @@ def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overri
     from engines.pipeline import BuildConfig
     from export.onnx_export import ExportConfig
     from train.finetune import FinetuneConfig
+    from train.qat import QatConfig
     from train.qlora import QloraConfig
 
     ft = FinetuneConfig(model=str(model_dir), data=str(data_dir), epochs=2, lr=5e-4, batch_size=32,
@@ -96,7 +97,9 @@ def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overri
     kw = {"model": str(model_dir), "data": str(data_dir), "artifacts": str(artifacts),
           "finetune": ft, "export": ExportConfig(max_length=64, data=str(data_dir), n_validate=48),
           "qlora": QloraConfig(model=str(model_dir), data=str(data_dir), epochs=1, lr=5e-4,
-                               batch_size=32, max_length=64, seed=0)}
+                               batch_size=32, max_length=64, seed=0),
+          "qat": QatConfig(data=str(data_dir), epochs=1, lr=1e-4, batch_size=32, eval_every=5,
+                           seed=0)}
     kw.update(overrides)
     return BuildConfig(**kw)
 

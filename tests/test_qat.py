@@ -1,0 +1,216 @@
+"""Issue 4: fake-quant insertion/removal, QAT training, Q/DQ export, ONNX Runtime on the result."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from calibration.calibset import CalibrationSet
+from common.data import load_split
+from common.feeds import encode
+from common.manifest import Manifest
+from common.modelsource import load_tokenizer
+from deploy.registry import make_runner
+from export.onnx_export import torch_fn
+from export.qat_export import (
+    QdqStructureError,
+    check_structure,
+    expected_structure,
+    fold_and_flavour,
+    qdq_structure,
+)
+from train.fakequant import (
+    ActQuant,
+    FakeQuantEmbedding,
+    FakeQuantLinear,
+    QatSelfAttention,
+    act_quantizers,
+    fake_quant_weight,
+    insert_fake_quant,
+    remove_fake_quant,
+)
+from train.qat import calibrate, load_qat_model
+
+
+def _feed(tiny_artifacts, data_dir, n=8):
+    ckpt = tiny_artifacts / "baseline"
+    enc = encode(load_tokenizer(ckpt), load_split(data_dir, "test").texts[:n], 64)
+    names = json.loads((ckpt / "recipe.json").read_text())["input_names"]
+    return enc.batch(list(range(n)), names)
+
+
+def _calibrated(tiny_artifacts, **kw):
+    ckpt = tiny_artifacts / "baseline"
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    counts = insert_fake_quant(model, **kw)
+    calib = tiny_artifacts / Manifest(tiny_artifacts).get("calibration")["path"]
+    names = json.loads((ckpt / "recipe.json").read_text())["input_names"]
+    calibrate(model, CalibrationSet(calib, 16, names))
+    return model, counts
+
+
+def test_insert_and_remove_fake_quant(tiny_artifacts, data_dir):
+    feed = {k: torch.from_numpy(v) for k, v in _feed(tiny_artifacts, data_dir).items()}
+    ref_model = AutoModelForSequenceClassification.from_pretrained(tiny_artifacts / "baseline").eval()
+    with torch.no_grad():
+        ref = ref_model(**feed).logits
+    model, counts = _calibrated(tiny_artifacts)
+    layers = model.base_model.encoder.layer
+    assert counts == {"linear": 6 * len(layers), "attention": len(layers), "embedding": 1}
+    assert all(isinstance(layer.attention.self, QatSelfAttention) for layer in layers)
+    assert all(isinstance(layer.intermediate.dense, FakeQuantLinear) for layer in layers)
+    assert isinstance(model.base_model.embeddings.word_embeddings, FakeQuantEmbedding)
+    assert not isinstance(model.classifier, FakeQuantLinear)  # the head stays FP32
+    # 6 Linear inputs + 4 attention operands per layer, every one calibrated to a positive amax
+    qs = act_quantizers(model)
+    assert len(qs) == 10 * len(layers) and all(float(q.amax) > 0 for q in qs.values())
+    with torch.no_grad():
+        fq = model(**feed).logits
+    assert not torch.equal(fq, ref)  # quantization noise is really there...
+    assert torch.allclose(fq, ref, atol=0.5)  # ...and small
+    remove_fake_quant(model)
+    assert not any(isinstance(m, ActQuant | FakeQuantLinear | FakeQuantEmbedding | QatSelfAttention)
+                   for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(**feed).logits, ref)  # removal restores the FP32 model exactly
+
+
+def test_insert_without_attention_or_embeddings(tiny_artifacts):
+    model, counts = _calibrated(tiny_artifacts, attention_matmuls=False, embeddings=False)
+    assert counts == {"linear": 12, "attention": 0, "embedding": 0}
+    assert len(act_quantizers(model)) == 12
+
+
+def test_weight_fake_quant_is_on_a_per_channel_int8_grid():
+    torch.manual_seed(0)
+    w = torch.randn(5, 7) * torch.arange(1, 6).unsqueeze(1)  # channels of different ranges
+    q = fake_quant_weight(w, axis=0)
+    scale = w.abs().amax(dim=1, keepdim=True) / 127
+    codes = q / scale
+    assert torch.allclose(codes, codes.round(), atol=1e-4)
+    assert codes.abs().max() <= 127 + 1e-4
+    assert (q - w).abs().max() <= scale.max() / 2 + 1e-6
+    # straight-through estimator: the gradient reaches the FP32 weights
+    w.requires_grad_(True)
+    fake_quant_weight(w, axis=0).sum().backward()
+    assert w.grad is not None and torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_uncalibrated_quantizer_refuses():
+    with pytest.raises(RuntimeError, match="before calibration"):
+        ActQuant()(torch.ones(3))
+
+
+def test_qat_steps_change_weights_and_keep_loss_finite(tiny_artifacts, data_dir):
+    model, _ = _calibrated(tiny_artifacts)
+    feed = {k: torch.from_numpy(v) for k, v in _feed(tiny_artifacts, data_dir, 16).items()}
+    labels = torch.tensor(load_split(data_dir, "test").labels[:16])
+    before = model.base_model.encoder.layer[0].attention.self.query.linear.weight.detach().clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(8):
+        loss = model(**feed, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    after = model.base_model.encoder.layer[0].attention.self.query.linear.weight
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert not torch.equal(before, after)
+
+
+def test_qat_artifact_recipe_and_selection(tiny_artifacts):
+    e = Manifest(tiny_artifacts).get("qat")
+    recipe = json.loads((tiny_artifacts / "qat" / "recipe.json").read_text())
+    assert recipe["steps"] == 10  # 1 epoch of 320 rows at batch 32
+    scores = [h["val_macro_f1"] for h in recipe["history"]]
+    assert recipe["best_val_macro_f1"] == max(scores) == e["best_val_macro_f1"]
+    assert [h["step"] for h in recipe["history"]] == [0, 5, 10]
+    assert set(e["inputs"]) == {"artifact:baseline", "artifact:calibration", "data:train",
+                                "data:validation"}
+    assert "classifier" in recipe["quantization"]["fp32"]
+    # the saved weights are the selected step's: the baseline's only if no QAT step beat it
+    best_step = max(recipe["history"], key=lambda h: h["val_macro_f1"])["step"]
+    assert recipe["best_step"] == best_step
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_artifacts / "baseline")
+    qat = AutoModelForSequenceClassification.from_pretrained(tiny_artifacts / "qat")
+    assert torch.equal(base.classifier.weight, qat.classifier.weight) == (best_step == 0)
+    amax = json.loads((tiny_artifacts / "qat" / "qat_amax.json").read_text())
+    assert len(amax) == 20 and all(v > 0 for v in amax.values())
+
+
+@pytest.mark.parametrize("variant, zp_type", [("qat", "UINT8"), ("qat-s8", "INT8")])
+def test_exported_qdq_counts_match_config(tiny_artifacts, variant, zp_type):
+    path = tiny_artifacts / "onnx" / f"{variant}.onnx"
+    got = qdq_structure(path)
+    # 2 layers: 12 Linear MatMuls (activation + per-channel INT8 weight) + 4 attention MatMuls
+    assert got["matmul_quantized"] == 16 and got["matmul_weight_quantized"] == 12
+    assert got["weight_dq_per_channel"] == 12 and got["weight_dq_axes"] == [1]
+    assert got["gather_quantized"] == 1 and got["weight_dtype"] == ["INT8"]
+    assert list(got["activation_zero_point_types"]) == [zp_type]
+    m = onnx.load(str(path))
+    assert m.opset_import[0].version >= 13
+    # no FP32 copy of a quantized weight is left in the file
+    fp32_2d = [i.name for i in m.graph.initializer
+               if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and "encoder" in i.name]
+    assert fp32_2d == []
+    e = Manifest(tiny_artifacts).get(f"onnx-{variant}")
+    assert e["agreement_vs_fakequant"]["top1_agreement"] >= 0.99
+
+
+def test_structure_check_fails_when_config_differs(tiny_artifacts):
+    got = qdq_structure(tiny_artifacts / "onnx" / "qat.onnx")
+    with pytest.raises(QdqStructureError, match="matmul_quantized"):
+        check_structure(got, expected_structure(2, False, True, "u8"), tiny_artifacts)
+    with pytest.raises(QdqStructureError, match="activation_zero_point_types"):
+        check_structure(got, expected_structure(2, True, True, "s8"), tiny_artifacts)
+
+
+def test_ort_runs_qat_graph_and_agrees_with_fake_quant_torch(tiny_artifacts, data_dir):
+    feed = _feed(tiny_artifacts, data_dir, 32)
+    model = load_qat_model(tiny_artifacts / "qat")
+    ref = torch_fn(model)(feed)
+    for variant in ("qat", "qat-s8"):
+        with make_runner("ort", variant, tiny_artifacts, threads=1) as r:
+            got = r.infer(feed)
+        assert got.shape == (32, 6) and np.isfinite(got).all()
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+        assert np.abs(got - ref).max() < 0.1
+
+
+def test_fold_keeps_the_numbers(tmp_path):
+    """Folding a weight's QuantizeLinear into an INT8 initializer gives the same outputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"),
+             numpy_helper.from_array(np.zeros(3, np.int8), "zp"),
+             numpy_helper.from_array(np.float32(0.05), "xs"),
+             numpy_helper.from_array(np.int8(0), "xzp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xzp"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["w", "s", "zp"], ["wq"], axis=1),
+             helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    src = tmp_path / "src.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+
+    def run(p):
+        return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    for flavour in ("u8", "s8"):
+        dst = tmp_path / f"{flavour}.onnx"
+        info = fold_and_flavour(src, dst, flavour)
+        assert info == {"weights_folded": 1, "activation_qdq": 1, "flavour": flavour}
+        np.testing.assert_allclose(run(dst), run(src), atol=1e-6)
+        assert [n.op_type for n in onnx.load(str(dst)).graph.node].count("QuantizeLinear") == 1

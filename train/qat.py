@@ -1,0 +1,242 @@
+"""QAT: fake-quant fine-tuning of the FP32 baseline (see train/fakequant.py for what is quantized).
+
+Order of work: load the fine-tuned baseline -> insert fake quantizers -> calibrate the activation
+amax on the validation calibration set (the same .npz the ORT PTQ and TensorRT calibrators read)
+-> score validation (this is plain PTQ with these quantizers) -> fine-tune briefly with a small
+learning rate, scoring validation every `eval_every` steps -> keep the best (the calibrated
+starting point included) -> save FP weights (save_pretrained) + quantizer amax + recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.feeds import encode
+from train.loop import bucketed_batches, seed_everything, train_val_splits, validation_row
+
+AMAX_FILE = "qat_amax.json"
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    data: str = "dair-ai/emotion"
+    # Quantizers (INT8 symmetric everywhere; weights per channel, activations per tensor).
+    calib_method: str = "percentile"  # max | percentile (of |x|, mean over calibration batches)
+    percentile: float = 99.99
+    attention_matmuls: bool = True  # fake-quantize both operands of Q.K^T and softmax.V
+    embeddings: bool = True  # word-embedding table INT8 (most of the model's bytes)
+    # Fine-tuning: a tenth of the baseline's learning rate, a fraction of an epoch to one epoch.
+    lr: float = 1e-5
+    epochs: float = 1.0
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    freeze_layers: int = 0  # embeddings + the lowest N encoder layers frozen (0 = train all)
+    eval_every: int = 100  # steps between validation scores (model selection)
+    seed: int = 42
+    device: str = "auto"
+    threads: int = 0
+    limit_train: int = 0
+    limit_eval: int = 0
+
+    def __post_init__(self) -> None:
+        if self.calib_method not in {"max", "percentile"}:
+            raise ValueError(f"calib_method must be max or percentile, not {self.calib_method!r}")
+        if not 0 < self.epochs <= 10 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("QAT needs 0 < epochs <= 10, lr > 0 and batch_size >= 1")
+        if self.freeze_layers < 0 or self.eval_every < 1:
+            raise ValueError("freeze_layers must be >= 0 and eval_every >= 1")
+
+    def recipe(self) -> dict:
+        d = asdict(self)
+        for k in ("device", "threads"):
+            d.pop(k)
+        return d
+
+    def quantizer_kwargs(self) -> dict:
+        return {"method": self.calib_method, "percentile": self.percentile,
+                "attention_matmuls": self.attention_matmuls, "embeddings": self.embeddings}
+
+
+def describe(cfg: QatConfig, num_layers: int) -> dict:
+    """What the report and README state: quantized layers, bit widths, observers, FP32 layers."""
+    quantized = ["encoder Linear weights: Q, K, V, attention output, FFN in, FFN out "
+                 f"({6 * num_layers} layers): INT8 symmetric per output channel, max|w|/127",
+                 "inputs of those Linears: INT8 symmetric per tensor, "
+                 f"{cfg.calib_method} calibration, amax fixed during QAT"]
+    if cfg.attention_matmuls:
+        quantized.append("both operands of Q.K^T and softmax.V: INT8 symmetric per tensor")
+    if cfg.embeddings:
+        quantized.append("word-embedding table: INT8 symmetric per tensor (weight only)")
+    fp32 = ["LayerNorm", "Softmax", "GELU", "residual adds and biases",
+            "position and token-type embeddings", "pooler", "classifier"]
+    if not cfg.attention_matmuls:
+        fp32.append("attention matmuls")
+    if not cfg.embeddings:
+        fp32.append("word embeddings")
+    return {"bits": 8, "quantized": quantized, "fp32": fp32,
+            "calibration": "validation calibration set (artifacts/calibration/*.npz)"}
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
+    return name
+
+
+def calibrate(model, calib_batches, device: str = "cpu") -> int:
+    """Set every activation quantizer's amax from the calibration batches (no gradient)."""
+    import torch
+
+    from train.fakequant import act_quantizers
+
+    qs = act_quantizers(model)
+    for q in qs.values():
+        q.calibrating = True
+    model.eval()
+    with torch.inference_mode():
+        for feed in calib_batches:
+            model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()})
+    for q in qs.values():
+        q.finish_calibration()
+    return len(qs)
+
+
+def load_qat_model(ckpt: Path, cfg: QatConfig | None = None):
+    """A saved QAT checkpoint with its fake quantizers back in place (eval mode, CPU)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from train.fakequant import insert_fake_quant, load_amax_state
+
+    ckpt = Path(ckpt)
+    if cfg is None:
+        recipe = json.loads((ckpt / "recipe.json").read_text())
+        cfg = QatConfig(**recipe["config"])
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    insert_fake_quant(model, **cfg.quantizer_kwargs())
+    load_amax_state(model, json.loads((ckpt / AMAX_FILE).read_text()))
+    return model
+
+
+def _freeze(model, n_layers: int) -> int:
+    if n_layers == 0:
+        return 0
+    base = model.base_model
+    if n_layers > len(base.encoder.layer):
+        raise ValueError(f"freeze_layers={n_layers} but the model has {len(base.encoder.layer)} layers")
+    frozen = [base.embeddings, *base.encoder.layer[:n_layers]]
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return sum(p.numel() for m in frozen for p in m.parameters())
+
+
+def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size: int,
+              out_dir: Path) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
+
+    from calibration.calibset import CalibrationSet
+    from train.fakequant import amax_state, insert_fake_quant, remove_fake_quant
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = _device(cfg.device)
+    baseline = Path(baseline)
+    meta = json.loads((baseline / "recipe.json").read_text())
+    names, max_length = meta["input_names"], int(meta["config"]["max_length"])
+    tokenizer = AutoTokenizer.from_pretrained(baseline)
+    model = AutoModelForSequenceClassification.from_pretrained(baseline).to(device)
+    inserted = insert_fake_quant(model, **cfg.quantizer_kwargs())
+    n_quantizers = calibrate(model, CalibrationSet(calib_npz, calib_batch_size, names), device)
+    frozen_params = _freeze(model, cfg.freeze_layers)
+
+    train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
+    train_enc = encode(tokenizer, train.texts, max_length)
+    val_enc = encode(tokenizer, val.texts, max_length)
+    y_train = torch.tensor(train.labels)
+    rng = np.random.default_rng(cfg.seed)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    plan: list[list[int]] = []
+    while len(plan) < total:  # whole shuffled epochs, cut at `total` steps
+        plan += bucketed_batches(train_enc, cfg.batch_size, rng)
+    plan = plan[:total]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+
+    t0 = time.time()
+
+    def score(step: int, loss: float) -> dict:
+        row = validation_row(model, val_enc, names, val.labels, device, 0, loss, (time.time() - t0) / 60)
+        row["step"] = step
+        return row
+
+    history = [score(0, float("nan"))]
+    print(f"QAT: {inserted} fake-quant modules, {n_quantizers} activation quantizers calibrated; "
+          f"validation macro F1 before QAT {history[0]['val_macro_f1']:.4f}")
+    best = (history[0]["val_macro_f1"], {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    running = 0.0
+    bar = tqdm(plan, desc=f"QAT ({cfg.epochs:g} epoch(s), {total} steps)")
+    for step, b in enumerate(bar, start=1):
+        model.train()
+        feed = {k: torch.from_numpy(v).to(device) for k, v in train_enc.batch(b, names).items()}
+        loss = model(**feed, labels=y_train[b].to(device)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"QAT loss became {loss.item()} at step {step}; lower --qat-lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+        if step % cfg.eval_every == 0 or step == total:
+            history.append(score(step, running))
+            print(f"  step {step}: validation macro F1 {history[-1]['val_macro_f1']:.4f}")
+            if history[-1]["val_macro_f1"] > best[0]:
+                best = (history[-1]["val_macro_f1"],
+                        {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+    model.load_state_dict(best[1])
+    model.to("cpu").eval()
+    amax = amax_state(model)
+    remove_fake_quant(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / AMAX_FILE).write_text(json.dumps(amax, indent=1, sort_keys=True) + "\n")
+    best_row = max(history, key=lambda h: h["val_macro_f1"])
+    recipe = {
+        "config": asdict(cfg), "baseline_best_val_macro_f1": meta.get("best_val_macro_f1"),
+        "input_names": names, "max_length": max_length, "steps": total,
+        "steps_per_epoch": steps_per_epoch, "inserted": inserted,
+        "activation_quantizers": n_quantizers, "frozen_params": frozen_params,
+        "val_macro_f1_before_qat": history[0]["val_macro_f1"],
+        "best_step": best_row["step"], "best_val_macro_f1": best_row["val_macro_f1"],
+        "history": history, "train_minutes": (time.time() - t0) / 60, "device": device,
+        "quantization": describe(cfg, len(model.base_model.encoder.layer)),
+    }
+    (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    return recipe
