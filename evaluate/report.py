@@ -53,7 +53,30 @@ def to_markdown(r: dict) -> str:
     for name, row in zip(LABELS, r["confusion_matrix"], strict=True):
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
     lines += ["", f"![confusion matrix]({stem(r['backend'], r['variant'])}-confusion.png)", ""]
+    if r.get("made_by"):
+        lines += made_by_markdown(r["made_by"])
     return "\n".join(lines)
+
+
+def made_by_markdown(m: dict) -> list[str]:
+    """How the variant was made, from its manifest entry: quantized / FP32 layers, recipe."""
+    lines = ["## How this variant was made", "", f"Artifact `{m['artifact']}` (artifacts/manifest.json)."]
+    q = m.get("quantization")
+    if q:
+        lines += ["", f"Quantized ({q['bits']}-bit):", *[f"- {x}" for x in q["quantized"]],
+                  "", "Kept FP32: " + ", ".join(q["fp32"]) + ".", "",
+                  f"Calibration: {q['calibration']}."]
+    hp = {**m.get("qat", {}), **m.get("qat_training", {})}
+    if hp:
+        lines += ["", "| QAT setting | value |", "|---|---|",
+                  *[f"| {k} | {v} |" for k, v in hp.items() if k not in {"data", "limit_train",
+                                                                         "limit_eval", "device",
+                                                                         "threads"}]]
+    if m.get("qdq"):
+        lines += ["", "Q/DQ in the graph: " + ", ".join(f"{k} {v}" for k, v in m["qdq"].items()) + "."]
+    if not (q or hp):
+        lines += ["", "Recipe: `" + json.dumps(m["recipe"], sort_keys=True) + "`"]
+    return lines + [""]
 
 
 def write_report(result: dict, out: Path) -> dict[str, Path]:

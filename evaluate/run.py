@@ -34,6 +34,20 @@ class EvalConfig:
     limit: int = 0  # first N rows of the split (0 = all); for tests
 
 
+# Manifest fields that say how a variant was made (quantized layers, hyperparameters, checks);
+# copied into its report so the numbers and the recipe travel together.
+MADE_BY_KEYS = ("quantization", "qat", "qat_training", "qdq", "agreement_vs_fakequant",
+                "static", "blocks_fp32", "val_drop_pt", "quantized_ops", "trt")
+
+
+def made_by(artifacts: Path, backend: str, variant: str) -> dict:
+    from deploy.registry import find_variant
+
+    name = find_variant(backend, variant).artifact
+    e = Manifest(artifacts).get(name)
+    return {"artifact": name, "recipe": e["recipe"], **{k: e[k] for k in MADE_BY_KEYS if k in e}}
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
@@ -102,6 +116,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "max_length": max_length, "truncated_texts": enc.truncated,
         },
         "versions": versions(), "config": asdict(cfg),
+        "made_by": made_by(artifacts, cfg.backend, cfg.variant),
         **({"weight_memory": {**info["weight_memory"], "fp32_weight_bytes": info.get("fp32_weight_bytes"),
                               "note": "in-memory weight bytes of the NF4 model (packed 4-bit + "
                                       "quantization state + FP parts); size_mb above is the adapter "

@@ -215,5 +215,9 @@ def export_qat(ckpt: Path, out_path: Path, flavour: str, export_cfg, min_top1: f
     print(f"  QAT ONNX ({flavour}): {got['matmul_quantized']}/{got['matmul']} MatMuls quantized, "
           f"{got['gather_quantized']} Gather; top-1 agreement with fake-quant PyTorch "
           f"{100 * agreement['top1_agreement']:.2f}% on {agreement['n']} test inputs")
+    training = {k: recipe[k] for k in ("max_length", "steps", "steps_per_epoch", "best_step",
+                                       "val_macro_f1_before_qat", "best_val_macro_f1",
+                                       "frozen_params", "train_minutes")}
     return {"qdq": got, "expected_qdq": want, "fold": folded, "agreement_vs_fakequant": agreement,
-            "flavour": flavour, "quantization": recipe["quantization"], "qat": recipe["config"]}
+            "flavour": flavour, "quantization": recipe["quantization"], "qat": recipe["config"],
+            "qat_training": training}

@@ -214,3 +214,20 @@ def test_fold_keeps_the_numbers(tmp_path):
         assert info == {"weights_folded": 1, "activation_qdq": 1, "flavour": flavour}
         np.testing.assert_allclose(run(dst), run(src), atol=1e-6)
         assert [n.op_type for n in onnx.load(str(dst)).graph.node].count("QuantizeLinear") == 1
+
+
+def test_evaluate_ort_qat_reports_how_it_was_made(tiny_artifacts, data_dir, tmp_path):
+    from evaluate.__main__ import main as evaluate_main
+
+    out = tmp_path / "reports"
+    rc = evaluate_main(["--backend", "ort", "--variant", "qat", "--data", str(data_dir),
+                        "--artifacts", str(tiny_artifacts), "--out", str(out), "--threads", "1",
+                        "--latency-samples", "10", "--warmup", "2"])
+    assert rc == 0
+    r = json.loads((out / "ort-qat.json").read_text())
+    assert r["made_by"]["artifact"] == "onnx-qat" and r["made_by"]["qat"]["lr"] == 1e-4
+    assert r["made_by"]["qdq"]["matmul_quantized"] == 16
+    md = (out / "ort-qat.md").read_text()
+    for text in ("How this variant was made", "Kept FP32: LayerNorm", "per output channel",
+                 "| lr | 0.0001 |", "| max_length | 64 |", "| freeze_layers | 0 |"):
+        assert text in md, text

@@ -38,7 +38,8 @@ class QatConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     freeze_layers: int = 0  # embeddings + the lowest N encoder layers frozen (0 = train all)
-    eval_every: int = 100  # steps between validation scores (model selection)
+    # steps between validation scores (model selection); 250 = twice per epoch at batch 32
+    eval_every: int = 250
     seed: int = 42
     device: str = "auto"
     threads: int = 0

@@ -1,0 +1,131 @@
+"""python -m deploy serve       --backend ort --variant fp32 [--max-batch 32] [--queue-delay-us 2000]
+                              [--instances 1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
+python -m deploy triton-repo --out model_repository/ [--backend ort --variant fp32] [--cpu]
+python -m deploy bench       [--backend ort --variant fp32] [--url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001]"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from common.data import DEFAULT_DATASET, DatasetError
+from common.manifest import ArtifactError
+from deploy.runner import RunnerError
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="ort", choices=["ort", "torch", "qlora", "trt"])
+    p.add_argument("--variant", default="fp32")
+    p.add_argument("--model-name", default="emotion")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--queue-delay-us", type=int, default=2000)
+    p.add_argument("--no-dynamic-batching", action="store_true")
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="per model instance; 0 = every core")
+    p.add_argument("--artifacts", default="artifacts")
+
+
+def _serve_config(a):
+    from deploy.triton_repo import ServeConfig
+
+    return ServeConfig(backend=a.backend, variant=a.variant, model_name=a.model_name,
+                       max_batch=a.max_batch, queue_delay_us=a.queue_delay_us,
+                       dynamic_batching=not a.no_dynamic_batching, instances=a.instances,
+                       threads=a.threads)
+
+
+def serve(a) -> int:
+    from deploy.triton_repo import write_local_repo
+    from deploy.triton_server import Ports, TritonServer
+
+    repo = Path(a.repo)
+    write_local_repo(repo, _serve_config(a), Path(a.artifacts))
+    server = TritonServer(repo, Ports(a.http_port, a.grpc_port, a.metrics_port),
+                          log=repo.parent / "tritonserver.log", host=a.host)
+    stop = {"now": False}
+
+    def on_signal(signum, frame) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    print(f"serving {a.backend}/{a.variant} as model '{a.model_name}': HTTP http://{server.url}, "
+          f"gRPC {server.grpc_url}, metrics http://127.0.0.1:{a.metrics_port}/metrics "
+          f"(log: {server.log}); Ctrl-C or SIGTERM stops it")
+    assert server.proc is not None
+    while not stop["now"] and server.proc.poll() is None:
+        try:
+            server.proc.wait(timeout=0.5)
+        except Exception:
+            pass
+    if server.proc.poll() is not None and not stop["now"]:
+        print(f"error: tritonserver stopped by itself: {server.failure_reason()}", file=sys.stderr)
+        return 1
+    code = server.stop()
+    print(f"tritonserver stopped (exit code {code})")
+    return 0
+
+
+def triton_repo(a) -> int:
+    from deploy.triton_repo import write_ngc_repo
+
+    r = write_ngc_repo(Path(a.out), Path(a.artifacts), _serve_config(a), gpu=not a.cpu)
+    print(f"model repository -> {a.out}: models {', '.join(r['models'].values())}, tokenizer, "
+          f"postprocess; ensemble '{r['ensemble']}' serves {r['serves']}")
+    return 0
+
+
+def bench(a) -> int:
+    from deploy.bench import BenchConfig, run_bench, write_bench_report
+
+    cfg = BenchConfig(serve=_serve_config(a), concurrency=tuple(int(x) for x in a.concurrency.split(",")),
+                      protocols=tuple(a.protocols.split(",")), requests_per_point=a.requests,
+                      seconds_per_point=a.seconds, url=a.url, grpc_url=a.grpc_url, data=a.data,
+                      artifacts=a.artifacts, out=a.out, agreement_rows=a.agreement_rows)
+    r = run_bench(cfg)
+    paths = write_bench_report(r, Path(a.out))
+    print(f"serving benchmark -> {paths['md']}; goals: {r['goals']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="a real Triton server on this machine")
+    _serve_args(s)
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--repo", default="model_repository_local/repo", help="where the generated repository goes")
+    r = sub.add_parser("triton-repo", help="a model repository for the NGC tritonserver image")
+    _serve_args(r)
+    r.add_argument("--out", default="model_repository")
+    r.add_argument("--cpu", action="store_true", help="KIND_CPU instances (default: KIND_GPU)")
+    b = sub.add_parser("bench", help="load benchmark (starts its own servers unless --url)")
+    _serve_args(b)
+    b.add_argument("--url", default="", help="HTTP host:port of a running server (loopback only)")
+    b.add_argument("--grpc-url", default="")
+    b.add_argument("--concurrency", default="1,4,16,64")
+    b.add_argument("--protocols", default="http,grpc")
+    b.add_argument("--requests", type=int, default=500, help="per sweep point")
+    b.add_argument("--seconds", type=float, default=30.0, help="per sweep point")
+    b.add_argument("--agreement-rows", type=int, default=0, help="0 = the whole test split")
+    b.add_argument("--data", default=DEFAULT_DATASET)
+    b.add_argument("--out", default="reports")
+    a = p.parse_args(argv)
+    from deploy.triton_server import ServerError
+
+    try:
+        return {"serve": serve, "triton-repo": triton_repo, "bench": bench}[a.cmd](a)
+    except (ServerError, RunnerError, ArtifactError, DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What a served request does, independent of the server: decode and check the texts, tokenize
+with the variant's own tokenizer and max length, run the variant's Runner, return label / id /
+probabilities. The Triton Python-backend model (deploy/triton_model.py) is a thin shell around it,
+so this logic is tested without a server and the server answers exactly what the evaluator scores.
+
+Over-long texts are truncated to the model's max length (keeping [CLS] ... [SEP]), like the
+evaluator does; the count of truncated texts is returned with each batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.feeds import InputError, encode
+from common.labels import LABELS
+
+MAX_TEXT_BYTES = 1 << 20  # 1 MiB per text: accepted (and truncated); anything larger is refused
+
+
+def decode_texts(values: Sequence[object]) -> list[str]:
+    """Texts from a Triton BYTES tensor (numpy object array of bytes). Raises InputError with a
+    message meant for the client: empty, blank, not UTF-8, too large."""
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, np.ndarray):  # a [n, 1] tensor arrives as rows of one element
+            if v.size != 1:
+                raise InputError(f"text #{i}: each row must hold exactly one text, got {v.size}")
+            v = v.reshape(-1)[0]
+        if isinstance(v, bytes | bytearray):
+            if len(v) > MAX_TEXT_BYTES:
+                raise InputError(f"text #{i} is {len(v)} bytes; the limit is {MAX_TEXT_BYTES} "
+                                 "(longer texts are truncated to the model's max length anyway)")
+            try:
+                v = bytes(v).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"text #{i} is not valid UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start})") from None
+        if not isinstance(v, str):
+            raise InputError(f"text #{i} is {type(v).__name__}, expected a UTF-8 string")
+        if not v.strip():
+            raise InputError(f"text #{i} is empty or whitespace only")
+        out.append(v)
+    if not out:
+        raise InputError("no texts given")
+    return out
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label_ids: np.ndarray  # int64 [n]
+    probs: np.ndarray  # float32 [n, 6]
+    truncated: int
+
+    @property
+    def labels(self) -> list[str]:
+        return [LABELS[i] for i in self.label_ids]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class EmotionService:
+    """One variant, loaded once: `predict(texts)` -> Prediction. Not thread-safe by design:
+    Triton gives each model instance its own process."""
+
+    def __init__(self, artifacts: str | Path, backend: str, variant: str, threads: int = 0,
+                 device: str = "cpu"):
+        from common.manifest import Manifest
+        from common.modelsource import load_tokenizer
+        from deploy.registry import baseline_meta, make_runner
+
+        artifacts = Path(artifacts)
+        self.max_length = int(baseline_meta(artifacts)["config"]["max_length"])
+        self.tokenizer = load_tokenizer(artifacts / Manifest(artifacts).get("baseline")["path"])
+        self.runner = make_runner(backend, variant, artifacts, threads or None, device)
+        self.runner.load()
+
+    def predict(self, texts: Sequence[str]) -> Prediction:
+        enc = encode(self.tokenizer, texts, self.max_length)
+        logits = self.runner.infer(enc.batch(list(range(len(enc))), self.runner.input_names))
+        if not np.isfinite(logits).all():
+            raise RuntimeError("the model produced non-finite logits")
+        return Prediction(logits.argmax(-1).astype(np.int64), softmax(logits), enc.truncated)
+
+    def close(self) -> None:
+        self.runner.close()

@@ -1,0 +1,23 @@
+"""Triton Python-backend `postprocess` model of the NGC repository (copied as 1/model.py):
+logits -> label (BYTES), label_id (INT64), probs (FP32, softmax). numpy only."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # provided by the Python backend stub
+
+LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")  # = common.labels.LABELS
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy()
+            z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            ids = logits.argmax(-1).astype(np.int64)
+            names = np.array([LABELS[i].encode() for i in ids], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("label", names.reshape(-1, 1)),
+                pb_utils.Tensor("label_id", ids.reshape(-1, 1)),
+                pb_utils.Tensor("probs", (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)),
+            ]))
+        return responses
