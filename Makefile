@@ -1,4 +1,5 @@
 # make engines | make test | make report | make evaluate BACKEND=ort VARIANT=fp32
+# make serve BACKEND=ort VARIANT=qat | make bench BACKEND=ort VARIANT=fp32 | make triton-repo
 # Variables: DATA (Hub name or local folder), MODEL (Hub id or local dir; empty = packaged MiniLM),
 # ARTIFACTS, REPORTS, THREADS, ENGINE_ARGS / EVAL_ARGS (extra flags passed through).
 DATA      ?= dair-ai/emotion
@@ -25,7 +26,7 @@ endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: setup engines evaluate report readme-results test lint typecheck pytest clean
+.PHONY: setup engines evaluate report readme-results serve triton-repo bench test lint typecheck pytest clean
 
 setup: $(SETUP)
 
@@ -55,6 +56,21 @@ report: $(SETUP)
 # README's Results section, regenerated from reports/comparison.md (never typed by hand).
 readme-results: $(SETUP)
 	$(PY) -m evaluate --compare --out $(REPORTS) --readme README.md
+
+# A real Triton server for one variant (Ctrl-C / SIGTERM stops it); SERVE_ARGS for the rest.
+SERVE_ARGS ?=
+serve: $(SETUP)
+	$(PY) -m deploy serve --backend $(BACKEND) --variant $(VARIANT) --artifacts $(ARTIFACTS) $(SERVE_ARGS)
+
+# Model repository for the NGC tritonserver image (docker/compose.triton.yml serves it).
+triton-repo: $(SETUP)
+	$(PY) -m deploy triton-repo --backend $(BACKEND) --variant $(VARIANT) --artifacts $(ARTIFACTS) \
+	    --out model_repository $(SERVE_ARGS)
+
+# Load benchmark against servers it starts itself -> reports/serve-$(BACKEND)-$(VARIANT).*
+bench: $(SETUP)
+	$(PY) -m deploy bench --backend $(BACKEND) --variant $(VARIANT) --artifacts $(ARTIFACTS) \
+	    --data $(DATA) --out $(REPORTS) --threads $(THREADS) $(SERVE_ARGS)
 
 lint: $(SETUP)
 	$(PY) -m ruff check .

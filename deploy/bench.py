@@ -118,7 +118,7 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
             "mean_server_batch": d_inf / d_exec if d_exec else None}
 
 
-def agreement(url: str, model: str, texts: list[str], reference: np.ndarray, chunk: int = 16) -> dict:
+def agreement(url: str, model: str, texts: list[str], reference: np.ndarray, chunk: int) -> dict:
     """Send every text through the server (requests of `chunk` texts) and compare top-1."""
     import tritonclient.http as http
 
@@ -172,7 +172,7 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     if cfg.url:
         run_sweep(cfg.url, cfg.grpc_url or cfg.url, None)
-        agree = agreement(cfg.url, model, texts, ref)
+        agree = agreement(cfg.url, model, texts, ref, cfg.serve.max_batch)
     else:
         for dyn in cfg.dynamic_batching:
             with tempfile.TemporaryDirectory(prefix="triton-bench-") as tmp:
@@ -182,7 +182,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                 with TritonServer(repo, free_ports(), Path(tmp) / "server.log") as s:
                     run_sweep(s.url, s.grpc_url, dyn)
                     if agree is None:
-                        agree = agreement(s.url, model, texts, ref)
+                        agree = agreement(s.url, model, texts, ref, cfg.serve.max_batch)
     return {"backend": cfg.serve.backend, "variant": cfg.serve.variant, "device": cpu_device(),
             "threads": cfg.serve.threads or None, "server": "tritonserver 2.51 (nvidia-pytriton "
             "0.7.0 bundle), Python-backend model running the variant's Runner",

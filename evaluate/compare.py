@@ -81,7 +81,13 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
             "confusion_matrix": r["confusion_matrix"], "measurement": r["measurement"],
             "versions": r["versions"], "report": f"{stem(r['backend'], r['variant'])}.md",
         })
-    return {"rows": rows, "missing": missing}
+    serving = []
+    for f in sorted(Path(reports_dir).glob("serve-*.json")):  # `python -m deploy bench` reports
+        b = load_report(f)
+        serving.append({"backend": b["backend"], "variant": b["variant"],
+                        "device": b["device"].get("name"), "goals": b["goals"],
+                        "report": f.with_suffix(".md").name})
+    return {"rows": rows, "missing": missing, "serving": serving}
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -112,6 +118,16 @@ def comparison_markdown(c: dict) -> str:
     if c["missing"]:
         out += ["", "## Not measured", "", "| variant | backend | why |", "|---|---|---|"]
         out += [f"| {m['variant']} | {m['backend']} | {m['reason']} |" for m in c["missing"]]
+    if c.get("serving"):
+        out += ["", "## Serving on Triton (`python -m deploy bench`)", "",
+                "| variant | backend | device | failed / requests | throughput 16 / 1 clients (gRPC) "
+                "| p99 / p50 at 16 (gRPC) | top-1 agreement % | report |", "|" + "---|" * 8]
+        for sv in c["serving"]:
+            g = sv["goals"]
+            out.append(f"| {sv['variant']} | {sv['backend']} | {sv['device']} | {g['failed_total']} / "
+                       f"{g['requests_total']} | {_fmt(g.get('grpc_throughput_16_over_1'), '.2f')} | "
+                       f"{_fmt(g.get('grpc_p99_over_p50_at_16'), '.2f')} | "
+                       f"{_fmt(g.get('agreement_top1_pct'), '.2f')} | [{sv['report']}]({sv['report']}) |")
     out += ["", "## Per-class F1", "", "| variant | backend | " + " | ".join(LABELS) + " | what changed |",
             "|" + "---|" * (len(LABELS) + 3)]
     for r in c["rows"]:
@@ -166,8 +182,8 @@ def update_readme(readme: Path, comparison_md: Path) -> None:
     body = Path(comparison_md).read_text(encoding="utf-8").split("\n", 1)[1].strip()
     rel = Path(comparison_md).parent.name
     body = body.replace("](comparison-", f"]({rel}/comparison-")
-    body = "\n".join(line.replace("](", f"]({rel}/") if line.startswith("- **") else line
-                     for line in body.splitlines())
+    body = "\n".join(line.replace("](", f"]({rel}/") if line.startswith(("- **", "| ")) and "](" in line
+                     else line for line in body.splitlines())
     head, rest = text.split(RESULTS_START, 1)
     _, tail = rest.split(RESULTS_END, 1)
     Path(readme).write_text(f"{head}{RESULTS_START}\n{body}\n{RESULTS_END}{tail}", encoding="utf-8")

@@ -260,3 +260,31 @@ def test_ngc_tokenizer_encodes_like_the_project(tiny_artifacts, data_dir, tmp_pa
         list(range(len(texts))), names)
     for n in names:
         assert np.array_equal(got[n], want[n]), n
+
+
+def test_bench_end_to_end_and_comparison_links_it(tiny_artifacts, data_dir, tmp_path):
+    from deploy.bench import BenchConfig, run_bench, write_bench_report
+    from evaluate.compare import write_comparison
+
+    cfg = BenchConfig(serve=ServeConfig(max_batch=MAX_BATCH, threads=1), concurrency=(1, 4, 16),
+                      requests_per_point=24, seconds_per_point=20, data=str(data_dir),
+                      artifacts=str(tiny_artifacts), out=str(tmp_path), agreement_rows=64)
+    r = run_bench(cfg)
+    assert len(r["sweep"]) == 2 * 3 * 2  # protocols x concurrency x dynamic batching on/off
+    for row in r["sweep"]:
+        assert row["requests"] == 24 and row["failed"] == 0 and row["throughput_rps"] > 0
+        assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+        if row["dynamic_batching"] is False:
+            assert row["mean_server_batch"] == 1.0  # no batching without the dynamic batcher
+    assert max(x["mean_server_batch"] for x in r["sweep"] if x["dynamic_batching"]) > 1.0
+    assert r["agreement"]["n"] == 64 and r["agreement"]["top1_pct"] == 100.0
+    assert r["goals"]["failed_total"] == 0 and "grpc_throughput_16_over_1" in r["goals"]
+    paths = write_bench_report(r, tmp_path)
+    saved = json.loads(paths["json"].read_text())
+    for key in ("backend", "variant", "device", "threads", "sweep", "agreement"):
+        assert key in saved
+    assert set(saved["sweep"][0]) >= {"concurrency", "protocol", "dynamic_batching", "requests",
+                                      "failed", "throughput_rps", "latency_ms", "mean_server_batch"}
+    assert paths["png"].stat().st_size > 0 and "| grpc | True | 16 |" in paths["md"].read_text()
+    comparison = write_comparison(tmp_path, [])
+    assert "[serve-ort-fp32.md](serve-ort-fp32.md)" in comparison["md"].read_text()
