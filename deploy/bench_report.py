@@ -51,6 +51,8 @@ def plot(r: dict, path: Path) -> None:
                 linestyle="-" if dyn in (True, None) else "--",
                 label=f"{proto}, dynamic batching {'on' if dyn else 'off' if dyn is False else '?'}")
     ax.set_xscale("log", base=2)
+    conc = sorted({s["concurrency"] for s in r["sweep"]})
+    ax.set_xticks(conc, [str(c) for c in conc])
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("throughput (requests/s)")
     ax.set_title(f"Triton: {r['backend']}/{r['variant']} on {r['device'].get('name', 'cpu')}", fontsize=9)

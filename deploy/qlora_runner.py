@@ -31,12 +31,9 @@ class QloraRunner(TorchRunner):
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RunnerError("device cuda asked for, but torch sees no CUDA GPU")
         torch.set_num_threads(self.threads)
-        from train.qlora import ImportOrderError, load_qlora, weight_memory
+        from train.qlora import load_qlora, weight_memory
 
-        try:
-            self.model, self.recipe = load_qlora(self.adapter_dir, self.device)
-        except ImportOrderError as exc:
-            raise RunnerError(str(exc)) from exc
+        self.model, self.recipe = load_qlora(self.adapter_dir, self.device)
         self.memory = weight_memory(self.model)
         self._loaded = True  # TorchRunner.load would load a plain checkpoint: not called
 

@@ -26,9 +26,7 @@ from train.finetune import FinetuneConfig
 from train.qat import QatConfig
 from train.qlora import QloraConfig
 
-# qlora is built on request only (`--stages qlora`): on CPU, bitsandbytes 0.50's 4-bit layers
-# were seen to give non-deterministic NaN losses on small models (see train/qlora.py).
-STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "trt")
+STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "qlora", "trt")
 
 
 @dataclass(frozen=True)
@@ -256,32 +254,13 @@ def qat_onnx_step(b: Builder, flavour: str) -> Step:
                 lambda tmp: export_qat(b.root / "qat", tmp, flavour, b.cfg.export))
 
 
-def run_isolated(module: str, func: str, *args: Any) -> Any:
-    """Run module.func(*args) (JSON in, JSON out) in a fresh interpreter. QLoRA needs it: in a
-    process that already ran onnxruntime, bitsandbytes' CPU 4-bit layers were seen to return NaN
-    (bitsandbytes 0.50.2, onnxruntime 1.32, torch 2.13), and `make engines` runs ORT steps first."""
-    import json
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    code = (f"import json, sys; from {module} import {func}; "
-            f"r = {func}(*json.loads(sys.argv[1])); print('@@RESULT@@' + json.dumps(r))")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], cwd=repo, text=True,
-                          stdout=subprocess.PIPE)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{module}.{func} failed in its own process (exit {proc.returncode}); "
-                           "see the messages above")
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")]
-    print("\n".join(x for x in proc.stdout.splitlines() if not x.startswith("@@RESULT@@")))
-    return json.loads(lines[-1].removeprefix("@@RESULT@@"))
-
-
 def qlora_step(b: Builder) -> Step:
     q = b.cfg.qlora
 
     def build(tmp: Path) -> dict[str, Any]:
-        r = run_isolated("train.qlora", "train_qlora_json", asdict(q), str(tmp))
+        from train.qlora import train_qlora
+
+        r = train_qlora(q, tmp)
         return {k: r[k] for k in ("best_val_macro_f1", "train_minutes", "trainable_params",
                                   "trainable_pct", "weight_memory", "targets", "fp32_weight_bytes")}
 

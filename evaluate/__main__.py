@@ -59,21 +59,6 @@ def run_one(cfg: EvalConfig) -> Path:
     return paths["json"]
 
 
-def run_in_own_process(cfg: EvalConfig) -> Path:
-    """QLoRA is scored in a fresh interpreter: after onnxruntime has run in a process,
-    bitsandbytes' CPU 4-bit layers were seen to return NaN (see train/qlora.py)."""
-    import subprocess
-
-    args = [sys.executable, "-m", "evaluate", "--backend", cfg.backend, "--variant", cfg.variant]
-    for k, v in dataclasses.asdict(cfg).items():
-        if k not in {"backend", "variant"}:
-            args += [f"--{k.replace('_', '-')}", str(v)]
-    proc = subprocess.run(args)
-    if proc.returncode != 0:
-        raise RunnerError(f"{cfg.backend}/{cfg.variant} failed in its own process (exit {proc.returncode})")
-    return Path(cfg.out) / f"{cfg.backend}-{cfg.variant}.json"
-
-
 def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[dict]]:
     """Score every variant that can run here (measure=False: only list those that cannot)."""
     from deploy.registry import VARIANTS
@@ -94,7 +79,7 @@ def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[di
             continue
         try:
             cfg = dataclasses.replace(base, backend=v.backend, variant=v.variant)
-            done.append(run_in_own_process(cfg) if v.backend == "qlora" else run_one(cfg))
+            done.append(run_one(cfg))
         except USER_ERRORS as exc:
             missing.append({"backend": v.backend, "variant": v.variant, "reason": str(exc)})
     return done, missing

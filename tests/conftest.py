@@ -10,10 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-# torch before onnxruntime: test modules import onnxruntime at collection time, and a process
-# that loads onnxruntime first gets NaN from bitsandbytes' CPU 4-bit layers (train/qlora.py).
-import torch  # noqa: F401  isort: skip
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMOTION_DATA", REPO.parent / "shared" / "data" / "emotion"))
