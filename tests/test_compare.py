@@ -48,16 +48,24 @@ def test_comparison_ratios_missing_rows_and_plots(reports, tmp_path):
 
 
 def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
+    import shutil
+
+    # a copy of the artifacts whose manifest lacks one variant: it must be listed as not built
+    arts = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, arts)
+    manifest = json.loads((arts / "manifest.json").read_text())
+    del manifest["onnx-qat-s8"]
+    (arts / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "all"
-    rc = evaluate_main(["--all", "--data", str(data_dir), "--artifacts", str(tiny_artifacts), "--out",
+    rc = evaluate_main(["--all", "--data", str(data_dir), "--artifacts", str(arts), "--out",
                         str(out), "--threads", "1", "--latency-samples", "5", "--warmup", "1",
                         "--limit", "32"])
     assert rc == 0
     c = json.loads((out / "comparison.json").read_text())
     missing = {(m["backend"], m["variant"]): m["reason"] for m in c["missing"]}
     measured = {(r["backend"], r["variant"]) for r in c["rows"]}
-    assert ("ort", "ptq") in measured and ("torch", "ptq-dynamic") in measured
-    assert missing[("qlora", "nf4")].startswith("not built")
+    assert {("ort", "ptq"), ("torch", "ptq-dynamic"), ("ort", "qat"), ("qlora", "nf4")} <= measured
+    assert missing[("ort", "qat-s8")].startswith("not built (onnx-qat-s8)")
     from engines.trt_env import tensorrt_status
 
     if not tensorrt_status()[0]:

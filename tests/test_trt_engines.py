@@ -17,12 +17,13 @@ def trt_artifacts(tiny_artifacts, tiny_model_dir, data_dir):
     from tests.conftest import tiny_build_config
 
     b = build_all(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts, stages=("trt",)))
-    assert {"trt-fp32", "trt-fp16", "trt-ptq"} <= set(b.built) | set(b.skipped)
+    assert {"trt-fp32", "trt-fp16", "trt-ptq", "trt-qat"} <= set(b.built) | set(b.skipped)
     return tiny_artifacts
 
 
 @pytest.mark.parametrize("variant, reference, min_agreement", [
-    ("fp32", "fp32", 1.0), ("fp16", "fp32", 0.97), ("ptq", "ptq-s8", 0.95), ("int8", "fp32", 0.9)])
+    ("fp32", "fp32", 1.0), ("fp16", "fp32", 0.97), ("ptq", "ptq-s8", 0.95), ("int8", "fp32", 0.9),
+    ("qat", "qat-s8", 0.95)])
 def test_engine_agrees_with_onnx_runtime(trt_artifacts, data_dir, variant, reference, min_agreement):
     import tensorrt as trt
 
