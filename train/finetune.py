@@ -19,6 +19,7 @@ from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, r
 from train.loop import (
     bucketed_batches,
     model_input_names,
+    resolve_device,
     seed_everything,
     train_val_splits,
     validation_row,
@@ -61,16 +62,6 @@ class FinetuneConfig:
         return d
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
-    return name
-
-
 def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     """Train, keep the epoch with the best validation macro F1, save it to out_dir."""
     import torch
@@ -80,7 +71,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.amp != "none" and device != "cuda":
         raise RuntimeError(f"--amp {cfg.amp} needs CUDA; on CPU train with --amp none")
     train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)

@@ -18,6 +18,34 @@ def train_val_splits(data: str, limit_train: int = 0, limit_eval: int = 0):
             val.head(limit_eval) if limit_eval else val)
 
 
+def resolve_device(name: str) -> str:
+    """auto -> cuda when torch sees a GPU, else cpu; an explicit cuda without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
+    return name
+
+
+def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sched, params,
+               what: str) -> float:
+    """One optimiser step (plain FP32, clipped at 1.0); refuses a non-finite loss."""
+    import torch
+
+    loss = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()},
+                 labels=labels.to(device)).loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what}: loss became {loss.item()}; lower the learning rate")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.item())
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from common.feeds import encode
-from train.loop import bucketed_batches, seed_everything, train_val_splits, validation_row
+from train.loop import (
+    bucketed_batches,
+    resolve_device,
+    seed_everything,
+    train_step,
+    train_val_splits,
+    validation_row,
+)
 
 AMAX_FILE = "qat_amax.json"
 
@@ -85,16 +92,6 @@ def describe(cfg: QatConfig, num_layers: int) -> dict:
             "calibration": "validation calibration set (artifacts/calibration/*.npz)"}
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
-    return name
-
-
 def calibrate(model, calib_batches, device: str = "cpu") -> int:
     """Set every activation quantizer's amax from the calibration batches (no gradient)."""
     import torch
@@ -158,7 +155,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     baseline = Path(baseline)
     meta = json.loads((baseline / "recipe.json").read_text())
     names, max_length = meta["input_names"], int(meta["config"]["max_length"])
@@ -202,16 +199,9 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     bar = tqdm(plan, desc=f"QAT ({cfg.epochs:g} epoch(s), {total} steps)")
     for step, b in enumerate(bar, start=1):
         model.train()
-        feed = {k: torch.from_numpy(v).to(device) for k, v in train_enc.batch(b, names).items()}
-        loss = model(**feed, labels=y_train[b].to(device)).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"QAT loss became {loss.item()} at step {step}; lower --qat-lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        loss = train_step(model, train_enc.batch(b, names), y_train[b], device, opt, sched, params,
+                          f"QAT step {step} (lower --qat-lr)")
+        running = 0.98 * running + 0.02 * loss if step > 1 else loss
         bar.set_postfix(loss=f"{running:.4f}")
         if step % cfg.eval_every == 0 or step == total:
             history.append(score(step, running))

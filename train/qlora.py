@@ -24,7 +24,14 @@ import numpy as np
 
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
-from train.loop import bucketed_batches, seed_everything, train_val_splits, validation_row
+from train.loop import (
+    bucketed_batches,
+    resolve_device,
+    seed_everything,
+    train_step,
+    train_val_splits,
+    validation_row,
+)
 
 ATTENTION = ("query", "key", "value")
 ATTENTION_FFN = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
@@ -66,14 +73,6 @@ class QloraConfig:
         d = asdict(self)
         d.pop("device")
         return d
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _frozen_embedding_nf4():
@@ -176,7 +175,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
     seed_everything(cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
     tok = load_tokenizer(cfg.model)
     model = build_peft_model(cfg, device)
@@ -194,16 +193,9 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
         bar = tqdm(bucketed_batches(tr, cfg.batch_size, rng), desc=f"qlora epoch {epoch}/{cfg.epochs}")
         ema = 0.0
         for step, b in enumerate(bar, 1):
-            feed = {k: torch.from_numpy(v).to(device) for k, v in tr.batch(b, names).items()}
-            loss = model(**feed, labels=y[b].to(device)).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"QLoRA loss became {loss.item()} (epoch {epoch}, step {step}); lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            ema = loss.item() if step == 1 else 0.98 * ema + 0.02 * loss.item()
+            loss = train_step(model, tr.batch(b, names), y[b], device, opt, sched, params,
+                              f"QLoRA epoch {epoch} step {step}")
+            ema = loss if step == 1 else 0.98 * ema + 0.02 * loss
             bar.set_postfix(loss=f"{ema:.4f}")
         row = validation_row(model, va, names, val.labels, device, epoch, ema, (time.time() - t0) / 60)
         history.append(row)
