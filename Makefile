@@ -76,7 +76,7 @@ lint: $(SETUP)
 	$(PY) -m ruff check .
 
 typecheck: $(SETUP)
-	$(PY) -m mypy common deploy engines evaluate export calibration train
+	$(PY) -m mypy common deploy engines evaluate export calibration train study
 
 pytest: $(SETUP)
 	$(PY) -m pytest $(PYTEST_ARGS)
