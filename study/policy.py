@@ -46,16 +46,29 @@ class QuantLinear(nn.Module):
         return f"{self.spec.name}, shape={tuple(self.shape)}"
 
 
+def is_linear(m: nn.Module) -> bool:
+    """nn.Linear, or GPT-2's Conv1D (a Linear with its weight stored transposed)."""
+    return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+
+
+def as_linear(m: Any) -> nn.Linear:
+    if isinstance(m, nn.Linear):
+        return m
+    lin = nn.Linear(m.weight.shape[0], m.weight.shape[1], bias=m.bias is not None)
+    lin.weight = nn.Parameter(m.weight.detach().t().contiguous(), requires_grad=False)
+    if m.bias is not None:
+        lin.bias = m.bias
+    return lin
+
+
+def _out_features(m: Any) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.weight.shape[1]
+
+
 def select(model: nn.Module, keep: Sequence[str] = ()) -> list[str]:
-    """Qualified names of the nn.Linear layers a policy quantizes (not matching any `keep`)."""
+    """Qualified names of the Linear layers a policy quantizes (not matching any `keep`)."""
     return [n for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(re.search(p, n) for p in keep)]
-
-
-def _linear(model: nn.Module, name: str) -> nn.Linear:
-    m = model.get_submodule(name)
-    assert isinstance(m, nn.Linear)
-    return m
+            if is_linear(m) and not any(re.search(p, n) for p in keep)]
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -67,8 +80,7 @@ def apply_ours(model: nn.Module, spec: QuantSpec, keep: Sequence[str] = ()) -> l
     """Replace, in place, the selected Linears by QuantLinear; returns their names."""
     names = select(model, keep)
     for n in names:
-        lin: Any = model.get_submodule(n)
-        _set(model, n, QuantLinear(lin, spec))
+        _set(model, n, QuantLinear(as_linear(model.get_submodule(n)), spec))
     return names
 
 
@@ -86,10 +98,10 @@ def apply_bnb(model: nn.Module, fmt: str, keep: Sequence[str] = ()) -> list[str]
     # (_convert_weight_packed_for_cpu asserts N % 32 == 0): a 6-way classifier head cannot be
     # 4-bit on CPU, so such layers stay FP32 there (reported by the caller from the names).
     names = [n for n in select(model, keep)
-             if fmt == "int8" or _linear(model, n).out_features % 32 == 0]
+             if fmt == "int8" or _out_features(model.get_submodule(n)) % 32 == 0]
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     for n in names:
-        lin: Any = model.get_submodule(n)
+        lin = as_linear(model.get_submodule(n))
         if fmt == "int8":
             new: nn.Module = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features,
                                                  bias=lin.bias is not None, has_fp16_weights=False,

@@ -1,0 +1,79 @@
+"""The study's JSON, Markdown table and plots (quality vs weight memory, latency bars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.manifest import write_json_atomic
+from evaluate.plots import _plt
+
+
+def markdown(r: dict, stem: str) -> str:
+    metric = r["metric"]
+    ref = next(x for x in r["rows"] if x["method"] == "fp32")
+    lines = [f"# Quantization study: {r['task']}", "",
+             f"Device: {r['device'].get('name')}, {r['threads']} threads; one process, rows measured "
+             "one after another. Weight memory: bytes of every parameter and buffer the model holds "
+             "(packed 4-bit codes as stored, scales, zero points, bitsandbytes state, FP parts). "
+             "Peak RSS: the process's resident-memory high-water mark while scoring the row (reset "
+             "before each row). Latency: median batch-1 forward.", "",
+             f"Selective policy keeps in full precision: `{', '.join(r['selective_keep'])}` (head + "
+             "the most sensitive block(s); sensitivity below).", "",
+             f"| method | family | policy | {metric} | delta vs FP32 | weight MB | x FP32 | peak RSS MB "
+             "| latency ms (b=1) | layers quantized |", "|" + "---|" * 10]
+    for x in r["rows"]:
+        rss = f"{x['peak_rss_mb']:.0f}" if x["peak_rss_mb"] else "-"
+        lines.append(f"| {x['method']} | {x['family']} | {x['policy']} | {x[metric]:.4f} | "
+                     f"{x[metric] - ref[metric]:+.4f} | {x['weight_bytes'] / 1e6:.1f} | "
+                     f"{x['weight_bytes'] / ref['weight_bytes']:.2f} | {rss} | "
+                     f"{x['latency_ms_b1']:.2f} | {x['quantized_layers']}/{x['linear_layers']} |")
+    if r["sensitivity"]:
+        lines += ["", f"Sensitivity (validation {metric} lost when only that block is absmax int4 "
+                  "per channel):", "", "| block | loss |", "|---|---|"]
+        lines += [f"| {b} | {v:+.4f} |" for b, v in r["sensitivity"].items()]
+    lines += ["", f"![quality vs memory]({stem}-quality-memory.png)", "",
+              f"![latency]({stem}-latency.png)", ""]
+    return "\n".join(lines)
+
+
+def plots(r: dict, out: Path, stem: str) -> list[Path]:
+    plt = _plt()
+    metric = r["metric"]
+    colors = {"ours": "tab:blue", "bitsandbytes": "tab:orange", "reference": "black"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for x in r["rows"]:
+        ax.scatter(x["weight_bytes"] / 1e6, x[metric], color=colors[x["family"]],
+                   marker="o" if x["policy"] == "whole" else "s")
+        ax.annotate(f"{x['method']} ({x['policy'][0]})", (x["weight_bytes"] / 1e6, x[metric]),
+                    fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("weight memory (MB)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{r['task']}: quality vs weight memory (o whole, s selective; blue ours, "
+                 "orange bitsandbytes)", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p1 = out / f"{stem}-quality-memory.png"
+    fig.savefig(p1, dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(r["rows"]) + 1.2))
+    labels = [f"{x['method']} ({x['policy']})" for x in r["rows"]]
+    ax.barh(labels, [x["latency_ms_b1"] for x in r["rows"]],
+            color=[colors[x["family"]] for x in r["rows"]])
+    ax.invert_yaxis()
+    ax.set_xlabel("batch-1 latency (ms, median)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    p2 = out / f"{stem}-latency.png"
+    fig.savefig(p2, dpi=120)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def write_study(r: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"study-{r['task']}"
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
+    write_json_atomic(paths["json"], r)
+    paths["md"].write_text(markdown(r, stem), encoding="utf-8")
+    p1, p2 = plots(r, out, stem)
+    return {**paths, "quality_png": p1, "latency_png": p2}

@@ -1,0 +1,244 @@
+"""The study: each quantization method x policy on one task, measured in one process on one device.
+
+Tasks: `classifier` (the fine-tuned baseline from artifacts/, test macro F1) and `lm` (any causal
+LM, PTB perplexity). Per row: quality, weight bytes (what the model holds), peak resident memory
+during inference (Linux VmHWM, reset before each row), batch-1 latency. The selective policy keeps
+the head in full precision plus the blocks a sensitivity pass finds worst (each block quantized
+alone with the harshest method, absmax int4 per channel, scored on validation).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from study.quantizers import QuantSpec
+
+OURS = ("absmax-8-channel", "zeropoint-8-channel", "absmax-4-group", "zeropoint-4-group", "nf4-4-group")
+BNB = ("int8", "fp4", "nf4", "nf4-dq")
+HEADS = {"classifier": (r"^classifier$", r"pooler"), "lm": (r"lm_head",)}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    task: str = "classifier"
+    model: str = ""  # lm: Hub id or local dir (e.g. gpt2); classifier: artifacts/baseline
+    data: str = "dair-ai/emotion"  # classifier data; lm: PTB folder or Hub name
+    artifacts: str = "artifacts"
+    out: str = "reports"
+    ours: tuple[str, ...] = OURS
+    bnb: tuple[str, ...] = BNB
+    policies: tuple[str, ...] = ("whole", "selective")
+    group_size: int = 64
+    keep_blocks: int = 1  # selective: this many most sensitive blocks stay full precision
+    limit: int = 0  # classifier: first N test rows (0 = all); lm: first N tokens (0 = all)
+    latency_samples: int = 100
+    max_length: int = 1024  # lm window
+    stride: int = 512
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in HEADS:
+            raise ValueError(f"task must be one of {sorted(HEADS)}")
+        for m in self.ours:
+            spec(m, self.group_size)
+
+
+def spec(name: str, group_size: int) -> QuantSpec:
+    method, bits, gran = name.split("-")
+    return QuantSpec(method, int(bits), gran, group_size)
+
+
+def peak_rss_reset() -> bool:
+    try:  # Linux >= 4.0: writing 5 resets the peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class Task:
+    """Loads a fresh model, scores it, times it; subclassed per task."""
+
+    metric = "quality"
+    higher_is_better = True
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+
+    def fresh(self) -> Any:
+        raise NotImplementedError
+
+    def quality(self, model: Any, split: str = "test") -> float:
+        raise NotImplementedError
+
+    def latency_ms(self, model: Any) -> float:
+        raise NotImplementedError
+
+    def blocks(self, model: Any) -> list[str]:
+        """Name prefixes of the transformer blocks (for the sensitivity pass)."""
+        names = {m.group(0) for n, _ in model.named_modules()
+                 for m in [re.search(r"(layer|h)\.\d+\.", n)] if m}
+        return sorted(names, key=lambda s: int(re.findall(r"\d+", s)[0]))
+
+
+class ClassifierTask(Task):
+    higher_is_better = True
+    metric = "macro_f1"
+
+    def __init__(self, cfg: StudyConfig):
+        super().__init__(cfg)
+        from common.data import load_split
+        from common.feeds import encode
+        from common.manifest import Manifest
+        from common.modelsource import load_tokenizer
+
+        self.ckpt = Path(cfg.artifacts) / Manifest(Path(cfg.artifacts)).get("baseline")["path"]
+        tok = load_tokenizer(self.ckpt)
+        self.splits = {}
+        for s in ("validation", "test"):
+            sp = load_split(cfg.data, s)
+            sp = sp.head(cfg.limit) if cfg.limit else sp
+            self.splits[s] = (encode(tok, sp.texts, 128), np.asarray(sp.labels))
+        self.names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    def fresh(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(self.ckpt).eval()
+
+    def quality(self, model, split: str = "test") -> float:
+        from evaluate.metrics import classification_metrics
+        from train.loop import torch_logits
+
+        enc, y = self.splits[split]
+        return classification_metrics(y, torch_logits(model, enc, self.names, 64).argmax(-1))["macro_f1"]
+
+    def latency_ms(self, model) -> float:
+        import torch
+
+        enc, _ = self.splits["test"]
+        n = min(self.cfg.latency_samples, len(enc))
+        times = []
+        with torch.inference_mode():
+            for i in range(n):
+                feed = {k: torch.from_numpy(v) for k, v in enc.batch([i], self.names).items()}
+                t0 = time.perf_counter()
+                model(**feed)
+                times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+
+
+class LmTask(Task):
+    higher_is_better = False
+    metric = "perplexity"
+
+    def __init__(self, cfg: StudyConfig):
+        super().__init__(cfg)
+        from transformers import AutoTokenizer
+
+        from study.lm import load_ptb
+
+        self.tok = AutoTokenizer.from_pretrained(cfg.model)
+        self.text = {"test": load_ptb(cfg.data, "test"), "validation": load_ptb(cfg.data, "validation")}
+
+    def fresh(self):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.cfg.model).eval()
+
+    def quality(self, model, split: str = "test") -> float:
+        from study.lm import perplexity
+
+        return perplexity(model, self.tok, self.text[split], self.cfg.max_length, self.cfg.stride,
+                          self.cfg.limit)["perplexity"]
+
+    def latency_ms(self, model) -> float:
+        import torch
+
+        # one window of up to 128 tokens (never longer than the model's window)
+        ids = self.tok(self.text["test"][:4000], return_tensors="pt").input_ids[:, :min(128, self.cfg.max_length)]
+        times = []
+        with torch.inference_mode():
+            for _ in range(min(self.cfg.latency_samples, 20)):
+                t0 = time.perf_counter()
+                model(ids)
+                times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+
+
+def make_task(cfg: StudyConfig) -> Task:
+    return ClassifierTask(cfg) if cfg.task == "classifier" else LmTask(cfg)
+
+
+def sensitivity(task: Task, cfg: StudyConfig) -> dict[str, float]:
+    """Quality loss (validation) when only one block is quantized with absmax int4 per channel."""
+    from study.policy import apply_ours
+
+    ref = task.quality(task.fresh(), "validation")
+    harsh = QuantSpec("absmax", 4, "channel", cfg.group_size)
+    out = {}
+    for b in task.blocks(task.fresh()):
+        m = task.fresh()
+        apply_ours(m, harsh, keep=(rf"^(?!.*{re.escape(b)})",))  # every Linear outside b is kept
+        q = task.quality(m, "validation")
+        out[b.rstrip(".")] = (ref - q) if task.higher_is_better else (q - ref)
+    return out
+
+
+def selective_rule(task: Task, cfg: StudyConfig, sens: dict[str, float]) -> tuple[str, ...]:
+    worst = sorted(sens, key=sens.get, reverse=True)[: cfg.keep_blocks]  # type: ignore[arg-type]
+    return HEADS[cfg.task] + tuple(rf"{re.escape(b)}\." for b in worst)
+
+
+def run_study(cfg: StudyConfig) -> dict:
+    import torch
+
+    from common.env import cpu_device, versions
+    from study.policy import apply_bnb, apply_ours, select, weight_bytes
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = make_task(cfg)
+    sens = sensitivity(task, cfg) if "selective" in cfg.policies else {}
+    rules = {"whole": (), "selective": selective_rule(task, cfg, sens)}
+    rows: list[dict[str, Any]] = []
+
+    def measure(label: str, family: str, policy: str, apply) -> None:
+        model = task.fresh()
+        names = apply(model, rules[policy]) if apply else []
+        total = len(select(task.fresh()))
+        reset = peak_rss_reset()
+        q = task.quality(model)
+        rows.append({"method": label, "family": family, "policy": policy, task.metric: q,
+                     "weight_bytes": weight_bytes(model), "latency_ms_b1": task.latency_ms(model),
+                     "peak_rss_mb": peak_rss_mb() if reset else None,
+                     "quantized_layers": len(names), "linear_layers": total})
+        print(f"  {label:>22} {policy:>9}: {task.metric} {q:.4f}, "
+              f"{rows[-1]['weight_bytes'] / 1e6:.1f} MB, {rows[-1]['latency_ms_b1']:.2f} ms")
+
+    measure("fp32", "reference", "whole", None)
+    for policy in cfg.policies:
+        for name in cfg.ours:
+            s = spec(name, cfg.group_size)
+            measure(s.name, "ours", policy, lambda m, keep, s=s: apply_ours(m, s, keep))
+        for fmt in cfg.bnb:
+            measure(f"bnb-{fmt}", "bitsandbytes", policy, lambda m, keep, f=fmt: apply_bnb(m, f, keep))
+    return {"task": cfg.task, "metric": task.metric, "config": asdict(cfg), "device": cpu_device(),
+            "threads": torch.get_num_threads(), "sensitivity": sens,
+            "selective_keep": list(rules["selective"]), "rows": rows, "versions": versions()}
