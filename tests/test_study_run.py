@@ -11,14 +11,12 @@ from study.lm import load_ptb, perplexity
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+def tiny_gpt2(tmp_path_factory, shared_data):
     from tokenizers import Tokenizer, models, pre_tokenizers
-
-    from tests.conftest import REPO
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-gpt2")
-    words = (REPO.parent / "shared" / "data" / "ptb" / "valid.txt").read_text().split()
+    words = (shared_data.parent / "ptb" / "valid.txt").read_text().split()
     vocab = {w: i for i, w in enumerate(["<unk>"] + sorted(set(words))[:500])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
