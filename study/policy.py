@@ -7,8 +7,8 @@ last blocks, the attention output projections).
 
 from __future__ import annotations
 
+import logging
 import re
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,7 +99,9 @@ def apply_bnb(model: nn.Module, fmt: str, keep: Sequence[str] = ()) -> list[str]
     # 4-bit on CPU, so such layers stay FP32 there (reported by the caller from the names).
     names = [n for n in select(model, keep)
              if fmt == "int8" or _out_features(model.get_submodule(n)) % 32 == 0]
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    # LLM.int8 logs "inputs will be cast to float16" at every call (bitsandbytes.autograd
+    # logger): known and expected for FP32 inputs, so only errors from that logger are shown
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     for n in names:
         lin = as_linear(model.get_submodule(n))
         if fmt == "int8":
@@ -133,7 +135,9 @@ def weight_bytes(model: nn.Module) -> int:
         total += t.numel() * t.element_size()
         qs = getattr(t, "quant_state", None)
         if qs is not None:
-            for x in (qs.absmax, getattr(qs.state2, "absmax", None) if qs.state2 else None):
+            # bitsandbytes' QuantState raises AttributeError for state2 when not nested
+            state2 = getattr(qs, "state2", None)
+            for x in (qs.absmax, getattr(state2, "absmax", None)):
                 if isinstance(x, torch.Tensor):
                     total += x.numel() * x.element_size()
         scb = getattr(t, "SCB", None)

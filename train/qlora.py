@@ -161,8 +161,9 @@ def weight_memory(model) -> dict:
         if p.__class__.__name__ == "Params4bit":
             packed += p.numel() * p.element_size()
             qs = p.quant_state
-            for t in (qs.absmax, qs.code, getattr(qs.state2, "absmax", None) if qs.state2 else None,
-                      getattr(qs.state2, "code", None) if qs.state2 else None):
+            state2 = getattr(qs, "state2", None)  # QuantState raises for it when not nested
+            for t in (qs.absmax, qs.code, getattr(state2, "absmax", None),
+                      getattr(state2, "code", None)):
                 if isinstance(t, torch.Tensor):
                     state += t.numel() * t.element_size()
         else:
