@@ -27,6 +27,11 @@ def markdown(r: dict, stem: str) -> str:
                      f"{x[metric] - ref[metric]:+.4f} | {x['weight_bytes'] / 1e6:.1f} | "
                      f"{x['weight_bytes'] / ref['weight_bytes']:.2f} | {rss} | "
                      f"{x['latency_ms_b1']:.2f} | {x['quantized_layers']}/{x['linear_layers']} |")
+    nf = r.get("nf4_reconstruction")
+    if nf and nf["layers"]:
+        lines += ["", f"NF4 reconstruction error on the same {nf['layers']} weight matrices (blocks of "
+                  f"{nf['block']}): ours mean {nf['ours_mean']:.3e} / max {nf['ours_max']:.3e}; "
+                  f"bitsandbytes mean {nf['bnb_mean']:.3e} / max {nf['bnb_max']:.3e}."]
     if r["sensitivity"]:
         lines += ["", f"Sensitivity (validation {metric} lost when only that block is absmax int4 "
                   "per channel):", "", "| block | loss |", "|---|---|"]

@@ -206,6 +206,29 @@ def selective_rule(task: Task, cfg: StudyConfig, sens: dict[str, float]) -> tupl
     return HEADS[cfg.task] + tuple(rf"{re.escape(b)}\." for b in worst)
 
 
+def nf4_reconstruction(model: Any, group_size: int) -> dict[str, float]:
+    """Our hand-written NF4 and bitsandbytes' NF4 on the same weights (every Linear whose size is
+    a multiple of the block): mean and max |w - dequant(quant(w))|."""
+    import bitsandbytes.functional as bf
+
+    from study.policy import as_linear, select
+    from study.quantizers import dequantize, quantize
+
+    s = QuantSpec("nf4", 4, "group", group_size)
+    err: dict[str, list[float]] = {"ours_mean": [], "ours_max": [], "bnb_mean": [], "bnb_max": []}
+    for n in select(model):
+        w = as_linear(model.get_submodule(n)).weight.detach().float()
+        if w.shape[1] % group_size:
+            continue
+        q, st = bf.quantize_4bit(w, blocksize=group_size, quant_type="nf4", compress_statistics=False)
+        for who, d in (("ours", dequantize(quantize(w, s))), ("bnb", bf.dequantize_4bit(q, st))):
+            e = (d - w).abs()
+            err[f"{who}_mean"].append(float(e.mean()))
+            err[f"{who}_max"].append(float(e.max()))
+    out = {k: float(np.mean(v)) if k.endswith("mean") else float(np.max(v)) for k, v in err.items()}
+    return {**out, "layers": len(err["ours_mean"]), "block": group_size}
+
+
 def run_study(cfg: StudyConfig) -> dict:
     import torch
 
@@ -241,4 +264,5 @@ def run_study(cfg: StudyConfig) -> dict:
             measure(f"bnb-{fmt}", "bitsandbytes", policy, lambda m, keep, f=fmt: apply_bnb(m, f, keep))
     return {"task": cfg.task, "metric": task.metric, "config": asdict(cfg), "device": cpu_device(),
             "threads": torch.get_num_threads(), "sensitivity": sens,
-            "selective_keep": list(rules["selective"]), "rows": rows, "versions": versions()}
+            "selective_keep": list(rules["selective"]), "rows": rows, "versions": versions(),
+            "nf4_reconstruction": nf4_reconstruction(task.fresh(), cfg.group_size)}

@@ -74,6 +74,8 @@ def test_study_classifier_end_to_end(tiny_artifacts, data_dir, tmp_path):
     # head (classifier + pooler) and the most sensitive block (6 Linears) stay full precision
     assert sel["quantized_layers"] == 14 - 2 - 6
     assert rows[("nf4-g64", "whole")]["weight_bytes"] < rows[("absmax-int8-channel", "whole")]["weight_bytes"]
+    nf = r["nf4_reconstruction"]
+    assert nf["layers"] == 14 and nf["ours_mean"] == pytest.approx(nf["bnb_mean"], rel=1e-4)
     md = (tmp_path / "study-classifier.md").read_text()
     assert "| nf4-g64 | ours | selective |" in md
     assert (tmp_path / "study-classifier-quality-memory.png").stat().st_size > 0
