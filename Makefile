@@ -26,7 +26,7 @@ endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: setup engines evaluate report readme-results serve triton-repo bench test lint typecheck pytest clean
+.PHONY: setup engines evaluate report readme-results serve triton-repo bench study test lint typecheck pytest clean
 
 setup: $(SETUP)
 
@@ -71,6 +71,11 @@ triton-repo: $(SETUP)
 bench: $(SETUP)
 	$(PY) -m deploy bench --backend $(BACKEND) --variant $(VARIANT) --artifacts $(ARTIFACTS) \
 	    --data $(DATA) --out $(REPORTS) --threads $(THREADS) $(SERVE_ARGS)
+
+# Quantization study of the classifier (our quantizers vs bitsandbytes) -> reports/study-classifier.*
+study: $(SETUP)
+	$(PY) -m study --task classifier --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) \
+	    --threads $(THREADS)
 
 lint: $(SETUP)
 	$(PY) -m ruff check .
