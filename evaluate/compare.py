@@ -87,7 +87,9 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
         serving.append({"backend": b["backend"], "variant": b["variant"],
                         "device": b["device"].get("name"), "goals": b["goals"],
                         "report": f.with_suffix(".md").name})
-    return {"rows": rows, "missing": missing, "serving": serving}
+    studies = [{"task": load_report(f)["task"], "report": f.with_suffix(".md").name}
+               for f in sorted(Path(reports_dir).glob("study-*.json"))]  # `python -m study`
+    return {"rows": rows, "missing": missing, "serving": serving, "studies": studies}
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -128,6 +130,9 @@ def comparison_markdown(c: dict) -> str:
                        f"{g['requests_total']} | {_fmt(g.get('grpc_throughput_16_over_1'), '.2f')} | "
                        f"{_fmt(g.get('grpc_p99_over_p50_at_16'), '.2f')} | "
                        f"{_fmt(g.get('agreement_top1_pct'), '.2f')} | [{sv['report']}]({sv['report']}) |")
+    if c.get("studies"):
+        out += ["", "## Quantization study (`python -m study`)", "", "| task | report |", "|---|---|"]
+        out += [f"| {st['task']} | [{st['report']}]({st['report']}) |" for st in c["studies"]]
     out += ["", "## Per-class F1", "", "| variant | backend | " + " | ".join(LABELS) + " | what changed |",
             "|" + "---|" * (len(LABELS) + 3)]
     for r in c["rows"]:
@@ -154,7 +159,7 @@ def write_comparison(reports_dir: Path, missing: list[dict],
     reports_dir = Path(reports_dir)
     if report_files is None:
         report_files = [p for p in sorted(reports_dir.glob("*.json"))
-                        if not p.name.startswith(("comparison", "serve-"))]
+                        if not p.name.startswith(("comparison", "serve-", "study-"))]
     reports = [load_report(p) for p in report_files]
     c = build_comparison(reports, missing, reports_dir)
     paths = {"json": reports_dir / "comparison.json", "md": reports_dir / "comparison.md",

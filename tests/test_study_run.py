@@ -79,6 +79,10 @@ def test_study_classifier_end_to_end(tiny_artifacts, data_dir, tmp_path):
     md = (tmp_path / "study-classifier.md").read_text()
     assert "| nf4-g64 | ours | selective |" in md
     assert (tmp_path / "study-classifier-quality-memory.png").stat().st_size > 0
+    from evaluate.compare import write_comparison
+
+    comparison = write_comparison(tmp_path, [])  # the study is linked, not read as a variant
+    assert "[study-classifier.md](study-classifier.md)" in comparison["md"].read_text()
 
 
 def test_study_lm_end_to_end(tiny_gpt2, shared_data, tmp_path):
