@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,8 +60,8 @@ def serve(a) -> int:
     while not stop["now"] and server.proc.poll() is None:
         try:
             server.proc.wait(timeout=0.5)
-        except Exception:
-            pass
+        except subprocess.TimeoutExpired:
+            continue
     if server.proc.poll() is not None and not stop["now"]:
         print(f"error: tritonserver stopped by itself: {server.failure_reason()}", file=sys.stderr)
         return 1

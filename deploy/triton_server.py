@@ -71,7 +71,8 @@ def backend_dir(cache: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=cache))
         shutil.copytree(home / "backends", tmp / "backends")
         shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
-        os.replace(tmp / "backends", out) if not out.exists() else None
+        if not out.exists():  # another process may have assembled it meanwhile
+            os.replace(tmp / "backends", out)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
