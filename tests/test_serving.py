@@ -288,3 +288,22 @@ def test_bench_end_to_end_and_comparison_links_it(tiny_artifacts, data_dir, tmp_
     assert paths["png"].stat().st_size > 0 and "| grpc | True | 16 |" in paths["md"].read_text()
     comparison = write_comparison(tmp_path, [])
     assert "[serve-ort-fp32.md](serve-ort-fp32.md)" in comparison["md"].read_text()
+
+
+@pytest.mark.parametrize("backend, variant", [("torch", "fp32"), ("ort", "qat"), ("qlora", "nf4")])
+def test_other_backends_serve_the_same_contract(tiny_artifacts, data_dir, tmp_path, backend, variant):
+    texts = list(load_split(data_dir, "test").texts[:MAX_BATCH])
+    svc = EmotionService(tiny_artifacts, backend, variant, threads=1)
+    ref = svc.predict(texts)
+    svc.close()
+    repo = tmp_path / "repo"
+    write_local_repo(repo, ServeConfig(backend=backend, variant=variant, max_batch=MAX_BATCH,
+                                       threads=1), tiny_artifacts)
+    with TritonServer(repo, free_ports(), start_timeout_s=240) as s:
+        c = http.InferenceServerClient(s.url)
+        try:
+            got = infer_texts(http, c, "emotion", texts)
+        finally:
+            c.close()
+    assert np.array_equal(got["label_id"].reshape(-1), ref.label_ids)
+    np.testing.assert_allclose(got["probs"], ref.probs, atol=1e-4)
