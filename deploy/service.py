@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.feeds import InputError, encode
+from common.feeds import InputError, check_texts, encode
 from common.labels import LABELS
 
 MAX_TEXT_BYTES = 1 << 20  # 1 MiB per text: accepted (and truncated); anything larger is refused
@@ -24,7 +24,7 @@ MAX_TEXT_BYTES = 1 << 20  # 1 MiB per text: accepted (and truncated); anything l
 def decode_texts(values: Sequence[object]) -> list[str]:
     """Texts from a Triton BYTES tensor (numpy object array of bytes). Raises InputError with a
     message meant for the client: empty, blank, not UTF-8, too large."""
-    out = []
+    out: list[object] = []
     for i, v in enumerate(values):
         if isinstance(v, np.ndarray):  # a [n, 1] tensor arrives as rows of one element
             if v.size != 1:
@@ -39,14 +39,8 @@ def decode_texts(values: Sequence[object]) -> list[str]:
             except UnicodeDecodeError as exc:
                 raise InputError(f"text #{i} is not valid UTF-8 ({exc.reason} at byte "
                                  f"{exc.start})") from None
-        if not isinstance(v, str):
-            raise InputError(f"text #{i} is {type(v).__name__}, expected a UTF-8 string")
-        if not v.strip():
-            raise InputError(f"text #{i} is empty or whitespace only")
         out.append(v)
-    if not out:
-        raise InputError("no texts given")
-    return out
+    return check_texts(out)  # the evaluator's checks: a string, not empty or blank, at least one
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,11 @@ MADE_BY_KEYS = ("quantization", "qat", "qat_training", "qdq", "agreement_vs_fake
                 "static", "blocks_fp32", "val_drop_pt", "quantized_ops", "trt")
 
 
-def made_by(artifacts: Path, backend: str, variant: str) -> dict:
+def made_by(man: Manifest, backend: str, variant: str) -> dict:
     from deploy.registry import find_variant
 
     name = find_variant(backend, variant).artifact
-    e = Manifest(artifacts).get(name)
+    e = man.get(name)
     return {"artifact": name, "recipe": e["recipe"], **{k: e[k] for k in MADE_BY_KEYS if k in e}}
 
 
@@ -56,7 +56,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     split = load_split(cfg.data, cfg.split)
     if cfg.limit:
         split = split.head(cfg.limit)
-    tokenizer = load_tokenizer(artifacts / Manifest(artifacts).get("baseline")["path"])
+    man = Manifest(artifacts)
+    tokenizer = load_tokenizer(artifacts / man.get("baseline")["path"])
     enc = encode(tokenizer, split.texts, max_length)  # tokenized once, reused by every pass
     y = np.asarray(split.labels)
 
@@ -116,7 +117,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "max_length": max_length, "truncated_texts": enc.truncated,
         },
         "versions": versions(), "config": asdict(cfg),
-        "made_by": made_by(artifacts, cfg.backend, cfg.variant),
+        "made_by": made_by(man, cfg.backend, cfg.variant),
         **({"weight_memory": {**info["weight_memory"], "fp32_weight_bytes": info.get("fp32_weight_bytes"),
                               "note": "in-memory weight bytes of the NF4 model (packed 4-bit + "
                                       "quantization state + FP parts); size_mb above is the adapter "

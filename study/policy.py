@@ -71,16 +71,11 @@ def select(model: nn.Module, keep: Sequence[str] = ()) -> list[str]:
             if is_linear(m) and not any(re.search(p, n) for p in keep)]
 
 
-def _set(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
-
-
 def apply_ours(model: nn.Module, spec: QuantSpec, keep: Sequence[str] = ()) -> list[str]:
     """Replace, in place, the selected Linears by QuantLinear; returns their names."""
     names = select(model, keep)
     for n in names:
-        _set(model, n, QuantLinear(as_linear(model.get_submodule(n)), spec))
+        model.set_submodule(n, QuantLinear(as_linear(model.get_submodule(n)), spec))
     return names
 
 
@@ -119,7 +114,7 @@ def apply_bnb(model: nn.Module, fmt: str, keep: Sequence[str] = ()) -> list[str]
                                            quant_type=qt, compress_statistics=fmt == "nf4-dq")
         if lin.bias is not None:
             new.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
-        _set(model, n, new.to("cpu"))  # .to() is where bitsandbytes quantizes
+        model.set_submodule(n, new.to("cpu"))  # .to() is where bitsandbytes quantizes
     return names
 
 

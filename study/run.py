@@ -107,14 +107,16 @@ class ClassifierTask(Task):
         from common.feeds import encode
         from common.manifest import Manifest
         from common.modelsource import load_tokenizer
+        from deploy.registry import baseline_meta
 
         self.ckpt = Path(cfg.artifacts) / Manifest(Path(cfg.artifacts)).get("baseline")["path"]
+        max_length = int(baseline_meta(Path(cfg.artifacts))["config"]["max_length"])
         tok = load_tokenizer(self.ckpt)
         self.splits = {}
         for s in ("validation", "test"):
             sp = load_split(cfg.data, s)
             sp = sp.head(cfg.limit) if cfg.limit else sp
-            self.splits[s] = (encode(tok, sp.texts, 128), np.asarray(sp.labels))
+            self.splits[s] = (encode(tok, sp.texts, max_length), np.asarray(sp.labels))
         self.names = ["input_ids", "attention_mask", "token_type_ids"]
 
     def fresh(self):

@@ -194,11 +194,6 @@ class QatSelfAttention(nn.Module):
         return ctx, probs
 
 
-def _set(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
-
-
 def insert_fake_quant(model: Any, method: str = "percentile", percentile: float = 99.99,
                       attention_matmuls: bool = True, embeddings: bool = True) -> dict[str, int]:
     """Replace, in place, the encoder Linears (and attention, word embeddings) of a BERT
@@ -208,12 +203,12 @@ def insert_fake_quant(model: Any, method: str = "percentile", percentile: float 
     if not linears:
         raise ValueError("no nn.Linear found in model.base_model.encoder: not a BERT-like model?")
     for n in linears:
-        _set(base.encoder, n, FakeQuantLinear(base.encoder.get_submodule(n), method, percentile))
+        base.encoder.set_submodule(n, FakeQuantLinear(base.encoder.get_submodule(n), method, percentile))
     counts = {"linear": len(linears), "attention": 0, "embedding": 0}
     if attention_matmuls:
-        for i, layer in enumerate(base.encoder.layer):
+        for layer in base.encoder.layer:
             layer.attention.self = QatSelfAttention(layer.attention.self, method, percentile)
-            counts["attention"] = i + 1
+        counts["attention"] = len(base.encoder.layer)
     if embeddings:
         base.embeddings.word_embeddings = FakeQuantEmbedding(base.embeddings.word_embeddings)
         counts["embedding"] = 1
@@ -228,7 +223,7 @@ def remove_fake_quant(model: Any) -> Any:
             layer.attention.self = layer.attention.self._orig[0]
     for n, m in list(base.encoder.named_modules()):
         if isinstance(m, FakeQuantLinear):
-            _set(base.encoder, n, m.linear)
+            base.encoder.set_submodule(n, m.linear)
     if isinstance(base.embeddings.word_embeddings, FakeQuantEmbedding):
         base.embeddings.word_embeddings = base.embeddings.word_embeddings.emb
     return model
