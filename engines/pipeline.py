@@ -249,7 +249,8 @@ def qat_onnx_step(b: Builder, flavour: str) -> Step:
 
     name = "onnx-qat" if flavour == "u8" else "onnx-qat-s8"
     return Step(name, f"onnx/{name.removeprefix('onnx-')}.onnx",
-                {"flavour": flavour, "opset": b.cfg.export.opset, "min_top1": 0.99},
+                {"flavour": flavour, "opset": b.cfg.export.opset, "min_top1": 0.99,
+                 "gather_before_dequantize": flavour == "u8"},
                 lambda: {"artifact:qat": b.art("qat")},
                 lambda tmp: export_qat(b.root / "qat", tmp, flavour, b.cfg.export))
 

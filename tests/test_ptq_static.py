@@ -70,6 +70,10 @@ def test_qdq_graph_structure(tiny_artifacts, variant, act_dtype, zero_point):
     weight_dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
                  and init[n.input[0]].data_type == onnx.TensorProto.INT8 and len(init[n.input[0]].dims) == 2]
     assert any(a.name == "axis" for n in weight_dq for a in n.attribute)
+    # Q/DQ on MatMul inputs only (quantize_matmul_outputs=False): no MatMul output is quantized
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear":
+            assert producers.get(n.input[0]) is None or producers[n.input[0]].op_type != "MatMul", n.name
     # LayerNorm / Softmax / Erf are never fed by a DequantizeLinear
     for n in m.graph.node:
         if n.op_type in {"LayerNormalization", "Softmax", "Erf"}:

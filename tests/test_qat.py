@@ -154,6 +154,9 @@ def test_exported_qdq_counts_match_config(tiny_artifacts, variant, zp_type):
     assert list(got["activation_zero_point_types"]) == [zp_type]
     m = onnx.load(str(path))
     assert m.opset_import[0].version >= 13
+    # CPU flavour: embedding rows are gathered from the INT8 table, then dequantized
+    int8 = {i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert any(n.op_type == "Gather" and n.input[0] in int8 for n in m.graph.node) == (variant == "qat")
     # no FP32 copy of a quantized weight is left in the file
     fp32_2d = [i.name for i in m.graph.initializer
                if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and "encoder" in i.name]
@@ -183,37 +186,53 @@ def test_ort_runs_qat_graph_and_agrees_with_fake_quant_torch(tiny_artifacts, dat
 
 
 def test_fold_keeps_the_numbers(tmp_path):
-    """Folding a weight's QuantizeLinear into an INT8 initializer gives the same outputs."""
+    """Folding a weight's QuantizeLinear into an INT8 initializer gives the same outputs, and so
+    does gathering embedding rows from the INT8 table before dequantizing them (CPU flavour)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 3)).astype(np.float32)
     scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    table = rng.normal(size=(10, 3)).astype(np.float32)
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"),
              numpy_helper.from_array(np.zeros(3, np.int8), "zp"),
              numpy_helper.from_array(np.float32(0.05), "xs"),
-             numpy_helper.from_array(np.int8(0), "xzp")]
+             numpy_helper.from_array(np.int8(0), "xzp"),
+             numpy_helper.from_array(table, "table"),
+             numpy_helper.from_array(np.float32(np.abs(table).max() / 127), "ts")]
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "xs", "xzp"], ["xd"]),
              helper.make_node("QuantizeLinear", ["w", "s", "zp"], ["wq"], axis=1),
              helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"], axis=1),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+             helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["table", "ts", "xzp"], ["tq"]),
+             helper.make_node("DequantizeLinear", ["tq", "ts", "xzp"], ["td"]),
+             helper.make_node("Gather", ["td", "ids"], ["e"], axis=0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                                       helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+                           helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 5, 3])], inits)
     src = tmp_path / "src.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
-    x = rng.normal(size=(2, 4)).astype(np.float32)
+    feed = {"x": rng.normal(size=(2, 4)).astype(np.float32),
+            "ids": rng.integers(0, 10, size=(2, 5)).astype(np.int64)}
 
     def run(p):
-        return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)
 
-    for flavour in ("u8", "s8"):
+    for flavour, swapped in (("u8", 1), ("s8", 0)):
         dst = tmp_path / f"{flavour}.onnx"
         info = fold_and_flavour(src, dst, flavour)
-        assert info == {"weights_folded": 1, "activation_qdq": 1, "flavour": flavour}
-        np.testing.assert_allclose(run(dst), run(src), atol=1e-6)
-        assert [n.op_type for n in onnx.load(str(dst)).graph.node].count("QuantizeLinear") == 1
+        assert info == {"weights_folded": 2, "activation_qdq": 1, "flavour": flavour,
+                        "gathers_before_dequantize": swapped}
+        for got, want in zip(run(dst), run(src)):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+        out = onnx.load(str(dst)).graph
+        assert [n.op_type for n in out.node].count("QuantizeLinear") == 1
+        gather = next(n for n in out.node if n.op_type == "Gather")
+        # u8: the Gather reads the INT8 table itself; s8: it reads the dequantized table
+        assert (gather.input[0] == "table_quantized") == (flavour == "u8")
 
 
 def test_evaluate_ort_qat_reports_how_it_was_made(tiny_artifacts, data_dir, tmp_path):
