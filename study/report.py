@@ -15,17 +15,24 @@ def markdown(r: dict, stem: str) -> str:
              f"Device: {r['device'].get('name')}, {r['threads']} threads; one process, rows measured "
              "one after another. Weight memory: bytes of every parameter and buffer the model holds "
              "(packed 4-bit codes as stored, scales, zero points, bitsandbytes state, FP parts). "
-             "Peak RSS: the process's resident-memory high-water mark while scoring the row (reset "
-             "before each row). Latency: median batch-1 forward.", "",
+             "Peak inference: weight memory + the largest number of bytes a forward holds on top "
+             f"of it ({r['probe']}), counted from torch's allocator events (activations, weights "
+             "dequantized on the fly; a C kernel's private scratch is not seen). Peak RSS: the "
+             "process's resident high-water mark while scoring the row (reset before each row; it "
+             "includes everything the process holds, so it barely separates rows). Latency: median "
+             "batch-1 forward.", "",
              f"Selective policy keeps in full precision: `{', '.join(r['selective_keep'])}` (head + "
              "the most sensitive block(s); sensitivity below).", "",
-             f"| method | family | policy | {metric} | delta vs FP32 | weight MB | x FP32 | peak RSS MB "
-             "| latency ms (b=1) | layers quantized |", "|" + "---|" * 10]
+             f"| method | family | policy | {metric} | delta vs FP32 | weight MB | x FP32 | "
+             "peak inference MB | x FP32 | peak RSS MB | latency ms (b=1) | layers quantized |",
+             "|" + "---|" * 12]
     for x in r["rows"]:
         rss = f"{x['peak_rss_mb']:.0f}" if x["peak_rss_mb"] else "-"
         lines.append(f"| {x['method']} | {x['family']} | {x['policy']} | {x[metric]:.4f} | "
                      f"{x[metric] - ref[metric]:+.4f} | {x['weight_bytes'] / 1e6:.1f} | "
-                     f"{x['weight_bytes'] / ref['weight_bytes']:.2f} | {rss} | "
+                     f"{x['weight_bytes'] / ref['weight_bytes']:.2f} | "
+                     f"{x['peak_inference_bytes'] / 1e6:.1f} | "
+                     f"{x['peak_inference_bytes'] / ref['peak_inference_bytes']:.2f} | {rss} | "
                      f"{x['latency_ms_b1']:.2f} | {x['quantized_layers']}/{x['linear_layers']} |")
     nf = r.get("nf4_reconstruction")
     if nf and nf["layers"]:

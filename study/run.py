@@ -1,8 +1,10 @@
 """The study: each quantization method x policy on one task, measured in one process on one device.
 
 Tasks: `classifier` (the fine-tuned baseline from artifacts/, test macro F1) and `lm` (any causal
-LM, PTB perplexity). Per row: quality, weight bytes (what the model holds), peak resident memory
-during inference (Linux VmHWM, reset before each row), batch-1 latency. The selective policy keeps
+LM, PTB perplexity). Per row: quality, weight bytes (what the model holds), peak inference memory
+(weight bytes + the transient peak of one representative forward, counted from torch's allocator:
+see study.memory), the process's resident high-water mark (Linux VmHWM, reset before each row;
+kept for reference, it barely moves between rows), batch-1 latency. The selective policy keeps
 the head in full precision plus the blocks a sensitivity pass finds worst (each block quantized
 alone with the harshest method, absmax int4 per channel, scored on validation).
 """
@@ -77,6 +79,7 @@ class Task:
 
     metric = "quality"
     higher_is_better = True
+    probe_what = ""  # what probe() runs, for the report
 
     def __init__(self, cfg: StudyConfig):
         self.cfg = cfg
@@ -90,6 +93,10 @@ class Task:
     def latency_ms(self, model: Any) -> float:
         raise NotImplementedError
 
+    def probe(self, model: Any) -> None:
+        """One representative forward for the transient-memory count."""
+        raise NotImplementedError
+
     def blocks(self, model: Any) -> list[str]:
         """Name prefixes of the transformer blocks (for the sensitivity pass)."""
         names = {m.group(0) for n, _ in model.named_modules()
@@ -100,6 +107,7 @@ class Task:
 class ClassifierTask(Task):
     higher_is_better = True
     metric = "macro_f1"
+    probe_what = "one forward of the first 64 test sentences, padded to the longest"
 
     def __init__(self, cfg: StudyConfig):
         super().__init__(cfg)
@@ -145,10 +153,20 @@ class ClassifierTask(Task):
                 times.append(time.perf_counter() - t0)
         return 1e3 * float(np.median(times))
 
+    def probe(self, model) -> None:
+        import torch
+
+        enc, _ = self.splits["test"]  # the first batch of 64 the quality pass runs
+        feed = {k: torch.from_numpy(v) for k, v in enc.batch(list(range(min(64, len(enc)))),
+                                                             self.names).items()}
+        with torch.inference_mode():
+            model(**feed)
+
 
 class LmTask(Task):
     higher_is_better = False
     metric = "perplexity"
+    probe_what = "one forward of one perplexity window (max_length tokens)"
 
     def __init__(self, cfg: StudyConfig):
         super().__init__(cfg)
@@ -182,6 +200,14 @@ class LmTask(Task):
                 model(ids)
                 times.append(time.perf_counter() - t0)
         return 1e3 * float(np.median(times))
+
+    def probe(self, model) -> None:
+        import torch
+
+        # one full perplexity window
+        ids = self.tok(self.text["test"][: 8 * self.cfg.max_length], return_tensors="pt").input_ids
+        with torch.inference_mode():
+            model(ids[:, : self.cfg.max_length])
 
 
 def make_task(cfg: StudyConfig) -> Task:
@@ -235,6 +261,7 @@ def run_study(cfg: StudyConfig) -> dict:
     import torch
 
     from common.env import cpu_device, versions
+    from study.memory import peak_transient_bytes
     from study.policy import apply_bnb, apply_ours, select, weight_bytes
 
     if cfg.threads:
@@ -250,12 +277,15 @@ def run_study(cfg: StudyConfig) -> dict:
         total = len(select(task.fresh()))
         reset = peak_rss_reset()
         q = task.quality(model)
+        wb = weight_bytes(model)
+        transient = peak_transient_bytes(lambda: task.probe(model))
         rows.append({"method": label, "family": family, "policy": policy, task.metric: q,
-                     "weight_bytes": weight_bytes(model), "latency_ms_b1": task.latency_ms(model),
+                     "weight_bytes": wb, "latency_ms_b1": task.latency_ms(model),
+                     "peak_transient_bytes": transient, "peak_inference_bytes": wb + transient,
                      "peak_rss_mb": peak_rss_mb() if reset else None,
                      "quantized_layers": len(names), "linear_layers": total})
-        print(f"  {label:>22} {policy:>9}: {task.metric} {q:.4f}, "
-              f"{rows[-1]['weight_bytes'] / 1e6:.1f} MB, {rows[-1]['latency_ms_b1']:.2f} ms")
+        print(f"  {label:>22} {policy:>9}: {task.metric} {q:.4f}, {wb / 1e6:.1f} MB weights, "
+              f"peak {(wb + transient) / 1e6:.1f} MB, {rows[-1]['latency_ms_b1']:.2f} ms")
 
     measure("fp32", "reference", "whole", None)
     for policy in cfg.policies:
@@ -265,6 +295,7 @@ def run_study(cfg: StudyConfig) -> dict:
         for fmt in cfg.bnb:
             measure(f"bnb-{fmt}", "bitsandbytes", policy, lambda m, keep, f=fmt: apply_bnb(m, f, keep))
     return {"task": cfg.task, "metric": task.metric, "config": asdict(cfg), "device": cpu_device(),
+            "probe": task.probe_what,
             "threads": torch.get_num_threads(), "sensitivity": sens,
             "selective_keep": list(rules["selective"]), "rows": rows, "versions": versions(),
             "nf4_reconstruction": nf4_reconstruction(task.fresh(), cfg.group_size)}

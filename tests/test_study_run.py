@@ -53,6 +53,25 @@ def test_load_ptb_local(shared_data):
     assert len(text.splitlines()) == 3761 and "<unk>" in text
 
 
+def test_peak_transient_bytes_counts_live_tensors():
+    import torch
+
+    from study.memory import peak_transient_bytes
+
+    def one_at_a_time():
+        a = torch.ones(1_000_000)  # 4 MB of float32
+        del a
+        b = torch.ones(1_000_000)
+        del b
+
+    def two_alive():
+        a, b = torch.ones(1_000_000), torch.ones(1_000_000)
+        del a, b
+
+    assert peak_transient_bytes(one_at_a_time) == 4_000_000
+    assert peak_transient_bytes(two_alive) == 8_000_000
+
+
 def test_study_classifier_end_to_end(tiny_artifacts, data_dir, tmp_path):
     from study.__main__ import main
 
@@ -70,6 +89,8 @@ def test_study_classifier_end_to_end(tiny_artifacts, data_dir, tmp_path):
         assert x["weight_bytes"] < fp32["weight_bytes"] and 0 <= x["macro_f1"] <= 1
         if policy == "whole" and method.startswith(("absmax", "nf4")):
             assert x["quantized_layers"] == x["linear_layers"] == 14  # 12 encoder + pooler + head
+        assert x["peak_transient_bytes"] > 0
+        assert x["peak_inference_bytes"] == x["weight_bytes"] + x["peak_transient_bytes"]
     sel = rows[("nf4-g64", "selective")]
     # head (classifier + pooler) and the most sensitive block (6 Linears) stay full precision
     assert sel["quantized_layers"] == 14 - 2 - 6
@@ -77,7 +98,7 @@ def test_study_classifier_end_to_end(tiny_artifacts, data_dir, tmp_path):
     nf = r["nf4_reconstruction"]
     assert nf["layers"] == 14 and nf["ours_mean"] == pytest.approx(nf["bnb_mean"], rel=1e-4)
     md = (tmp_path / "study-classifier.md").read_text()
-    assert "| nf4-g64 | ours | selective |" in md
+    assert "| nf4-g64 | ours | selective |" in md and "peak inference MB" in md
     assert (tmp_path / "study-classifier-quality-memory.png").stat().st_size > 0
     from evaluate.compare import write_comparison
 
@@ -98,3 +119,4 @@ def test_study_lm_end_to_end(tiny_gpt2, shared_data, tmp_path):
     # GPT-2's Conv1D layers count as Linears: 4 per block + lm_head
     assert rows[("absmax-int8-channel", "whole")]["quantized_layers"] == 9
     assert all(math.isfinite(x["perplexity"]) for x in r["rows"])
+    assert all(x["peak_inference_bytes"] > x["weight_bytes"] for x in r["rows"])
