@@ -226,7 +226,7 @@ def test_fold_keeps_the_numbers(tmp_path):
         info = fold_and_flavour(src, dst, flavour)
         assert info == {"weights_folded": 2, "activation_qdq": 1, "flavour": flavour,
                         "gathers_before_dequantize": swapped}
-        for got, want in zip(run(dst), run(src)):
+        for got, want in zip(run(dst), run(src), strict=True):
             np.testing.assert_allclose(got, want, atol=1e-6)
         out = onnx.load(str(dst)).graph
         assert [n.op_type for n in out.node].count("QuantizeLinear") == 1
