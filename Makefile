@@ -26,7 +26,7 @@ endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: setup engines evaluate report readme-results serve triton-repo bench study test lint typecheck pytest clean
+.PHONY: setup engines evaluate report readme-results speedup serve triton-repo bench study test lint typecheck pytest clean
 
 setup: $(SETUP)
 
@@ -52,6 +52,12 @@ evaluate: $(SETUP)
 report: $(SETUP)
 	$(PY) -m evaluate --all --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) \
 	    --threads $(THREADS) $(EVAL_ARGS)
+
+# Variants of one backend timed in interleaved rounds (drift-free ratios) -> reports/speedup-<backend>.*
+SPEEDUP ?= fp32-fused,fp32,dynamic,dynamic-fused,ptq,qat
+speedup: $(SETUP)
+	$(PY) -m evaluate --backend $(BACKEND) --speedup $(SPEEDUP) --data $(DATA) \
+	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
 
 # README's Results section, regenerated from reports/comparison.md (never typed by hand).
 readme-results: $(SETUP)

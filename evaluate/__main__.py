@@ -1,6 +1,8 @@
 """python -m evaluate --backend torch|ort|trt|qlora [--variant fp32] [--data ...] [--split test]
 python -m evaluate --all      every built variant on every backend available here + comparison
-python -m evaluate --compare  rebuild reports/comparison.* from the reports already written"""
+python -m evaluate --compare  rebuild reports/comparison.* from the reports already written
+python -m evaluate --backend ort --speedup fp32-fused,fp32,ptq,qat
+                              those variants timed in interleaved rounds -> reports/speedup-ort.*"""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
     p.add_argument("--variant", default="fp32")
     p.add_argument("--all", action="store_true", help="every built variant, then the comparison")
     p.add_argument("--compare", action="store_true", help="only rebuild the comparison")
+    p.add_argument("--speedup", default="",
+                   help="comma list of variants of --backend to time in interleaved rounds "
+                        "(speed-up vs the first, or --reference)")
+    p.add_argument("--reference", default="", help="with --speedup: the variant ratios divide by")
     p.add_argument("--readme", default=None,
                    help="with --all/--compare: write the comparison into this README's Results block")
     p.add_argument("--data", default=DEFAULT_DATASET)
@@ -36,11 +42,14 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--out", default="reports")
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--latency-samples", type=int, default=0, help="0 = every sentence of the split")
+    p.add_argument("--latency-samples", type=int, default=0,
+                   help="0 = every sentence of the split")
     p.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
     a = p.parse_args(argv)
     if not (a.all or a.compare or a.backend):
         p.error("give --backend (with --variant), or --all, or --compare")
+    if a.speedup and not a.backend:
+        p.error("--speedup needs --backend (ratios are taken within one backend)")
     cfg = EvalConfig(backend=a.backend or "", variant=a.variant, data=a.data, split=a.split,
                      batch_size=a.batch_size, threads=a.threads, device=a.device,
                      artifacts=a.artifacts, out=a.out, warmup=a.warmup,
@@ -85,6 +94,26 @@ def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[di
     return done, missing
 
 
+def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
+    from evaluate.speedup import SpeedupConfig, run_speedup, write_speedup
+
+    try:
+        sc = SpeedupConfig(backend=cfg.backend, variants=tuple(v for v in a.speedup.split(",") if v),
+                           reference=a.reference, data=cfg.data, split=cfg.split,
+                           sentences=cfg.latency_samples or 10**9, batch_size=cfg.batch_size,
+                           warmup=cfg.warmup, threads=cfg.threads, device=cfg.device,
+                           artifacts=cfg.artifacts, out=cfg.out)
+    except ValueError as exc:
+        raise RunnerError(f"--speedup: {exc}") from exc
+    r = run_speedup(sc)
+    paths = write_speedup(r, Path(cfg.out))
+    for x in r["rows"]:
+        lo, hi = x["speedup_b1_ci95"]
+        print(f"{cfg.backend}/{x['variant']}: batch-1 p50 {x['p50_ms']:.2f} ms, {x['speedup_b1']:.2f}x "
+              f"vs {r['reference']} (95% {lo:.2f}-{hi:.2f}), batched {x['speedup_batched']:.2f}x")
+    print(f"speed-up -> {paths['md']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
     try:
@@ -99,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 update_readme(Path(a.readme), paths["md"])
                 print(f"results section of {a.readme} updated")
+        elif a.speedup:
+            run_speedup_cli(cfg, a)
         else:
             run_one(cfg)
     except USER_ERRORS as exc:

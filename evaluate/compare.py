@@ -89,7 +89,16 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
                         "report": f.with_suffix(".md").name})
     studies = [{"task": load_report(f)["task"], "report": f.with_suffix(".md").name}
                for f in sorted(Path(reports_dir).glob("study-*.json"))]  # `python -m study`
-    return {"rows": rows, "missing": missing, "serving": serving, "studies": studies}
+    speedups = []
+    for f in sorted(Path(reports_dir).glob("speedup-*.json")):  # `python -m evaluate --speedup`
+        sp = load_report(f)
+        speedups.append({"backend": sp["backend"], "reference": sp["reference"],
+                         "device": sp["device"].get("name"), "threads": sp["threads"],
+                         "rows": [{k: x[k] for k in ("variant", "p50_ms", "speedup_b1", "speedup_b1_ci95",
+                                                     "speedup_batched")} for x in sp["rows"]],
+                         "report": f.with_suffix(".md").name})
+    return {"rows": rows, "missing": missing, "serving": serving, "studies": studies,
+            "speedups": speedups}
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -130,6 +139,16 @@ def comparison_markdown(c: dict) -> str:
                        f"{g['requests_total']} | {_fmt(g.get('grpc_throughput_16_over_1'), '.2f')} | "
                        f"{_fmt(g.get('grpc_p99_over_p50_at_16'), '.2f')} | "
                        f"{_fmt(g.get('agreement_top1_pct'), '.2f')} | [{sv['report']}]({sv['report']}) |")
+    for sp in c.get("speedups", []):
+        out += ["", f"## Interleaved speed-up, {sp['backend']} (`python -m evaluate --speedup`)", "",
+                f"{sp['device']}, {sp['threads']} threads; every variant timed in the same rounds, "
+                f"ratios vs `{sp['reference']}` with bootstrap 95% intervals: "
+                f"[{sp['report']}]({sp['report']}). Read these ratios before the sequential ones above.",
+                "", "| variant | p50 ms (b=1) | speed-up b=1 | 95% interval | speed-up batched |",
+                "|---|---|---|---|---|"]
+        out += [f"| {x['variant']} | {x['p50_ms']:.2f} | {x['speedup_b1']:.2f} | "
+                f"{x['speedup_b1_ci95'][0]:.2f}-{x['speedup_b1_ci95'][1]:.2f} | {x['speedup_batched']:.2f} |"
+                for x in sp["rows"]]
     if c.get("studies"):
         out += ["", "## Quantization study (`python -m study`)", "", "| task | report |", "|---|---|"]
         out += [f"| {st['task']} | [{st['report']}]({st['report']}) |" for st in c["studies"]]
@@ -159,7 +178,7 @@ def write_comparison(reports_dir: Path, missing: list[dict],
     reports_dir = Path(reports_dir)
     if report_files is None:
         report_files = [p for p in sorted(reports_dir.glob("*.json"))
-                        if not p.name.startswith(("comparison", "serve-", "study-"))]
+                        if not p.name.startswith(("comparison", "serve-", "study-", "speedup-"))]
     reports = [load_report(p) for p in report_files]
     c = build_comparison(reports, missing, reports_dir)
     paths = {"json": reports_dir / "comparison.json", "md": reports_dir / "comparison.md",

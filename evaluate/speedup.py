@@ -1,0 +1,180 @@
+"""Interleaved speed-up benchmark: several variants of one backend timed in alternating rounds.
+
+`python -m evaluate --all` times each variant in its own block, minutes apart. On a shared VM
+the machine's speed drifts by tens of percent over such spans (the same FP32 graph measured
+3.2 ms and 4.3 ms ten minutes apart here), which goes straight into the ratios. Here every
+variant is loaded at once and the sentences are cut into rounds; in each round every variant
+runs the same sentences back to back (rotating which goes first), so drift hits all of them
+alike. Per variant: batch-1 p50/p95, and the speed-up over the reference as the median of the
+per-round ratios of medians with a bootstrap 95% interval over rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SpeedupConfig:
+    backend: str = "ort"
+    variants: tuple[str, ...] = ("fp32-fused", "fp32", "dynamic", "ptq", "qat")
+    reference: str = ""  # default: the first variant
+    data: str = "dair-ai/emotion"
+    split: str = "test"
+    sentences: int = 2000  # batch-1 sentences per variant (the first N of the split)
+    round_size: int = 20  # sentences per variant per round
+    batch_size: int = 32
+    batches: int = 8  # batched rounds (one batch per variant per round)
+    warmup: int = 20
+    threads: int = 0
+    device: str = "cpu"
+    artifacts: str = "artifacts"
+    out: str = "reports"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.variants) < 2:
+            raise ValueError("give at least two variants to compare")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants repeat: {self.variants}")
+        if self.reference and self.reference not in self.variants:
+            raise ValueError(f"reference {self.reference!r} is not among {self.variants}")
+        if self.sentences < self.round_size or self.round_size < 1:
+            raise ValueError("need 1 <= round_size <= sentences")
+
+    @property
+    def ref(self) -> str:
+        return self.reference or self.variants[0]
+
+
+def ratio_ci(ref_rounds: list[np.ndarray], var_rounds: list[np.ndarray], seed: int,
+             n_boot: int = 2000) -> tuple[float, float, float]:
+    """Speed-up = median over rounds of median(ref) / median(variant); bootstrap over rounds."""
+    per_round = np.array([np.median(r) / np.median(v) for r, v in zip(ref_rounds, var_rounds, strict=True)])
+    rng = np.random.default_rng(seed)
+    boots = np.median(per_round[rng.integers(0, len(per_round), (n_boot, len(per_round)))], axis=1)
+    return float(np.median(per_round)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    from common.data import load_split
+    from common.env import cpu_device, versions
+    from common.feeds import batches, encode
+    from common.manifest import Manifest
+    from common.modelsource import load_tokenizer
+    from deploy.registry import baseline_meta, default_threads, make_runner
+
+    artifacts = Path(cfg.artifacts)
+    threads = cfg.threads or default_threads()
+    split = load_split(cfg.data, cfg.split)
+    n = min(cfg.sentences, len(split))
+    tok = load_tokenizer(artifacts / Manifest(artifacts).get("baseline")["path"])
+    enc = encode(tok, split.texts, int(baseline_meta(artifacts)["config"]["max_length"]))
+    times: dict[str, list[np.ndarray]] = {v: [] for v in cfg.variants}
+    btimes: dict[str, list[float]] = {v: [] for v in cfg.variants}
+    with ExitStack() as stack:
+        runners = {v: stack.enter_context(make_runner(cfg.backend, v, artifacts, threads, cfg.device))
+                   for v in cfg.variants}
+        names = next(iter(runners.values())).input_names
+        for r in runners.values():
+            for i in range(min(cfg.warmup, n)):
+                r.infer(enc.batch([i], names))
+        order = list(cfg.variants)
+        rounds = [list(range(s, min(s + cfg.round_size, n))) for s in range(0, n, cfg.round_size)]
+        for k, rnd in enumerate(tqdm(rounds, desc=f"{cfg.backend} interleaved batch 1", leave=False)):
+            for v in order[k % len(order):] + order[: k % len(order)]:  # rotate who goes first
+                ts = []
+                for i in rnd:
+                    feed = enc.batch([i], names)
+                    t0 = time.perf_counter()
+                    runners[v].infer(feed)
+                    ts.append(time.perf_counter() - t0)
+                times[v].append(np.asarray(ts))
+        plan = batches(len(enc), cfg.batch_size)[: cfg.batches]
+        for k, b in enumerate(tqdm(plan, desc=f"{cfg.backend} interleaved batch {cfg.batch_size}",
+                                   leave=False)):
+            feed = enc.batch(b, names)
+            for v in order[k % len(order):] + order[: k % len(order)]:
+                runners[v].infer(feed)  # warm this shape, then time it
+                t0 = time.perf_counter()
+                runners[v].infer(feed)
+                btimes[v].append(time.perf_counter() - t0)
+    rows = []
+    for v in cfg.variants:
+        ms = np.concatenate(times[v]) * 1e3
+        s, lo, hi = ratio_ci(times[cfg.ref], times[v], cfg.seed)
+        bs, blo, bhi = ratio_ci([np.array([t]) for t in btimes[cfg.ref]],
+                                [np.array([t]) for t in btimes[v]], cfg.seed)
+        rows.append({"variant": v, "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
+                     "speedup_b1": s, "speedup_b1_ci95": [lo, hi],
+                     "batched_ms_median": float(np.median(btimes[v]) * 1e3),
+                     "speedup_batched": bs, "speedup_batched_ci95": [blo, bhi]})
+    return {"backend": cfg.backend, "reference": cfg.ref, "config": asdict(cfg), "threads": threads,
+            "device": cpu_device() if cfg.device == "cpu" else {"name": cfg.device},
+            "rounds": len(times[cfg.ref]), "sentences": n, "rows": rows, "versions": versions()}
+
+
+def markdown(r: dict) -> str:
+    c = r["config"]
+    lines = [f"# Interleaved speed-up: {r['backend']}", "",
+             f"{r['device'].get('name')}, {r['threads']} threads. Batch 1: the first {r['sentences']} "
+             f"{c['split']} sentences, unpadded, in {r['rounds']} rounds of {c['round_size']}; in each "
+             "round every variant runs the same sentences back to back (first place rotates), after "
+             f"{c['warmup']} warm-up runs each. Batched: {c['batches']} batches of {c['batch_size']}, "
+             "each padded to its longest sentence, one timed run per variant per batch after one "
+             f"untimed run. Speed-up vs `{r['reference']}`: median over rounds of the ratio of the "
+             "round medians, with a bootstrap 95% interval over rounds.", "",
+             "| variant | p50 ms (b=1) | p95 ms (b=1) | speed-up b=1 | 95% interval | "
+             f"batch {c['batch_size']} ms | speed-up batched | 95% interval |", "|" + "---|" * 8]
+    for x in r["rows"]:
+        lo, hi = x["speedup_b1_ci95"]
+        blo, bhi = x["speedup_batched_ci95"]
+        lines.append(f"| {x['variant']} | {x['p50_ms']:.2f} | {x['p95_ms']:.2f} | {x['speedup_b1']:.2f} | "
+                     f"{lo:.2f}-{hi:.2f} | {x['batched_ms_median']:.1f} | {x['speedup_batched']:.2f} | "
+                     f"{blo:.2f}-{bhi:.2f} |")
+    vers = ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items()))
+    lines += ["", f"![speed-up](speedup-{r['backend']}.png)", "", f"Versions: {vers}.", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    from evaluate.plots import _plt
+
+    plt = _plt()
+    rows = r["rows"]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    s = np.array([x["speedup_b1"] for x in rows])
+    err = np.array([[x["speedup_b1"] - x["speedup_b1_ci95"][0], x["speedup_b1_ci95"][1] - x["speedup_b1"]]
+                    for x in rows]).T
+    ax.barh(y, s, xerr=err, color="tab:blue", capsize=3)
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_yticks(y, [x["variant"] for x in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"batch-1 speed-up vs {r['reference']} (95% interval)")
+    ax.set_title(f"{r['backend']}, {r['device'].get('name')}, {r['threads']} threads, interleaved rounds",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_speedup(r: dict, out: Path) -> dict[str, Path]:
+    from common.manifest import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"speedup-{r['backend']}"
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    write_json_atomic(paths["json"], r)
+    paths["md"].write_text(markdown(r), encoding="utf-8")
+    plot(r, paths["png"])
+    return paths

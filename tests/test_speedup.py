@@ -1,0 +1,64 @@
+"""Interleaved speed-up benchmark: ratio arithmetic, a real run over tiny ORT graphs, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from evaluate.speedup import SpeedupConfig, ratio_ci, run_speedup, write_speedup
+
+
+def test_ratio_is_median_of_round_ratios_with_interval():
+    ref = [np.full(5, 2.0), np.full(5, 4.0), np.full(5, 2.0)]
+    half = [np.full(5, 1.0), np.full(5, 2.0), np.full(5, 1.0)]
+    assert ratio_ci(ref, half, seed=0) == (2.0, 2.0, 2.0)
+    # rounds where the machine slowed down for both give the same ratio: drift cancels
+    rng = np.random.default_rng(1)
+    noisy = [r * rng.uniform(0.8, 1.25) for r in ref]
+    s, lo, hi = ratio_ci(ref, noisy, seed=0)
+    assert lo <= s <= hi and 0.8 <= lo and hi <= 1.25
+
+
+def test_config_refuses_bad_comparisons():
+    with pytest.raises(ValueError, match="at least two"):
+        SpeedupConfig(variants=("fp32",))
+    with pytest.raises(ValueError, match="reference"):
+        SpeedupConfig(variants=("fp32", "ptq"), reference="qat")
+    with pytest.raises(ValueError, match="repeat"):
+        SpeedupConfig(variants=("fp32", "fp32"))
+
+
+def test_interleaved_run_on_real_sessions(tiny_artifacts, data_dir, tmp_path):
+    cfg = SpeedupConfig(backend="ort", variants=("fp32", "dynamic", "ptq"), data=str(data_dir),
+                        sentences=12, round_size=4, batches=2, batch_size=4, warmup=2, threads=1,
+                        artifacts=str(tiny_artifacts), out=str(tmp_path))
+    r = run_speedup(cfg)
+    assert r["rounds"] == 3 and r["reference"] == "fp32"
+    rows = {x["variant"]: x for x in r["rows"]}
+    assert set(rows) == {"fp32", "dynamic", "ptq"}
+    assert rows["fp32"]["speedup_b1"] == 1.0 and rows["fp32"]["speedup_b1_ci95"] == [1.0, 1.0]
+    for x in rows.values():
+        assert 0 < x["p50_ms"] <= x["p95_ms"] and x["batched_ms_median"] > 0
+        lo, hi = x["speedup_b1_ci95"]
+        assert lo <= x["speedup_b1"] <= hi
+    paths = write_speedup(r, tmp_path)
+    assert "| ptq |" in paths["md"].read_text() and paths["png"].stat().st_size > 0
+    from evaluate.compare import write_comparison
+
+    # the speed-up report is linked by the comparison, never read as a variant report
+    md = write_comparison(tmp_path, [])["md"].read_text()
+    assert "[speedup-ort.md](speedup-ort.md)" in md
+    assert json.loads((tmp_path / "comparison.json").read_text())["rows"] == []
+
+
+def test_cli_needs_a_backend_and_two_variants(tiny_artifacts, data_dir, tmp_path, capsys):
+    from evaluate.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--speedup", "fp32,ptq"])
+    rc = main(["--backend", "ort", "--speedup", "fp32", "--artifacts", str(tiny_artifacts),
+               "--data", str(data_dir), "--out", str(tmp_path)])
+    assert rc == 2 and "at least two variants" in capsys.readouterr().err
+    rc = main(["--backend", "ort", "--speedup", "fp32,no-such", "--artifacts", str(tiny_artifacts),
+               "--data", str(data_dir), "--out", str(tmp_path)])
+    assert rc == 2 and "no-such" in capsys.readouterr().err
