@@ -124,6 +124,8 @@ def gather_before_dequantize(graph) -> int:
     first dequantizes only the tokens of the batch. Only the CPU flavour is rewritten: TensorRT
     folds a constant DQ at build time, and its INT8 Gather support is not something we can test.
     """
+    from onnx import helper
+
     vals = _const_values(graph)
     inits = {i.name for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
@@ -133,8 +135,6 @@ def gather_before_dequantize(graph) -> int:
         if (dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits
                 or vals[dq.input[1]].ndim != 0):
             continue
-        from onnx import helper
-
         rows = f"{gather.output[0]}_int8_rows"
         at = list(graph.node).index(gather)
         new_gather = helper.make_node("Gather", [dq.input[0], gather.input[1]], [rows],
