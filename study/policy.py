@@ -121,21 +121,13 @@ def apply_bnb(model: nn.Module, fmt: str, keep: Sequence[str] = ()) -> list[str]
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer the model holds (packed codes counted as stored;
     bitsandbytes' quantization state included)."""
+    from common.quant_state import quant_state_bytes
+
     total = 0
     seen: set[int] = set()
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) in seen:
             continue
         seen.add(id(t))
-        total += t.numel() * t.element_size()
-        qs = getattr(t, "quant_state", None)
-        if qs is not None:
-            # bitsandbytes' QuantState raises AttributeError for state2 when not nested
-            state2 = getattr(qs, "state2", None)
-            for x in (qs.absmax, getattr(state2, "absmax", None)):
-                if isinstance(x, torch.Tensor):
-                    total += x.numel() * x.element_size()
-        scb = getattr(t, "SCB", None)
-        if isinstance(scb, torch.Tensor):
-            total += scb.numel() * scb.element_size()
+        total += t.numel() * t.element_size() + quant_state_bytes(t)
     return total

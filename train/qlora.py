@@ -150,7 +150,7 @@ def trainable_summary(model) -> dict:
 
 def weight_memory(model) -> dict:
     """In-memory bytes of the weights: packed 4-bit data, quantization state, FP parts."""
-    import torch
+    from common.quant_state import quant_state_bytes
 
     packed = state = fp = 0
     seen: set[int] = set()
@@ -160,12 +160,7 @@ def weight_memory(model) -> dict:
         seen.add(id(p))
         if p.__class__.__name__ == "Params4bit":
             packed += p.numel() * p.element_size()
-            qs = p.quant_state
-            state2 = getattr(qs, "state2", None)  # QuantState raises for it when not nested
-            for t in (qs.absmax, qs.code, getattr(state2, "absmax", None),
-                      getattr(state2, "code", None)):
-                if isinstance(t, torch.Tensor):
-                    state += t.numel() * t.element_size()
+            state += quant_state_bytes(p)
         else:
             fp += p.numel() * p.element_size()
     return {"packed_4bit_bytes": packed, "quant_state_bytes": state, "fp_bytes": fp,
