@@ -156,7 +156,7 @@ class ClassifierTask(Task):
     def probe(self, model) -> None:
         import torch
 
-        enc, _ = self.splits["test"]  # the first batch of 64 the quality pass runs
+        enc, _ = self.splits["test"]  # the first 64 test sentences, padded to the longest
         feed = {k: torch.from_numpy(v) for k, v in enc.batch(list(range(min(64, len(enc)))),
                                                              self.names).items()}
         with torch.inference_mode():
