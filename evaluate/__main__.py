@@ -43,7 +43,7 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
     p.add_argument("--out", default="reports")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--latency-samples", type=int, default=0,
-                   help="0 = every sentence of the split")
+                   help="0 = every sentence of the split (--speedup: the first 2000)")
     p.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
     a = p.parse_args(argv)
     if not (a.all or a.compare or a.backend):
@@ -100,7 +100,7 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     try:
         sc = SpeedupConfig(backend=cfg.backend, variants=tuple(v for v in a.speedup.split(",") if v),
                            reference=a.reference, data=cfg.data, split=cfg.split,
-                           sentences=cfg.latency_samples or 10**9, batch_size=cfg.batch_size,
+                           sentences=cfg.latency_samples or SpeedupConfig.sentences, batch_size=cfg.batch_size,
                            warmup=cfg.warmup, threads=cfg.threads, device=cfg.device,
                            artifacts=cfg.artifacts, out=cfg.out)
     except ValueError as exc:
