@@ -61,6 +61,12 @@ def ratio_ci(ref_rounds: list[np.ndarray], var_rounds: list[np.ndarray], seed: i
     return float(np.median(per_round)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
+def _rotated(order: list[str], k: int) -> list[str]:
+    """Round k's running order: who goes first rotates, so no variant always runs first."""
+    k %= len(order)
+    return order[k:] + order[:k]
+
+
 def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
     from contextlib import ExitStack
 
@@ -91,7 +97,7 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
         order = list(cfg.variants)
         rounds = [list(range(s, min(s + cfg.round_size, n))) for s in range(0, n, cfg.round_size)]
         for k, rnd in enumerate(tqdm(rounds, desc=f"{cfg.backend} interleaved batch 1", leave=False)):
-            for v in order[k % len(order):] + order[: k % len(order)]:  # rotate who goes first
+            for v in _rotated(order, k):
                 ts = []
                 for i in rnd:
                     feed = enc.batch([i], names)
@@ -103,7 +109,7 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
         for k, b in enumerate(tqdm(plan, desc=f"{cfg.backend} interleaved batch {cfg.batch_size}",
                                    leave=False)):
             feed = enc.batch(b, names)
-            for v in order[k % len(order):] + order[: k % len(order)]:
+            for v in _rotated(order, k):
                 runners[v].infer(feed)  # warm this shape, then time it
                 t0 = time.perf_counter()
                 runners[v].infer(feed)
