@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.config import doc
 from common.data import load_split
+from common.errors import ConfigError
 from common.feeds import encode
 
 SPLIT = "validation"  # never "test": calibrating on test data would leak it into the variant
@@ -21,18 +23,18 @@ SPLIT = "validation"  # never "test": calibrating on test data would leak it int
 
 @dataclass(frozen=True)
 class CalibConfig:
-    size: int = 256  # rows drawn from validation
+    VERSION = 1
+    size: int = doc(256, "rows drawn from validation")
     seed: int = 0
     batch_size: int = 16
-    # "longest": pad every row to the longest sampled row, rounded up to a multiple of 8;
-    # an integer (e.g. "64"): pad/truncate every row to that many tokens.
-    seq_len: str = "longest"
+    seq_len: str = doc("longest", "'longest': pad every row to the longest sampled row, rounded "
+                       "up to a multiple of 8; an integer: pad/truncate every row to that length")
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.batch_size < 1:
-            raise ValueError("calibration size and batch size must be >= 1")
+            raise ConfigError("calibration size and batch size must be >= 1")
         if self.seq_len != "longest" and not self.seq_len.isdigit():
-            raise ValueError(f"seq_len must be 'longest' or an integer, not {self.seq_len!r}")
+            raise ConfigError(f"seq_len must be 'longest' or an integer, not {self.seq_len!r}")
 
 
 def build_calibration_set(data: str, tokenizer, names: list[str], max_length: int,
@@ -49,33 +51,6 @@ def build_calibration_set(data: str, tokenizer, names: list[str], max_length: in
         np.savez(f, **feed, rows=idx.astype(np.int64))
     return {"rows": n, "seq_len": width, "split": SPLIT, "config": asdict(cfg),
             "source": val.source, "source_sha256": val.fingerprint}
-
-
-class CalibrationSet:
-    """The saved arrays, served as fixed-shape batches in file order."""
-
-    def __init__(self, path: Path, batch_size: int, names: list[str] | None = None):
-        with np.load(path) as z:
-            keys = [k for k in z.files if k != "rows"]
-            self.arrays = {k: z[k] for k in (names or keys)}
-        shapes = {v.shape for v in self.arrays.values()}
-        if len(shapes) != 1:
-            raise ValueError(f"{path}: inputs have different shapes {shapes}")
-        self.n, self.seq_len = shapes.pop()
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        """Number of full batches (a last partial batch is dropped: fixed shapes)."""
-        return self.n // self.batch_size
-
-    def batch(self, i: int) -> dict[str, np.ndarray]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        return {k: np.ascontiguousarray(v[s]) for k, v in self.arrays.items()}
-
-    def __iter__(self):
-        return (self.batch(i) for i in range(len(self)))
 
 
 def describe(path: Path) -> str:

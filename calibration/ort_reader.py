@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.calibset import CalibrationSet
+from common.calibset import CalibrationSet
 
 
 def make_reader(path: Path, batch_size: int, names: list[str]):

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from calibration.ort_reader import make_reader
+from common.errors import ConfigError
+from common.onnx_graph import op_counts
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -44,6 +46,7 @@ class StaticConfig:
     (one Q/DQ pair fewer per MatMul, no second rounding before the bias and residual Adds).
     Folding the bias Add into MatMulIntegerToFloat by hand was measured too: no gain."""
 
+    VERSION = 1
     method: str = "percentile"
     per_channel: bool = True
     # "u8" (CPU): uint8 activations; ONNX Runtime on x86 runs S8 activations 2-10x slower.
@@ -71,16 +74,17 @@ class StaticConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"calibration method must be one of {METHODS}, not {self.method!r}")
+            raise ConfigError(f"calibration method must be one of {METHODS}, not {self.method!r}")
         if self.activation_type not in {"u8", "s8"}:
-            raise ValueError("activation_type must be u8 (CPU) or s8 (TensorRT)")
+            raise ConfigError("activation_type must be u8 (CPU) or s8 (TensorRT)")
         if self.activation_type == "s8" and not self.symmetric_activations:
-            raise ValueError("s8 activations are for TensorRT, which takes symmetric ones only")
+            raise ConfigError("s8 activations are for TensorRT, which takes symmetric ones only")
 
 
 def block_of(node_name: str) -> str:
-    """Which block a node of the torch.onnx BERT export belongs to."""
-    m = re.search(r"/encoder/layer\.(\d+)/", node_name)
+    """Which block a node of a torch.onnx export belongs to (torch.onnx names nodes by module
+    path: /bert/encoder/layer.3/..., /distilbert/transformer/layer.3/...)."""
+    m = re.search(r"/layer\.(\d+)/", node_name)
     if m:
         return f"layer.{m.group(1)}"
     if "/embeddings/" in node_name:
@@ -143,7 +147,7 @@ def macro_f1_onnx(path: Path, enc, names: list[str], labels: np.ndarray, threads
     import onnxruntime as ort
 
     from common.feeds import batches
-    from evaluate.metrics import classification_metrics
+    from common.metrics import classification_metrics
 
     so = ort.SessionOptions()
     if threads:
@@ -188,8 +192,6 @@ def build_static_ptq(fp32: Path, out: Path, calib: Path, names: list[str], batch
                 f1 = run(excluded, cand)
                 print(f"  keeping {sorted(excluded)} in FP32 -> validation macro F1 {f1:.4f}")
         shutil.move(str(cand), str(out))
-        from export.ort_graphs import op_counts
-
         return {
             "static": asdict(cfg), "blocks_quantized": sorted(set(blocks) - excluded),
             "blocks_fp32": sorted(excluded), "val_macro_f1_fp32": f1_fp32, "val_macro_f1_int8": f1,

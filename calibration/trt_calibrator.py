@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.calibset import CalibrationSet
+from common.calibset import CalibrationSet
 
 
 def cache_name(onnx_sha256: str, calib_sha256: str, trt_version: str, batch_size: int) -> str:

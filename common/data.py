@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 from common.labels import NUM_LABELS
 
 SPLITS = ("train", "validation", "test")
@@ -19,7 +20,7 @@ DEFAULT_DATASET = "dair-ai/emotion"
 HUB_CONFIG = "split"  # the 16k/2k/2k configuration of dair-ai/emotion
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset could not be found or one of its rows is malformed."""
 
 
@@ -53,6 +54,10 @@ def validate_row(obj: object, where: str) -> tuple[str, int]:
         raise DatasetError(f"{where}: 'text' is {type(text).__name__}, expected a string")
     if not text.strip():
         raise DatasetError(f"{where}: 'text' is empty or whitespace only")
+    try:  # JSON may escape a lone surrogate (\\ud800), which no tokenizer can take
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(f"{where}: 'text' holds an unpaired UTF-16 surrogate") from None
     # bool is an int subclass; a JSON true/false label is a data bug, not class 1/0.
     if isinstance(label, bool) or not isinstance(label, int):
         raise DatasetError(f"{where}: 'label' is {label!r}, expected an integer 0..{NUM_LABELS - 1}")
@@ -64,15 +69,30 @@ def validate_row(obj: object, where: str) -> tuple[str, int]:
 def _read_jsonl(path: Path, split: str) -> Split:
     texts: list[str] = []
     labels: list[int] = []
-    raw = path.read_bytes()
-    for lineno, line in enumerate(raw.decode("utf-8", errors="strict").splitlines(), start=1):
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    # Lines are split on b"\n" only: str.splitlines() also splits on \x0b, \x1c, U+2028 ...
+    # inside a row, which would misnumber every later line.
+    for lineno, chunk in enumerate(raw.split(b"\n"), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start} of "
+                               "the line); the file must be UTF-8 JSON Lines") from None
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the row
         if not line.strip():
             continue  # a trailing blank line is not a row
-        where = f"{path}:{lineno}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from None
+            raise DatasetError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, nesting too deep
+            raise DatasetError(f"{where}: not a usable JSON row ({type(exc).__name__}: "
+                               f"{str(exc)[:80]})") from None
         text, label = validate_row(obj, where)
         texts.append(text)
         labels.append(label)

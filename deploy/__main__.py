@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.data import DEFAULT_DATASET, DatasetError
-from common.manifest import ArtifactError
-from deploy.runner import RunnerError
+from common.data import DEFAULT_DATASET
+from common.errors import cli
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -92,6 +91,7 @@ def bench(a) -> int:
     return 0
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,13 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--data", default=DEFAULT_DATASET)
     b.add_argument("--out", default="reports")
     a = p.parse_args(argv)
-    from deploy.triton_server import ServerError
-
-    try:
-        return {"serve": serve, "triton-repo": triton_repo, "bench": bench}[a.cmd](a)
-    except (ServerError, RunnerError, ArtifactError, DatasetError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return {"serve": serve, "triton-repo": triton_repo, "bench": bench}[a.cmd](a)
 
 
 if __name__ == "__main__":

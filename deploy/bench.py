@@ -18,7 +18,7 @@ import numpy as np
 
 from common.data import DEFAULT_DATASET, load_split
 from common.env import cpu_device, versions
-from common.manifest import write_json_atomic
+from common.errors import ConfigError
 from deploy.triton_repo import ServeConfig, write_local_repo
 
 
@@ -40,9 +40,9 @@ class BenchConfig:
     def __post_init__(self) -> None:
         for u in (self.url, self.grpc_url):
             if u and u.rsplit(":", 1)[0] not in {"127.0.0.1", "localhost", "[::1]"}:
-                raise ValueError(f"{u}: the benchmark drives loopback servers only (127.0.0.1)")
+                raise ConfigError(f"{u}: the benchmark drives loopback servers only (127.0.0.1)")
         if set(self.protocols) - {"http", "grpc"}:
-            raise ValueError("protocols are http and/or grpc")
+            raise ConfigError("protocols are http and/or grpc")
 
 
 def _client(protocol: str, url: str):
@@ -209,12 +209,8 @@ def goals(sweep: list[dict], agree: dict | None) -> dict:
 
 
 def write_bench_report(r: dict, out: Path) -> dict[str, Path]:
+    from common.reports import figure_name, write_report
     from deploy.bench_report import markdown, plot
 
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"serve-{r['backend']}-{r['variant']}"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-    write_json_atomic(paths["json"], r)
-    plot(r, paths["png"])
-    paths["md"].write_text(markdown(r, paths["png"].name), encoding="utf-8")
-    return paths
+    return write_report(out, stem, r, markdown(r, figure_name(stem)), {"": lambda p: plot(r, p)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluate.plots import _plt
+from common.plots import pyplot, save
 
 
 def markdown(r: dict, png: str) -> str:
@@ -41,8 +41,7 @@ def markdown(r: dict, png: str) -> str:
 
 
 def plot(r: dict, path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4))
     keys = sorted({(s["protocol"], s["dynamic_batching"]) for s in r["sweep"]}, key=str)
     for proto, dyn in keys:
         rows = sorted((s for s in r["sweep"] if (s["protocol"], s["dynamic_batching"]) == (proto, dyn)),
@@ -58,6 +57,4 @@ def plot(r: dict, path: Path) -> None:
     ax.set_title(f"Triton: {r['backend']}/{r['variant']} on {r['device'].get('name', 'cpu')}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

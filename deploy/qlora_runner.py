@@ -22,16 +22,14 @@ class QloraRunner(TorchRunner):
         self.recipe: dict[str, Any] = {}
 
     def load(self) -> None:
-        import importlib.util
-
         import torch
 
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise RunnerError("the qlora backend needs bitsandbytes: pip install 'bitsandbytes==0.50.*'")
+        from common.qlora_model import load_qlora, require_bitsandbytes, weight_memory
+
+        require_bitsandbytes()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RunnerError("device cuda asked for, but torch sees no CUDA GPU")
         torch.set_num_threads(self.threads)
-        from train.qlora import load_qlora, weight_memory
 
         self.model, self.recipe = load_qlora(self.adapter_dir, self.device)
         self.memory = weight_memory(self.model)
@@ -47,7 +45,7 @@ class QloraRunner(TorchRunner):
             out["fp32_weight_bytes"] = self.recipe.get("fp32_weight_bytes")
             out["qlora"] = {k: self.recipe.get(k) for k in ("targets", "trainable_params",
                                                            "trainable_pct", "best_val_macro_f1")}
-            out["qlora"].update({k: self.recipe["config"][k] for k in (
+            out["qlora"].update({k: self.recipe["config"]["fields"][k] for k in (
                 "rank", "alpha", "dropout", "lr", "epochs", "batch_size", "max_length",
                 "double_quant", "compute_dtype", "quantize_embeddings")})
         return out

@@ -6,11 +6,11 @@ manifest (present, intact, built from the current inputs) and refuses it otherwi
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.checkpoint import baseline_meta
 from common.manifest import ArtifactError, Manifest
 from deploy.runner import Runner, RunnerError
 
@@ -56,18 +56,15 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def baseline_meta(artifacts: Path) -> dict:
-    """recipe.json of the baseline: max_length and input names every variant shares."""
-    man = Manifest(artifacts)
-    path = man.verify("baseline", check_hash=False)
-    return json.loads((path / "recipe.json").read_text())
-
-
 def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int | None = None,
                 device: str = "cpu") -> Runner:
     artifacts = Path(artifacts)
     spec = find_variant(backend, variant)
     threads = threads or default_threads()
+    if backend == "trt":  # say what is missing here before saying what is not built
+        from common.trt import require_tensorrt
+
+        require_tensorrt(f"trt/{variant}")
     man = Manifest(artifacts)
     try:
         path = man.verify(spec.artifact)
@@ -90,9 +87,11 @@ def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int 
 
         return QloraRunner(path, names, threads, device=device, variant=variant)
     if backend == "trt":
+        from common.config import from_recipe
+        from common.trt import TrtProfile
         from deploy.trt_runner import TrtRunner
-        from engines.trt_build import TrtProfile
 
         e = man.get(spec.artifact)
-        return TrtRunner(path, names, e["device"], TrtProfile(**e["trt"]["profile"]), variant)
+        profile = from_recipe(TrtProfile, e["trt"]["fields"]["profile"], f"{spec.artifact}'s profile")
+        return TrtRunner(path, names, e["device"], profile, variant)
     raise RunnerError(f"backend {backend!r} has no runner yet")

@@ -13,8 +13,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from common.errors import UserError
 
-class RunnerError(RuntimeError):
+
+class RunnerError(UserError, RuntimeError):
     """A runner could not be created or used (missing library, provider, artifact...)."""
 
 

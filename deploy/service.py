@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.feeds import InputError, check_texts, encode
+from common.feeds import InputError, check_texts
 from common.labels import LABELS
 
 MAX_TEXT_BYTES = 1 << 20  # 1 MiB per text: accepted (and truncated); anything larger is refused
@@ -66,18 +66,16 @@ class EmotionService:
 
     def __init__(self, artifacts: str | Path, backend: str, variant: str, threads: int = 0,
                  device: str = "cpu"):
-        from common.manifest import Manifest
-        from common.modelsource import load_tokenizer
-        from deploy.registry import baseline_meta, make_runner
+        from common.checkpoint import baseline_encoder
+        from deploy.registry import make_runner
 
         artifacts = Path(artifacts)
-        self.max_length = int(baseline_meta(artifacts)["config"]["max_length"])
-        self.tokenizer = load_tokenizer(artifacts / Manifest(artifacts).get("baseline")["path"])
+        self.encoder = baseline_encoder(artifacts)
         self.runner = make_runner(backend, variant, artifacts, threads or None, device)
         self.runner.load()
 
     def predict(self, texts: Sequence[str]) -> Prediction:
-        enc = encode(self.tokenizer, texts, self.max_length)
+        enc = self.encoder.encode(texts)
         logits = self.runner.infer(enc.batch(list(range(len(enc))), self.runner.input_names))
         if not np.isfinite(logits).all():
             raise RuntimeError("the model produced non-finite logits")

@@ -31,7 +31,7 @@ class TorchRunner(BaseRunner):
         torch.set_num_threads(self.threads)
         model = AutoModelForSequenceClassification.from_pretrained(self.checkpoint).eval()
         if self.state_dict is not None:
-            from export.torch_dynamic import quantize_dynamic_model
+            from common.torch_dynamic import quantize_dynamic_model
 
             model = quantize_dynamic_model(model)
             model.load_state_dict(torch.load(self.state_dict, weights_only=False))

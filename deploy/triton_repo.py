@@ -18,9 +18,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.checkpoint import baseline_meta
+from common.errors import ConfigError, UserError
 from common.labels import NUM_LABELS
 from common.manifest import Manifest
-from deploy.registry import baseline_meta, find_variant
+from deploy.registry import find_variant
 
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parent
@@ -39,7 +41,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.instances < 1 or self.queue_delay_us < 0:
-            raise ValueError("max_batch and instances must be >= 1, queue_delay_us >= 0")
+            raise ConfigError("max_batch and instances must be >= 1, queue_delay_us >= 0")
         find_variant(self.backend, self.variant)  # unknown variants fail here, with the list
 
 
@@ -47,7 +49,7 @@ def _pb():
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError as exc:
-        raise RuntimeError("writing Triton configs needs tritonclient: "
+        raise UserError("writing Triton configs needs tritonclient: "
                            "pip install 'tritonclient[grpc,http]' (the `serve` dependency group)") from exc
     return model_config_pb2
 
@@ -77,15 +79,11 @@ def _batching(cfg, sc: ServeConfig) -> None:
 def preflight(sc: ServeConfig, artifacts: Path) -> None:
     """Fail before starting a server: the artifact must be built and current, and the backend's
     library present (a model that cannot load would only show up in the server log)."""
-    from deploy.runner import RunnerError
-
     Manifest(artifacts).verify(find_variant(sc.backend, sc.variant).artifact)
     if sc.backend == "trt":
-        from engines.trt_env import tensorrt_status
+        from common.trt import require_tensorrt
 
-        ok, why = tensorrt_status()
-        if not ok:
-            raise RunnerError(f"cannot serve trt/{sc.variant}: {why}")
+        require_tensorrt(f"serving trt/{sc.variant}")
 
 
 def write_local_repo(repo: Path, sc: ServeConfig, artifacts: Path) -> Path:
@@ -136,7 +134,7 @@ def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True
                                                    ("trt", TRT_VARIANTS, "plan", "tensorrt")):
         for v in variants:
             art = find_variant(backend, v).artifact
-            if art not in man.entries:
+            if not man.built(art):
                 continue
             src = man.verify(art)
             name = f"emotion_{backend}_{v.replace('-', '_')}"
@@ -149,7 +147,7 @@ def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True
             written[f"{backend}/{v}"] = name
     target = written.get(f"{sc.backend}/{sc.variant}")
     if target is None:
-        raise RuntimeError(f"{sc.backend}/{sc.variant} is not built (or not servable on the NGC "
+        raise UserError(f"{sc.backend}/{sc.variant} is not built (or not servable on the NGC "
                            f"image): built and servable here: {sorted(written)}")
     # tokenizer: tokenizer.json + its settings, and the input checks shared with the local server
     tok = out / "tokenizer"
@@ -161,7 +159,7 @@ def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True
         shutil.copy(PROJECT_ROOT / rel, tok / "1" / "project" / rel)
     (tok / "1" / "project" / "deploy" / "__init__.py").write_text("")
     (tok / "1" / "settings.json").write_text(json.dumps(
-        {"max_length": int(meta["config"]["max_length"]), "input_names": names}))
+        {"max_length": int(meta["max_length"]), "input_names": names}))
     cfg = pb.ModelConfig(name="tokenizer", backend="python", max_batch_size=sc.max_batch)
     cfg.input.add(name="text", data_type=pb.TYPE_STRING, dims=[1])
     for n in names:

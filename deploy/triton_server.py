@@ -31,8 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 
-class ServerError(RuntimeError):
+
+class ServerError(UserError, RuntimeError):
     """The server could not be started (port in use, missing library, model failed to load)."""
 
 

@@ -9,17 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from common.trt import TrtProfile
 from deploy.runner import BaseRunner, RunnerError
-from engines.trt_build import TrtProfile
-
-
-def check_engine_identity(built: dict[str, Any], current: dict[str, str], path: Path) -> None:
-    for key in ("tensorrt", "name", "compute_capability"):
-        if built.get(key) != current.get(key):
-            raise RunnerError(
-                f"{path} was built for {key} {built.get(key)!r}, this machine has "
-                f"{current.get(key)!r}: TensorRT engines are tied to one GPU and TensorRT version. "
-                "Rebuild it here with `make engines`.")
 
 
 class TrtRunner(BaseRunner):
@@ -36,11 +27,9 @@ class TrtRunner(BaseRunner):
         self.stream: Any = None
 
     def load(self) -> None:
-        from engines.trt_env import gpu_identity, tensorrt_status
+        from common.trt import check_engine_identity, gpu_identity, require_tensorrt
 
-        ok, why = tensorrt_status()
-        if not ok:
-            raise RunnerError(f"the trt backend needs TensorRT and a GPU: {why}")
+        require_tensorrt("the trt backend")
         import tensorrt as trt
         import torch
 
@@ -62,7 +51,8 @@ class TrtRunner(BaseRunner):
         batch, seq = feed[self.input_names[0]].shape
         if not self.profile.admits(batch, seq):
             raise RunnerError(f"shape (batch {batch}, sequence {seq}) is outside the engine's "
-                              f"profile {self.profile.shapes()}; rebuild with a wider TrtProfile")
+                              f"profile {self.profile.shapes()}; rebuild it with a wider profile, e.g. "
+                              "`python -m engines --trt-profile-max-seq 256 --trt-profile-max-batch 128`")
         keep = []
         with torch.cuda.stream(self.stream):
             for i in range(self.engine.num_io_tensors):

@@ -7,51 +7,31 @@ imported inside the functions only.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from common.config import doc
+from common.errors import ConfigError, UserError
+from common.trt import TrtProfile
 
 PRECISIONS = ("fp32", "fp16", "int8-implicit", "int8-explicit")
 
 
 @dataclass(frozen=True)
-class TrtProfile:
-    min_batch: int = 1
-    opt_batch: int = 32
-    max_batch: int = 64
-    min_seq: int = 4
-    opt_seq: int = 64
-    max_seq: int = 128
-
-    def __post_init__(self) -> None:
-        if not (1 <= self.min_batch <= self.opt_batch <= self.max_batch):
-            raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {self}")
-        if not (1 <= self.min_seq <= self.opt_seq <= self.max_seq):
-            raise ValueError(f"need 1 <= min_seq <= opt_seq <= max_seq, got {self}")
-
-    def shapes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        return ((self.min_batch, self.min_seq), (self.opt_batch, self.opt_seq),
-                (self.max_batch, self.max_seq))
-
-    def admits(self, batch: int, seq: int) -> bool:
-        return self.min_batch <= batch <= self.max_batch and self.min_seq <= seq <= self.max_seq
-
-
-@dataclass(frozen=True)
 class TrtConfig:
-    precision: str = "fp16"
+    VERSION = 2
+    precision: str = doc("fp16", " | ".join(PRECISIONS))
     profile: TrtProfile = field(default_factory=TrtProfile)
     workspace_mb: int = 4096
-    calib_batch_size: int = 16
+    calib_batch_size: int = doc(16, "implicit INT8: the calibration set's batch size")
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-
-    def recipe(self) -> dict:
-        return asdict(self)
+            raise ConfigError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(UserError, RuntimeError):
     pass
 
 
@@ -67,10 +47,11 @@ def _parse(trt, builder, onnx_path: Path, strongly_typed: bool):
 
 
 def build_engine(onnx_path: Path, plan_path: Path, cfg: TrtConfig, calib_path: Path | None = None,
-                 cache_path: Path | None = None) -> dict:
+                 cache_path: Path | None = None) -> dict[str, Any]:
     import tensorrt as trt
 
-    from engines.trt_env import gpu_identity, require_implicit_int8
+    from common.config import recipe
+    from common.trt import gpu_identity, require_implicit_int8
 
     if cfg.precision == "int8-implicit":
         require_implicit_int8(trt.__version__)
@@ -111,4 +92,4 @@ def build_engine(onnx_path: Path, plan_path: Path, cfg: TrtConfig, calib_path: P
         raise EngineBuildError(f"TensorRT failed to build a {cfg.precision} engine from {onnx_path} "
                                "(see the TensorRT log above)")
     Path(plan_path).write_bytes(bytes(serialized))
-    return {"device": gpu_identity(), "trt": cfg.recipe(), "inputs_bound": names}
+    return {"device": gpu_identity(), "trt": recipe(cfg), "inputs_bound": names}

@@ -11,14 +11,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from common.data import DEFAULT_DATASET, DatasetError
-from common.manifest import ArtifactError, Manifest
-from common.modelsource import ModelSourceError
-from deploy.runner import RunnerError
+from common.data import DEFAULT_DATASET
+from common.errors import ConfigError, UserError, cli
+from common.manifest import Manifest
 from evaluate.report import write_report
 from evaluate.run import EvalConfig, evaluate
-
-USER_ERRORS = (RunnerError, ArtifactError, DatasetError, ModelSourceError)
 
 
 def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace]:
@@ -61,8 +58,11 @@ def run_one(cfg: EvalConfig) -> Path:
     result = evaluate(cfg)
     paths = write_report(result, Path(cfg.out))
     lat = result["latency_ms"]
-    print(f"{cfg.backend}/{cfg.variant}: macro F1 {result['macro_f1']:.4f}, accuracy "
-          f"{result['accuracy']:.4f}, {result['size_mb']:.1f} MB, batch-1 p50 {lat['p50']:.2f} ms, "
+    inv = result["batch_invariance"]
+    print(f"{cfg.backend}/{cfg.variant}: macro F1 {result['macro_f1']:.4f} at batch 1 "
+          f"({result['batched']['macro_f1']:.4f} at batch {cfg.batch_size}; {inv['differ']} "
+          f"predictions differ), accuracy {result['accuracy']:.4f}, {result['size_mb']:.1f} MB, "
+          f"batch-1 p50 {lat['p50']:.2f} ms, "
           f"{result['throughput']['examples_per_s']:.0f} ex/s at batch {cfg.batch_size} "
           f"({result['threads']} threads) -> {paths['json']}")
     return paths["json"]
@@ -70,8 +70,8 @@ def run_one(cfg: EvalConfig) -> Path:
 
 def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[dict]]:
     """Score every variant that can run here (measure=False: only list those that cannot)."""
+    from common.trt import tensorrt_status
     from deploy.registry import VARIANTS
-    from engines.trt_env import tensorrt_status
 
     man = Manifest(Path(base.artifacts))
     trt_ok, trt_why = tensorrt_status()
@@ -79,6 +79,10 @@ def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[di
     for v in VARIANTS:
         if v.backend == "trt" and not trt_ok:
             missing.append({"backend": v.backend, "variant": v.variant, "reason": f"backend unavailable: {trt_why}"})
+            continue
+        if man.skipped(v.artifact):  # the family or the machine cannot build it (engines says why)
+            missing.append({"backend": v.backend, "variant": v.variant,
+                            "reason": f"skipped by make engines: {man.skipped(v.artifact)}"})
             continue
         if v.artifact not in man.entries:
             missing.append({"backend": v.backend, "variant": v.variant,
@@ -89,7 +93,7 @@ def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[di
         try:
             cfg = dataclasses.replace(base, backend=v.backend, variant=v.variant)
             done.append(run_one(cfg))
-        except USER_ERRORS as exc:
+        except UserError as exc:
             missing.append({"backend": v.backend, "variant": v.variant, "reason": str(exc)})
     return done, missing
 
@@ -104,7 +108,7 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
                            warmup=cfg.warmup, threads=cfg.threads, device=cfg.device,
                            artifacts=cfg.artifacts, out=cfg.out)
     except ValueError as exc:
-        raise RunnerError(f"--speedup: {exc}") from exc
+        raise ConfigError(f"--speedup: {exc}") from None
     r = run_speedup(sc)
     paths = write_speedup(r, Path(cfg.out))
     for x in r["rows"]:
@@ -114,27 +118,24 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     print(f"speed-up -> {paths['md']}")
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
-    try:
-        if a.all or a.compare:
-            from evaluate.compare import write_comparison
+    if a.all or a.compare:
+        from evaluate.compare import write_comparison
 
-            files, missing = run_all(cfg) if a.all else (None, run_all(cfg, measure=False)[1])
-            paths = write_comparison(Path(cfg.out), missing, files)
-            print(f"comparison -> {paths['md']}")
-            if a.readme:
-                from evaluate.compare import update_readme
+        files, missing = run_all(cfg) if a.all else (None, run_all(cfg, measure=False)[1])
+        paths = write_comparison(Path(cfg.out), missing, files)
+        print(f"comparison -> {paths['md']}")
+        if a.readme:
+            from evaluate.compare import update_readme
 
-                update_readme(Path(a.readme), paths["md"])
-                print(f"results section of {a.readme} updated")
-        elif a.speedup:
-            run_speedup_cli(cfg, a)
-        else:
-            run_one(cfg)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            update_readme(Path(a.readme), paths["md"], Path(a.readme).parent / "docs" / "results")
+            print(f"results section of {a.readme} updated")
+    elif a.speedup:
+        run_speedup_cli(cfg, a)
+    else:
+        run_one(cfg)
     return 0
 
 

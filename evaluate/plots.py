@@ -1,4 +1,4 @@
-"""matplotlib figures (Agg backend: no display needed)."""
+"""The evaluator's figures: confusion matrices, per-class F1 bars, macro F1 vs latency."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from common.labels import LABELS
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from common.plots import pyplot, save
 
 
 def normalise_rows(cm: np.ndarray) -> np.ndarray:
@@ -39,13 +31,9 @@ def draw_confusion(ax, cm, title: str) -> None:
 
 
 def confusion_png(cm, title: str, path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(5, 4.5))
     draw_confusion(ax, cm, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def _label(r: dict) -> str:
@@ -53,25 +41,20 @@ def _label(r: dict) -> str:
 
 
 def confusion_grid(rows: list[dict], path: Path) -> Path:
-    plt = _plt()
     n = len(rows)
     cols = min(3, n)
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 4.3 * nrows), squeeze=False)
+    fig, axes = pyplot().subplots(nrows, cols, figsize=(4.6 * cols, 4.3 * nrows), squeeze=False)
     for ax, r in zip(axes.ravel(), rows, strict=False):
         draw_confusion(ax, r["confusion_matrix"], f"{_label(r)} (macro F1 {r['macro_f1']:.3f})")
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.suptitle("Confusion matrices, rows normalised (counts in cells)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def per_class_bars(rows: list[dict], path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(LABELS) + 0.2 * len(rows)), 4.5))
+    fig, ax = pyplot().subplots(figsize=(max(8, 1.6 * len(LABELS) + 0.2 * len(rows)), 4.5))
     width = 0.8 / len(rows)
     x = np.arange(len(LABELS))
     for i, r in enumerate(rows):
@@ -83,15 +66,11 @@ def per_class_bars(rows: list[dict], path: Path) -> Path:
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Per-class F1 by variant")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)
 
 
 def f1_vs_latency(rows: list[dict], path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = pyplot().subplots(figsize=(7, 5))
     for r in rows:
         ax.scatter(r["latency_ms"]["p50"], r["macro_f1"], s=max(20.0, 4 * r["size_mb"]), alpha=0.6,
                    label=f"{_label(r)} on {r['device_kind']} ({r['size_mb']:.0f} MB)")
@@ -101,7 +80,4 @@ def f1_vs_latency(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("macro F1 (test)")
     ax.set_title("Macro F1 vs batch-1 latency (marker area ~ model size)")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from common.labels import LABELS
-from common.manifest import write_json_atomic
 from evaluate.plots import confusion_png
 
 
@@ -28,8 +27,13 @@ def to_markdown(r: dict) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| macro F1 | {r['macro_f1']:.4f} |",
-        f"| accuracy | {r['accuracy']:.4f} |",
+        f"| macro F1 (batch 1) | {r['macro_f1']:.4f} |",
+        f"| accuracy (batch 1) | {r['accuracy']:.4f} |",
+        f"| macro F1 / accuracy (batch {r['batched']['batch_size']}) | "
+        f"{r['batched']['macro_f1']:.4f} / {r['batched']['accuracy']:.4f} |",
+        f"| batch-invariant (batch 1 vs batch {r['batched']['batch_size']}) | "
+        f"{'yes' if r['batch_invariance']['batch_invariant'] else 'no'}: "
+        f"{r['batch_invariance']['differ']} predictions differ |",
         f"| size MB | {r['size_mb']:.1f} |",
         f"| latency batch 1 p50 / p95 / p99 ms | {lat['p50']:.2f} / {lat['p95']:.2f} / {lat['p99']:.2f} |",
         f"| latency batch {bl['batch_size']} p50 / p95 ms | {bl['p50']:.2f} / {bl['p95']:.2f} |",
@@ -80,19 +84,26 @@ def made_by_markdown(m: dict) -> list[str]:
 
 
 def write_report(result: dict, out: Path) -> dict[str, Path]:
+    """<stem>.json/.md/-confusion.png, plus the batch-1 and batched logits as .npy (the
+    comparison's agreement and paired bootstrap read them)."""
+    from common.manifest import atomic_output
+    from common.reports import write_report as write_files
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = stem(result["backend"], result["variant"])
     r = dict(result)
-    logits = r.pop("logits")
-    paths = {"json": out / f"{s}.json", "md": out / f"{s}.md", "png": out / f"{s}-confusion.png",
-             "logits": out / f"{s}.logits.npy"}
-    np.save(paths["logits"], np.asarray(logits, dtype=np.float32))
-    r["logits_file"] = paths["logits"].name
-    write_json_atomic(paths["json"], r)
-    paths["md"].write_text(to_markdown(r), encoding="utf-8")
-    confusion_png(r["confusion_matrix"], f"{s}: macro F1 {r['macro_f1']:.3f}", paths["png"])
-    return paths
+    saved = {}
+    for key, suffix in (("logits", "logits"), ("batched_logits", "batched-logits")):
+        path = out / f"{s}.{suffix}.npy"
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(r.pop(key), dtype=np.float32))
+        r[f"{key}_file"] = path.name
+        saved[key] = path
+    title = f"{s}: macro F1 {r['macro_f1']:.3f} (batch 1)"
+    paths = write_files(out, s, r, to_markdown(r),
+                        {"confusion": lambda p: confusion_png(r["confusion_matrix"], title, p)})
+    return {**paths, "png": paths["confusion"], **saved}
 
 
 def load_report(path: Path) -> dict:

@@ -1,21 +1,28 @@
-"""Score one backend/variant on a split: quality, size, batch-1 latency, batched throughput."""
+"""Score one backend/variant on a split: quality at batch 1 (each request on its own, as a
+per-request deployment answers) and batched, size, batch-1 latency, batched throughput.
+
+Dynamic INT8 takes activation ranges per batch (padding included), so its predictions depend on
+what else is in the batch. The headline macro F1 is therefore the batch-1 one; the batched F1 and
+the number of predictions that differ between the two passes ("batch-invariant") stand beside it.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from common.checkpoint import baseline_encoder, baseline_meta
 from common.data import DEFAULT_DATASET, load_split
 from common.env import cpu_device, versions
-from common.feeds import batches, encode
+from common.feeds import batches
 from common.manifest import Manifest, size_bytes
-from common.modelsource import load_tokenizer
-from deploy.registry import baseline_meta, default_threads, make_runner
-from evaluate.metrics import classification_metrics, latency_stats
+from common.metrics import classification_metrics, latency_stats
+from common.timing import time_each
+from deploy.registry import default_threads, find_variant, make_runner
+from deploy.runner import RunnerError
 
 
 @dataclass(frozen=True)
@@ -37,75 +44,74 @@ class EvalConfig:
 # Manifest fields that say how a variant was made (quantized layers, hyperparameters, checks);
 # copied into its report so the numbers and the recipe travel together.
 MADE_BY_KEYS = ("quantization", "qat", "qat_training", "qdq", "agreement_vs_fakequant",
-                "static", "blocks_fp32", "val_drop_pt", "quantized_ops", "trt")
+                "static", "blocks_fp32", "val_drop_pt", "quantized_ops", "trt", "search")
 
 
-def made_by(man: Manifest, backend: str, variant: str) -> dict:
-    from deploy.registry import find_variant
-
+def made_by(man: Manifest, backend: str, variant: str) -> dict[str, Any]:
     name = find_variant(backend, variant).artifact
     e = man.get(name)
     return {"artifact": name, "recipe": e["recipe"], **{k: e[k] for k in MADE_BY_KEYS if k in e}}
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def _finite(logits: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(logits).all():
+        raise RunnerError(f"{what} produced non-finite logits; refusing to score them")
+    return logits
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
-    meta = baseline_meta(artifacts)
-    max_length = int(meta["config"]["max_length"])
+    # the runner first: a missing library or artifact is said before any data is read
+    runner = make_runner(cfg.backend, cfg.variant, artifacts, threads, cfg.device)
     split = load_split(cfg.data, cfg.split)
     if cfg.limit:
         split = split.head(cfg.limit)
     man = Manifest(artifacts)
-    tokenizer = load_tokenizer(artifacts / man.get("baseline")["path"])
-    enc = encode(tokenizer, split.texts, max_length)  # tokenized once, reused by every pass
+    te = baseline_encoder(artifacts)
+    enc = te.encode(split.texts)  # tokenized once, reused by every pass
     y = np.asarray(split.labels)
-
-    runner = make_runner(cfg.backend, cfg.variant, artifacts, threads, cfg.device)
+    what = f"{cfg.backend}/{cfg.variant}"
     with runner:
         names = runner.input_names
         # Batched pass: dataset order, each batch padded to its own longest sentence.
         plan = batches(len(enc), cfg.batch_size)
-        for b in plan[: min(3, len(plan))]:
-            runner.infer(enc.batch(b, names))
-        logits, batch_times = [], []
-        for b in tqdm(plan, desc=f"{cfg.backend}/{cfg.variant} batch {cfg.batch_size}", leave=False):
-            feed = enc.batch(b, names)
-            t0 = time.perf_counter()
-            logits.append(runner.infer(feed))
-            batch_times.append(time.perf_counter() - t0)
-        all_logits = np.concatenate(logits)
-        if not np.isfinite(all_logits).all():
-            from deploy.runner import RunnerError
-
-            raise RunnerError(f"{cfg.backend}/{cfg.variant} produced non-finite logits; refusing to score them")
-        # Batch-1 pass over real sentences, unpadded, after warm-up.
+        batch_times, outs = time_each(runner.infer, (enc.batch(b, names) for b in plan),
+                                      warmup=(enc.batch(b, names) for b in plan[:3]),
+                                      progress=f"{what} batch {cfg.batch_size}", keep=True)
+        batched_logits = _finite(np.concatenate(outs), what)
+        # Batch-1 pass over every sentence, unpadded, after warm-up: the predictions a
+        # per-request deployment gives, and the latency of the first n_lat of them.
         n_lat = min(cfg.latency_samples or len(enc), len(enc))
-        for i in range(min(cfg.warmup, n_lat)):
-            runner.infer(enc.batch([i], names))
-        lat = []
-        for i in tqdm(range(n_lat), desc=f"{cfg.backend}/{cfg.variant} batch 1", leave=False):
-            feed = enc.batch([i], names)
-            t0 = time.perf_counter()
-            runner.infer(feed)
-            lat.append(time.perf_counter() - t0)
+        lat, outs = time_each(runner.infer, (enc.batch([i], names) for i in range(len(enc))),
+                              warmup=(enc.batch([i], names) for i in range(min(cfg.warmup, n_lat))),
+                              progress=f"{what} batch 1", keep=True)
+        logits = _finite(np.concatenate(outs), what)
         info = runner.info()
         files = runner.files()
 
-    metrics = classification_metrics(y, all_logits.argmax(-1))
+    metrics = classification_metrics(y, logits.argmax(-1))
+    batched = classification_metrics(y, batched_logits.argmax(-1))
+    differ = int((logits.argmax(-1) != batched_logits.argmax(-1)).sum())
     total_bytes = sum(size_bytes(f) for f in files)
     device = cpu_device() if info.get("device", "cpu") == "cpu" else info.get("device_info", {
         "kind": info.get("device")})
     return {
         "backend": cfg.backend, "variant": cfg.variant,
-        "model": meta.get("base_model"), "device": device, "threads": threads,
+        "model": baseline_meta(artifacts).get("base_model"), "device": device, "threads": threads,
         "provider": info.get("provider"), "runner": info,
         "data": split.source, "split": cfg.split, "n_examples": len(split),
+        "labels": y.tolist(),  # for the comparison's paired bootstrap
         **metrics,
+        "scored_at": "batch 1 (every sentence on its own, unpadded)",
+        "batched": {"batch_size": cfg.batch_size, "macro_f1": batched["macro_f1"],
+                    "accuracy": batched["accuracy"], "per_class": batched["per_class"]},
+        "batch_invariance": {"differ": differ, "batch_invariant": differ == 0,
+                             "max_abs_logit_diff": float(np.abs(logits - batched_logits).max())},
         "size_mb": total_bytes / 1e6,
         "size_note": "bytes on disk of the files the runner loads (" +
                      ", ".join(Path(f).name for f in files) + "); tokenizer excluded",
-        "latency_ms": latency_stats(lat),
+        "latency_ms": latency_stats(lat[:n_lat]),
         "batched_latency_ms": {**latency_stats(batch_times), "batch_size": cfg.batch_size},
         "throughput": {"examples_per_s": len(enc) / float(np.sum(batch_times)),
                        "batch_size": cfg.batch_size},
@@ -114,7 +120,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                       f"{min(cfg.warmup, n_lat)} warm-up runs; wall clock around infer()",
             "batched": f"{len(plan)} batches of {cfg.batch_size} in {cfg.split} order, each padded "
                        "to its longest sentence, after 3 warm-up batches",
-            "max_length": max_length, "truncated_texts": enc.truncated,
+            "max_length": te.max_length, "truncated_texts": enc.truncated,
         },
         "versions": versions(), "config": asdict(cfg),
         "made_by": made_by(man, cfg.backend, cfg.variant),
@@ -123,5 +129,5 @@ def evaluate(cfg: EvalConfig) -> dict:
                                       "quantization state + FP parts); size_mb above is the adapter "
                                       "files on disk"}, "qlora": info.get("qlora")}
            if "weight_memory" in info else {}),
-        "logits": all_logits,
+        "logits": logits, "batched_logits": batched_logits,
     }

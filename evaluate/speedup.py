@@ -11,7 +11,6 @@ per-round ratios of medians with a bootstrap 95% interval over rounds.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,19 +71,18 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
 
     from tqdm import tqdm
 
+    from common.checkpoint import baseline_encoder
     from common.data import load_split
     from common.env import cpu_device, versions
-    from common.feeds import batches, encode
-    from common.manifest import Manifest
-    from common.modelsource import load_tokenizer
-    from deploy.registry import baseline_meta, default_threads, make_runner
+    from common.feeds import batches
+    from common.timing import time_each
+    from deploy.registry import default_threads, make_runner
 
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
     split = load_split(cfg.data, cfg.split)
     n = min(cfg.sentences, len(split))
-    tok = load_tokenizer(artifacts / Manifest(artifacts).get("baseline")["path"])
-    enc = encode(tok, split.texts, int(baseline_meta(artifacts)["config"]["max_length"]))
+    enc = baseline_encoder(artifacts).encode(split.texts)
     times: dict[str, list[np.ndarray]] = {v: [] for v in cfg.variants}
     btimes: dict[str, list[float]] = {v: [] for v in cfg.variants}
     with ExitStack() as stack:
@@ -92,28 +90,18 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
                    for v in cfg.variants}
         names = next(iter(runners.values())).input_names
         for r in runners.values():
-            for i in range(min(cfg.warmup, n)):
-                r.infer(enc.batch([i], names))
+            time_each(r.infer, (), warmup=(enc.batch([i], names) for i in range(min(cfg.warmup, n))))
         order = list(cfg.variants)
         rounds = [list(range(s, min(s + cfg.round_size, n))) for s in range(0, n, cfg.round_size)]
         for k, rnd in enumerate(tqdm(rounds, desc=f"{cfg.backend} interleaved batch 1", leave=False)):
             for v in _rotated(order, k):
-                ts = []
-                for i in rnd:
-                    feed = enc.batch([i], names)
-                    t0 = time.perf_counter()
-                    runners[v].infer(feed)
-                    ts.append(time.perf_counter() - t0)
-                times[v].append(np.asarray(ts))
+                times[v].append(time_each(runners[v].infer, (enc.batch([i], names) for i in rnd))[0])
         plan = batches(len(enc), cfg.batch_size)[: cfg.batches]
         for k, b in enumerate(tqdm(plan, desc=f"{cfg.backend} interleaved batch {cfg.batch_size}",
                                    leave=False)):
             feed = enc.batch(b, names)
-            for v in _rotated(order, k):
-                runners[v].infer(feed)  # warm this shape, then time it
-                t0 = time.perf_counter()
-                runners[v].infer(feed)
-                btimes[v].append(time.perf_counter() - t0)
+            for v in _rotated(order, k):  # one untimed run warms this shape, then one timed
+                btimes[v].append(float(time_each(runners[v].infer, [feed], warmup=[feed])[0][0]))
     rows = []
     for v in cfg.variants:
         ms = np.concatenate(times[v]) * 1e3
@@ -153,11 +141,10 @@ def markdown(r: dict) -> str:
 
 
 def plot(r: dict, path: Path) -> None:
-    from evaluate.plots import _plt
+    from common.plots import pyplot, save
 
-    plt = _plt()
     rows = r["rows"]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.4))
+    fig, ax = pyplot().subplots(figsize=(7, 0.4 * len(rows) + 1.4))
     y = np.arange(len(rows))
     s = np.array([x["speedup_b1"] for x in rows])
     err = np.array([[x["speedup_b1"] - x["speedup_b1_ci95"][0], x["speedup_b1_ci95"][1] - x["speedup_b1"]]
@@ -169,18 +156,10 @@ def plot(r: dict, path: Path) -> None:
     ax.set_xlabel(f"batch-1 speed-up vs {r['reference']} (95% interval)")
     ax.set_title(f"{r['backend']}, {r['device'].get('name')}, {r['threads']} threads, interleaved rounds",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_speedup(r: dict, out: Path) -> dict[str, Path]:
-    from common.manifest import write_json_atomic
+    from common.reports import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"speedup-{r['backend']}"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-    write_json_atomic(paths["json"], r)
-    paths["md"].write_text(markdown(r), encoding="utf-8")
-    plot(r, paths["png"])
-    return paths
+    return write_report(out, f"speedup-{r['backend']}", r, markdown(r), {"": lambda p: plot(r, p)})

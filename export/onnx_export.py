@@ -7,65 +7,58 @@ sentences, at batch 1 (unpadded) and in padded batches, and fails loudly when th
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from common.config import doc
 from common.data import DEFAULT_DATASET, load_split
-from common.feeds import Encoded, batches, encode
+from common.errors import UserError
+from common.feeds import Encoded, batches
+
+Logits = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-class ExportValidationError(RuntimeError):
-    pass
+class ExportValidationError(UserError, RuntimeError):
+    """An exported graph disagrees with its reference beyond the tolerance."""
 
 
 @dataclass(frozen=True)
 class ExportConfig:
+    VERSION = 2
     opset: int = 17
-    max_length: int = 128
-    atol: float = 1e-3  # FP32 vs FP32: differences come from kernel order only (~1e-5 measured)
-    # the fused graph's kernels (fused attention, SkipLayerNorm) sum in another order
-    fused_atol: float = 2e-3
-    n_validate: int = 128  # real test sentences used for the check
+    atol: float = doc(1e-3, "max |delta logit| vs PyTorch (FP32 vs FP32 differs by kernel "
+                      "order only, ~1e-5 measured)")
+    n_validate: int = doc(128, "real test sentences used for the check")
     data: str = DEFAULT_DATASET
 
 
-def onnx_input_names(path: Path) -> list[str]:
-    import onnx
+@dataclass(frozen=True)
+class Validation:
+    """Which real sentences an agreement check runs on (the first n of the test split)."""
 
-    m = onnx.load(str(path), load_external_data=False)
-    init = {i.name for i in m.graph.initializer}
-    return [i.name for i in m.graph.input if i.name not in init]
+    n: int
+    data: str
 
 
-def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict:
+def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     return {"max_abs_diff": float(np.abs(ref - got).max()),
             "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
             "n": int(ref.shape[0])}
 
 
-def torch_fn(model):
-    """Logits function of a PyTorch model over a numpy feed."""
-    import torch
-
-    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
-
-    return run
-
-
-def ort_fn(path: Path):
+def ort_fn(path: Path) -> Logits:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda feed: sess.run(["logits"], feed)[0]
 
 
-def check_agreement(ref, cand, enc: Encoded, names: list[str], what: str, atol: float | None,
-                    min_top1: float, batch_size: int = 16) -> dict:
+def check_agreement(ref: Logits, cand: Logits, enc: Encoded, names: list[str], what: str,
+                    atol: float | None, min_top1: float, batch_size: int = 16) -> dict[str, Any]:
     """Run two logits functions on the same real inputs (16 unpadded batch-1 feeds, then padded
     batches); raise ExportValidationError if max |delta logit| > atol (when given) or top-1
     agreement < min_top1."""
@@ -85,29 +78,20 @@ def check_agreement(ref, cand, enc: Encoded, names: list[str], what: str, atol: 
     return report
 
 
-def validate_against_torch(model, onnx_path: Path, enc: Encoded, names: list[str],
-                           atol: float, min_top1: float = 1.0) -> dict:
-    return check_agreement(torch_fn(model), ort_fn(onnx_path), enc, names,
-                           f"{onnx_path}: ONNX Runtime disagrees with PyTorch", atol, min_top1)
+def validation_inputs(checkpoint: Path, v: Validation) -> tuple[Encoded, list[str]]:
+    """The first v.n real test sentences, tokenized as the checkpoint was trained."""
+    from common.checkpoint import TextEncoder
+
+    te = TextEncoder.from_checkpoint(checkpoint)
+    return te.encode(load_split(v.data, "test").head(v.n).texts), list(te.input_names)
 
 
-def validation_inputs(checkpoint: Path, cfg: ExportConfig) -> tuple[Encoded, list[str]]:
-    """The first n_validate real test sentences, tokenized like every other stage."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from train.loop import model_input_names
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    test = load_split(cfg.data, "test").head(cfg.n_validate)
-    names = json.loads((Path(checkpoint) / "recipe.json").read_text()).get("input_names") or \
-        list(model_input_names(AutoModelForSequenceClassification.from_pretrained(checkpoint)))
-    return encode(tokenizer, test.texts, cfg.max_length), list(names)
-
-
-def torch_to_onnx(model, tokenizer, names: list[str], out_path: Path, opset: int,
+def torch_to_onnx(model: Any, tokenizer: Any, names: list[str], out_path: Path, opset: int,
                   max_length: int) -> None:
     """torch.onnx export with dynamic batch and sequence axes, output `logits`."""
     import torch
+
+    from common.feeds import encode
 
     sample = encode(tokenizer, ["a sample sentence to trace", "and another"], max_length)
     feed = sample.batch([0, 1], names)
@@ -121,20 +105,23 @@ def torch_to_onnx(model, tokenizer, names: list[str], out_path: Path, opset: int
                       opset_version=opset, do_constant_folding=True, dynamo=False)
 
 
-def export_onnx(checkpoint: Path, out_path: Path, cfg: ExportConfig) -> dict:
+def export_onnx(checkpoint: Path, out_path: Path, cfg: ExportConfig) -> dict[str, Any]:
     """torch.onnx export (TorchScript exporter) + onnx.checker + validation. Returns a report."""
     import onnx
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from train.loop import model_input_names
+    from common.checkpoint import read_recipe
+    from common.torch_infer import torch_fn
 
+    meta = read_recipe(checkpoint)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    names = list(model_input_names(model))
-    torch_to_onnx(model, tokenizer, names, out_path, cfg.opset, cfg.max_length)
+    names = list(meta["input_names"])
+    torch_to_onnx(model, AutoTokenizer.from_pretrained(checkpoint), names, out_path, cfg.opset,
+                  int(meta["max_length"]))
     onnx.checker.check_model(str(out_path))
-    enc, _ = validation_inputs(checkpoint, cfg)
-    report = validate_against_torch(model, out_path, enc, names, cfg.atol)
+    enc, _ = validation_inputs(checkpoint, Validation(cfg.n_validate, cfg.data))
+    report = check_agreement(torch_fn(model), ort_fn(out_path), enc, names,
+                             f"{out_path}: ONNX Runtime disagrees with PyTorch", cfg.atol, 1.0)
     print(f"  validated: max |delta logit| {report['max_abs_diff']:.2e}, top-1 agreement "
           f"{100 * report['top1_agreement']:.1f}% on {report['n']} test inputs")
-    return {"validation": report, "input_names": names, "export": asdict(cfg)}
+    return {"validation": report, "input_names": names}

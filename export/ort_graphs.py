@@ -3,47 +3,64 @@
 `fp32-fused` is ONNX Runtime's transformers optimizer output (EmbedLayerNormalization, Attention,
 SkipLayerNormalization, BiasGelu): the fastest FP32 graph ORT runs on CPU, hence the honest FP32
 reference for speed-ups. `dynamic` / `dynamic-fused` are quantize_dynamic of the plain / fused graph.
+Families the optimizer has no fusion for (common.arch: `ort_fusion`) are skipped by the pipeline.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from common.config import doc
+from common.data import DEFAULT_DATASET
+from common.errors import UserError
+from common.onnx_graph import op_counts
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    VERSION = 1
+    opt_level: int = doc(0, "ORT graph optimization applied by the optimizer itself (0: none; "
+                         "the session applies its own at load)")
+    # the fused graph's kernels (fused attention, SkipLayerNorm) sum in another order
+    atol: float = doc(2e-3, "max |delta logit| vs PyTorch")
+    n_validate: int = 128
+    data: str = DEFAULT_DATASET
 
 
 @dataclass(frozen=True)
 class DynamicConfig:
-    per_channel: bool = False  # measured here: per-tensor is as accurate and faster on ORT CPU
-    reduce_range: bool = False  # 7-bit weights only help on old non-VNNI int8 overflow paths
-    # Build fails below this top-1 agreement with the FP32 graph on the validation sentences:
-    # a trained classifier's margins are wide, and INT8 weight noise flips a few per cent at most.
-    min_top1: float = 0.95
+    VERSION = 1
+    per_channel: bool = doc(False, "measured here: per-tensor is as accurate and faster on ORT CPU")
+    reduce_range: bool = doc(False, "7-bit weights only help on old non-VNNI int8 overflow paths")
+    # A trained classifier's margins are wide; INT8 weight noise flips a few per cent at most.
+    min_top1: float = doc(0.95, "build fails below this top-1 agreement with the FP32 graph")
+    n_validate: int = 128
+    data: str = DEFAULT_DATASET
 
 
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return dict(Counter(n.op_type for n in m.graph.node))
+class FusionError(UserError, RuntimeError):
+    pass
 
 
-def fuse_fp32(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict:
+def fuse_fp32(src: Path, dst: Path, model_type: str, num_heads: int, hidden_size: int,
+              cfg: FuseConfig) -> dict[str, Any]:
     from onnxruntime.transformers.optimizer import optimize_model
 
-    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                         opt_level=0, use_gpu=False)
+    opt = optimize_model(str(src), model_type=model_type, num_heads=num_heads,
+                         hidden_size=hidden_size, opt_level=cfg.opt_level, use_gpu=False)
     opt.save_model_to_file(str(dst))
     counts = op_counts(dst)
     fused = {k: counts.get(k, 0) for k in ("EmbedLayerNormalization", "Attention",
                                              "SkipLayerNormalization", "BiasGelu", "FastGelu")}
     if fused["Attention"] == 0:
-        raise RuntimeError(f"ONNX Runtime's optimizer fused no Attention in {src}; the graph "
-                           "pattern changed (exporter or transformers version?)")
+        raise FusionError(f"ONNX Runtime's optimizer fused no Attention in {src}; the graph "
+                          "pattern changed (exporter or transformers version?)")
     return {"fused_ops": fused}
 
 
-def quantize_dynamic_graph(src: Path, dst: Path, cfg: DynamicConfig, fused: bool) -> dict:
+def quantize_dynamic_graph(src: Path, dst: Path, cfg: DynamicConfig, fused: bool) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -58,5 +75,5 @@ def quantize_dynamic_graph(src: Path, dst: Path, cfg: DynamicConfig, fused: bool
                                                    "QEmbedLayerNormalization", "DequantizeLinear",
                                                    "QGemm", "MatMulIntegerToFloat"}}
     if not q:
-        raise RuntimeError(f"quantize_dynamic left {src} without quantized ops")
+        raise FusionError(f"quantize_dynamic left {src} without quantized ops")
     return {"quantized_ops": q}

@@ -16,19 +16,23 @@ graph must agree (top-1) with the fake-quant PyTorch model on real test sentence
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from common.config import doc
+from common.data import DEFAULT_DATASET
+from common.errors import ConfigError, UserError
 
 FLAVOURS = ("u8", "s8")
 U8_ZERO_POINT = "qat_activation_zero_point_u8"
 
 
-class QdqStructureError(RuntimeError):
+class QdqStructureError(UserError, RuntimeError):
     pass
 
 
@@ -154,10 +158,21 @@ def _gather_axis(node) -> int:
     return next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
 
 
+def _names_read(graph) -> set[str]:
+    """Every value name the graph's nodes read, those of If/Loop subgraphs included (a subgraph
+    may read an outer Constant: DeBERTa's export has If nodes that do)."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for n in graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                used |= _names_read(g)
+    return used
+
+
 def _drop_unused(graph) -> None:
     """Remove initializers and Constant nodes nothing reads any more (the FP32 weights)."""
     while True:
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        used = _names_read(graph)
         dead = [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]
         for n in dead:
             graph.node.remove(n)
@@ -207,16 +222,17 @@ def qdq_structure(path: Path) -> dict:
     }
 
 
-def expected_structure(num_layers: int, attention_matmuls: bool, embeddings: bool,
-                       flavour: str) -> dict:
-    return {"matmul_quantized": 6 * num_layers + (2 * num_layers if attention_matmuls else 0),
-            "matmul_weight_quantized": 6 * num_layers,
-            "weight_dq_per_channel": 6 * num_layers, "weight_dq_axes": [1],
+def expected_structure(linears: int, attention_layers: int, embeddings: bool,
+                       flavour: str) -> dict[str, Any]:
+    """What the graph must hold, from what insert_fake_quant says it quantized."""
+    return {"matmul_quantized": linears + 2 * attention_layers,
+            "matmul_weight_quantized": linears,
+            "weight_dq_per_channel": linears, "weight_dq_axes": [1],
             "gather_quantized": 1 if embeddings else 0, "weight_dtype": ["INT8"],
             "activation_zero_point_types": ["UINT8" if flavour == "u8" else "INT8"]}
 
 
-def check_structure(got: dict, want: dict, path: Path) -> None:
+def check_structure(got: dict[str, Any], want: dict[str, Any], path: Path) -> None:
     diffs = []
     for k, v in want.items():
         g = sorted(got[k]) if k == "activation_zero_point_types" else got[k]
@@ -226,47 +242,61 @@ def check_structure(got: dict, want: dict, path: Path) -> None:
         raise QdqStructureError(f"{path}: Q/DQ structure differs from the QAT config: " + "; ".join(diffs))
 
 
-def export_qat(ckpt: Path, out_path: Path, flavour: str, export_cfg, min_top1: float = 0.99,
-               n_validate: int = 512) -> dict:
+@dataclass(frozen=True)
+class QatExportConfig:
+    VERSION = 1
+    flavour: str = doc("u8", "u8: U8 activations for ONNX Runtime on CPU; s8: for TensorRT")
+    opset: int = 17
+    min_top1: float = doc(0.99, "build fails below this top-1 agreement with fake-quant PyTorch")
+    n_validate: int = 512
+    data: str = DEFAULT_DATASET
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ConfigError(f"flavour must be one of {FLAVOURS}, not {self.flavour!r}")
+
+
+def export_qat(ckpt: Path, out_path: Path, cfg: QatExportConfig) -> dict[str, Any]:
     """Export + fold + structure check + top-1 agreement with the fake-quant PyTorch model."""
     import onnx
     from transformers import AutoTokenizer
 
+    from common.checkpoint import read_recipe
+    from common.qat_model import export_mode, load_qat_model
+    from common.torch_infer import torch_fn
     from export.onnx_export import (
+        Validation,
         check_agreement,
         ort_fn,
-        torch_fn,
         torch_to_onnx,
         validation_inputs,
     )
-    from train.fakequant import export_mode
-    from train.qat import QatConfig, load_qat_model
 
-    recipe = json.loads((Path(ckpt) / "recipe.json").read_text())
-    cfg = QatConfig(**recipe["config"])
-    model = load_qat_model(ckpt, cfg)
+    recipe = read_recipe(ckpt)
+    model = load_qat_model(ckpt)
     names = list(recipe["input_names"])
     with tempfile.TemporaryDirectory(prefix="qat-export-") as tmp:
         raw = Path(tmp) / "raw.onnx"
         with export_mode(model):
-            torch_to_onnx(model, AutoTokenizer.from_pretrained(ckpt), names, raw,
-                          export_cfg.opset, recipe["max_length"])
-        folded = fold_and_flavour(raw, out_path, flavour)
+            torch_to_onnx(model, AutoTokenizer.from_pretrained(ckpt), names, raw, cfg.opset,
+                          recipe["max_length"])
+        folded = fold_and_flavour(raw, out_path, cfg.flavour)
     onnx.checker.check_model(str(out_path))
     got = qdq_structure(out_path)
-    want = expected_structure(len(model.base_model.encoder.layer), cfg.attention_matmuls,
-                              cfg.embeddings, flavour)
+    inserted = recipe["inserted"]
+    want = expected_structure(inserted["linear"], inserted["attention"],
+                              bool(inserted["embedding"]), cfg.flavour)
     check_structure(got, want, out_path)
-    enc, _ = validation_inputs(ckpt, dataclasses.replace(export_cfg, n_validate=n_validate))
+    enc, _ = validation_inputs(ckpt, Validation(cfg.n_validate, cfg.data))
     agreement = check_agreement(torch_fn(model), ort_fn(out_path), enc, names,
-                                f"{out_path}: QAT ONNX ({flavour}) vs fake-quant PyTorch", None,
-                                min_top1)
-    print(f"  QAT ONNX ({flavour}): {got['matmul_quantized']}/{got['matmul']} MatMuls quantized, "
+                                f"{out_path}: QAT ONNX ({cfg.flavour}) vs fake-quant PyTorch", None,
+                                cfg.min_top1)
+    print(f"  QAT ONNX ({cfg.flavour}): {got['matmul_quantized']}/{got['matmul']} MatMuls quantized, "
           f"{got['gather_quantized']} Gather; top-1 agreement with fake-quant PyTorch "
           f"{100 * agreement['top1_agreement']:.2f}% on {agreement['n']} test inputs")
     training = {k: recipe[k] for k in ("max_length", "steps", "steps_per_epoch", "best_step",
                                        "val_macro_f1_before_qat", "best_val_macro_f1",
                                        "frozen_params", "train_minutes")}
     return {"qdq": got, "expected_qdq": want, "fold": folded, "agreement_vs_fakequant": agreement,
-            "flavour": flavour, "quantization": recipe["quantization"], "qat": recipe["config"],
-            "qat_training": training}
+            "flavour": cfg.flavour, "quantization": recipe["quantization"],
+            "qat": recipe["config"]["fields"], "qat_training": training}

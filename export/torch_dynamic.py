@@ -1,41 +1,31 @@
-"""PyTorch dynamic INT8 (torch.ao.quantization.quantize_dynamic): the one-line PTQ users try first.
-
-Quantized: every nn.Linear inside the encoder (Q/K/V, attention output, both feed-forward
-projections): int8 weights per tensor, activations quantized on the fly per batch.
-Kept FP32: embeddings (quantize_dynamic has no int8 path for nn.Embedding), LayerNorm, softmax
-and GELU (not Linear), and the pooler + classifier head: together < 1% of the FLOPs, and the
-classifier writes the logits directly, so quantizing it would cost accuracy for no speed.
-"""
+"""Build step of the PyTorch dynamic-INT8 variant: quantize the fine-tuned checkpoint with
+common.torch_dynamic and save its state dict (that file is its size on disk)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
-def quantizable_linears(model) -> set[str]:
-    import torch
+@dataclass(frozen=True)
+class TorchDynamicConfig:
+    """No knobs: qint8 weights of every layer-stack Linear (common.torch_dynamic). VERSION is
+    bumped whenever what the step makes changes, which marks the artifact stale."""
 
-    return {name for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and ".encoder." in f".{name}."}
-
-
-def quantize_dynamic_model(model):
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in quantizable_linears(model)}
-    return quantize_dynamic(model.eval(), qconfig_spec=spec, dtype=torch.qint8)
+    VERSION = 1
 
 
-def build_torch_dynamic(checkpoint: Path, out_path: Path) -> dict:
-    """Quantize the fine-tuned checkpoint; save its state dict (that file is its size on disk)."""
+def build_torch_dynamic(checkpoint: Path, out_path: Path, cfg: TorchDynamicConfig) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from common.torch_dynamic import quantizable_linears, quantize_dynamic_model
+
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
-    names = sorted(quantizable_linears(model))
+    names = quantizable_linears(model)
     q = quantize_dynamic_model(model)
     with open(out_path, "wb") as f:
         torch.save(q.state_dict(), f)
-    return {"quantized_linears": len(names), "kept_fp32": ["embeddings", "LayerNorm", "pooler",
-                                                          "classifier"], "weight_dtype": "qint8"}
+    return {"quantized_linears": len(names), "kept_fp32": ["embeddings", "LayerNorm", "head"],
+            "weight_dtype": "qint8"}

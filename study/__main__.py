@@ -7,9 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.errors import cli
 from study.run import BNB, OURS, StudyConfig, run_study
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

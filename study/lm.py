@@ -7,7 +7,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from common.errors import UserError
+
 PTB_HUB = "ptb_text_only"
+
+
+class PtbError(UserError, FileNotFoundError):
+    """The PTB text could not be found."""
 
 
 def load_ptb(source: str, split: str = "test") -> str:
@@ -16,7 +22,7 @@ def load_ptb(source: str, split: str = "test") -> str:
     if path.is_dir():
         f = path / ("valid.txt" if split == "validation" else f"{split}.txt")
         if not f.is_file():
-            raise FileNotFoundError(f"{f} not found: a PTB folder holds test.txt and valid.txt "
+            raise PtbError(f"{f} not found: a PTB folder holds test.txt and valid.txt "
                                     "(e.g. ../shared/data/ptb)")
         lines = [x.strip() for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
     else:
@@ -25,7 +31,7 @@ def load_ptb(source: str, split: str = "test") -> str:
         try:
             lines = list(datasets.load_dataset(source, split=split)["sentence"])
         except Exception as exc:
-            raise FileNotFoundError(f"could not load {source!r} from the Hub ({exc}); offline, pass "
+            raise PtbError(f"could not load {source!r} from the Hub ({exc}); offline, pass "
                                     "the local folder ../shared/data/ptb") from exc
     return "\n".join(lines)
 

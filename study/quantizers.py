@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from common.errors import ConfigError
+
 METHODS = ("absmax", "zeropoint", "nf4")
 GRANULARITIES = ("tensor", "channel", "group")
 
@@ -27,15 +29,15 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, not {self.method!r}")
         if self.bits not in (4, 8):
-            raise ValueError("bits must be 4 or 8")
+            raise ConfigError("bits must be 4 or 8")
         if self.method == "nf4" and self.bits != 4:
-            raise ValueError("nf4 is a 4-bit codebook: use bits=4")
+            raise ConfigError("nf4 is a 4-bit codebook: use bits=4")
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}")
+            raise ConfigError(f"granularity must be one of {GRANULARITIES}")
         if self.group_size < 2:
-            raise ValueError("group_size must be >= 2")
+            raise ConfigError("group_size must be >= 2")
 
     @property
     def name(self) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.manifest import write_json_atomic
-from evaluate.plots import _plt
+from common.plots import pyplot, save
+from common.reports import write_report
 
 
 def markdown(r: dict, stem: str) -> str:
@@ -48,13 +48,14 @@ def markdown(r: dict, stem: str) -> str:
     return "\n".join(lines)
 
 
-def plots(r: dict, out: Path, stem: str) -> list[Path]:
-    plt = _plt()
+COLORS = {"ours": "tab:blue", "bitsandbytes": "tab:orange", "reference": "black"}
+
+
+def quality_memory_plot(r: dict, path: Path) -> Path:
     metric = r["metric"]
-    colors = {"ours": "tab:blue", "bitsandbytes": "tab:orange", "reference": "black"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for x in r["rows"]:
-        ax.scatter(x["weight_bytes"] / 1e6, x[metric], color=colors[x["family"]],
+        ax.scatter(x["weight_bytes"] / 1e6, x[metric], color=COLORS[x["family"]],
                    marker="o" if x["policy"] == "whole" else "s")
         ax.annotate(f"{x['method']} ({x['policy'][0]})", (x["weight_bytes"] / 1e6, x[metric]),
                     fontsize=6, xytext=(3, 2), textcoords="offset points")
@@ -63,29 +64,23 @@ def plots(r: dict, out: Path, stem: str) -> list[Path]:
     ax.set_title(f"{r['task']}: quality vs weight memory (o whole, s selective; blue ours, "
                  "orange bitsandbytes)", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    p1 = out / f"{stem}-quality-memory.png"
-    fig.savefig(p1, dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 0.25 * len(r["rows"]) + 1.2))
+    return save(fig, path)
+
+
+def latency_plot(r: dict, path: Path) -> Path:
+    fig, ax = pyplot().subplots(figsize=(7, 0.25 * len(r["rows"]) + 1.2))
     labels = [f"{x['method']} ({x['policy']})" for x in r["rows"]]
     ax.barh(labels, [x["latency_ms_b1"] for x in r["rows"]],
-            color=[colors[x["family"]] for x in r["rows"]])
+            color=[COLORS[x["family"]] for x in r["rows"]])
     ax.invert_yaxis()
     ax.set_xlabel("batch-1 latency (ms, median)")
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    p2 = out / f"{stem}-latency.png"
-    fig.savefig(p2, dpi=120)
-    plt.close(fig)
-    return [p1, p2]
+    return save(fig, path)
 
 
 def write_study(r: dict, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"study-{r['task']}"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
-    write_json_atomic(paths["json"], r)
-    paths["md"].write_text(markdown(r, stem), encoding="utf-8")
-    p1, p2 = plots(r, out, stem)
-    return {**paths, "quality_png": p1, "latency_png": p2}
+    paths = write_report(out, stem, r, markdown(r, stem),
+                         {"quality-memory": lambda p: quality_memory_plot(r, p),
+                          "latency": lambda p: latency_plot(r, p)})
+    return {**paths, "quality_png": paths["quality-memory"], "latency_png": paths["latency"]}

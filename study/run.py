@@ -12,18 +12,20 @@ alone with the harshest method, absmax int4 per channel, scored on validation).
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.errors import ConfigError
 from study.quantizers import QuantSpec
 
 OURS = ("absmax-8-channel", "zeropoint-8-channel", "absmax-4-group", "zeropoint-4-group", "nf4-4-group")
 BNB = ("int8", "fp4", "nf4", "nf4-dq")
-HEADS = {"classifier": (r"^classifier$", r"pooler"), "lm": (r"lm_head",)}
+# name patterns of the head Linears kept in full precision by the selective policy: every
+# family's classification head (common.arch: pooler, pre_classifier, classifier.dense/out_proj)
+HEADS = {"classifier": (r"^classifier(\.|$)", r"pooler", r"^pre_classifier$"), "lm": (r"lm_head",)}
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,17 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         if self.task not in HEADS:
-            raise ValueError(f"task must be one of {sorted(HEADS)}")
+            raise ConfigError(f"task must be one of {sorted(HEADS)}")
         for m in self.ours:
             spec(m, self.group_size)
 
 
 def spec(name: str, group_size: int) -> QuantSpec:
-    method, bits, gran = name.split("-")
-    return QuantSpec(method, int(bits), gran, group_size)
+    parts = name.split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise ConfigError(f"quantizer {name!r} is not <method>-<bits>-<granularity>, e.g. "
+                          f"absmax-8-channel; known: {', '.join(OURS)}")
+    return QuantSpec(parts[0], int(parts[1]), parts[2], group_size)
 
 
 def peak_rss_reset() -> bool:
@@ -111,21 +116,17 @@ class ClassifierTask(Task):
 
     def __init__(self, cfg: StudyConfig):
         super().__init__(cfg)
+        from common.checkpoint import TextEncoder, baseline_dir
         from common.data import load_split
-        from common.feeds import encode
-        from common.manifest import Manifest
-        from common.modelsource import load_tokenizer
-        from deploy.registry import baseline_meta
 
-        self.ckpt = Path(cfg.artifacts) / Manifest(Path(cfg.artifacts)).get("baseline")["path"]
-        max_length = int(baseline_meta(Path(cfg.artifacts))["config"]["max_length"])
-        tok = load_tokenizer(self.ckpt)
+        self.ckpt = baseline_dir(Path(cfg.artifacts))
+        te = TextEncoder.from_checkpoint(self.ckpt)
         self.splits = {}
         for s in ("validation", "test"):
             sp = load_split(cfg.data, s)
             sp = sp.head(cfg.limit) if cfg.limit else sp
-            self.splits[s] = (encode(tok, sp.texts, max_length), np.asarray(sp.labels))
-        self.names = ["input_ids", "attention_mask", "token_type_ids"]
+            self.splits[s] = (te.encode(sp.texts), np.asarray(sp.labels))
+        self.names = list(te.input_names)
 
     def fresh(self):
         from transformers import AutoModelForSequenceClassification
@@ -133,8 +134,8 @@ class ClassifierTask(Task):
         return AutoModelForSequenceClassification.from_pretrained(self.ckpt).eval()
 
     def quality(self, model, split: str = "test") -> float:
-        from evaluate.metrics import classification_metrics
-        from train.loop import torch_logits
+        from common.metrics import classification_metrics
+        from common.torch_infer import torch_logits
 
         enc, y = self.splits[split]
         return classification_metrics(y, torch_logits(model, enc, self.names, 64).argmax(-1))["macro_f1"]
@@ -142,15 +143,14 @@ class ClassifierTask(Task):
     def latency_ms(self, model) -> float:
         import torch
 
+        from common.timing import time_each
+
         enc, _ = self.splits["test"]
         n = min(self.cfg.latency_samples, len(enc))
-        times = []
+        feeds = ({k: torch.from_numpy(v) for k, v in enc.batch([i], self.names).items()}
+                 for i in range(n))
         with torch.inference_mode():
-            for i in range(n):
-                feed = {k: torch.from_numpy(v) for k, v in enc.batch([i], self.names).items()}
-                t0 = time.perf_counter()
-                model(**feed)
-                times.append(time.perf_counter() - t0)
+            times, _ = time_each(lambda f: model(**f), feeds)
         return 1e3 * float(np.median(times))
 
     def probe(self, model) -> None:
@@ -172,15 +172,18 @@ class LmTask(Task):
         super().__init__(cfg)
         from transformers import AutoTokenizer
 
+        from common.modelsource import from_pretrained
         from study.lm import load_ptb
 
-        self.tok = AutoTokenizer.from_pretrained(cfg.model)
+        self.tok = from_pretrained(AutoTokenizer, cfg.model)
         self.text = {"test": load_ptb(cfg.data, "test"), "validation": load_ptb(cfg.data, "validation")}
 
     def fresh(self):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(self.cfg.model).eval()
+        from common.modelsource import from_pretrained
+
+        return from_pretrained(AutoModelForCausalLM, self.cfg.model).eval()
 
     def quality(self, model, split: str = "test") -> float:
         from study.lm import perplexity
@@ -192,13 +195,11 @@ class LmTask(Task):
         import torch
 
         # one window of up to 128 tokens (never longer than the model's window)
+        from common.timing import time_each
+
         ids = self.tok(self.text["test"][:4000], return_tensors="pt").input_ids[:, :min(128, self.cfg.max_length)]
-        times = []
         with torch.inference_mode():
-            for _ in range(min(self.cfg.latency_samples, 20)):
-                t0 = time.perf_counter()
-                model(ids)
-                times.append(time.perf_counter() - t0)
+            times, _ = time_each(model, [ids] * min(self.cfg.latency_samples, 20))
         return 1e3 * float(np.median(times))
 
     def probe(self, model) -> None:

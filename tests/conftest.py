@@ -3,10 +3,7 @@ and artifacts built from them by the real pipeline (no downloads, no checked-in 
 
 from __future__ import annotations
 
-import collections
-import json
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -18,21 +15,20 @@ SLICES = {"train": 320, "validation": 160, "test": 160}
 
 
 def pytest_collection_modifyitems(config, items):
-    import importlib.util
+    from common.trt import tensorrt_status
 
-    has_trt = importlib.util.find_spec("tensorrt") is not None
+    # TensorRT's own probe, not find_spec: tensorrt-stubs installs an importable `tensorrt`
+    # folder of .pyi files, and a CUDA machine without the runtime must skip, not fail.
+    trt_ok, trt_why = tensorrt_status()
     try:
-        import torch
-
         has_cuda = torch.cuda.is_available()
-    except ImportError:
+    except Exception:  # pragma: no cover - a broken CUDA install
         has_cuda = False
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)"))
-        if "trt" in item.keywords and not (has_trt and has_cuda):
-            item.add_marker(pytest.mark.skip(
-                reason="needs TensorRT and a CUDA GPU (run inside the NGC image, see docker/)"))
+        if "trt" in item.keywords and not trt_ok:
+            item.add_marker(pytest.mark.skip(reason=f"needs TensorRT and a CUDA GPU: {trt_why}"))
 
 
 @pytest.fixture(scope="session")
@@ -57,46 +53,33 @@ def data_dir(shared_data, tmp_path_factory) -> Path:
 def tiny_model_dir(data_dir, tmp_path_factory) -> Path:
     """A random 2-layer BERT (hidden 64) and a WordPiece tokenizer whose vocab is the slice's
     most frequent words (a real BertTokenizerFast, built offline)."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from tests.tiny_models import build_tiny
 
-    from common.labels import ID2LABEL, LABEL2ID
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    counts: collections.Counter[str] = collections.Counter()
-    for line in (data_dir / "train.jsonl").read_text().splitlines():
-        counts.update(re.findall(r"[a-z]+", json.loads(line)["text"].lower()))
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    letters = [c for c in "abcdefghijklmnopqrstuvwxyz"] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-    words = [w for w, _ in counts.most_common(400) if w not in letters]
-    vocab = special + letters + words
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
-    tok.save_pretrained(out)
-
-    torch.manual_seed(0)
-    # hidden 64: bitsandbytes' CPU 4-bit inference kernel needs rows of whole 64-wide blocks
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=128, max_position_embeddings=128,
-                     num_labels=6, id2label=ID2LABEL, label2id=LABEL2ID)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    return out
+    return build_tiny("bert", data_dir, tmp_path_factory.mktemp("tiny-bert"))
 
 
 def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overrides):
+    """The real pipeline's configs, made small: few rows, few steps, short sequences."""
+    import dataclasses
+
     from engines.pipeline import BuildConfig
-    from export.onnx_export import ExportConfig
     from train.finetune import FinetuneConfig
     from train.qat import QatConfig
     from train.qlora import QloraConfig
 
-    ft = FinetuneConfig(model=str(model_dir), data=str(data_dir), epochs=2, lr=5e-4, batch_size=32,
-                        max_length=64, seed=0)
-    kw = {"model": str(model_dir), "data": str(data_dir), "artifacts": str(artifacts),
-          "finetune": ft, "export": ExportConfig(max_length=64, data=str(data_dir), n_validate=48),
-          "qlora": QloraConfig(model=str(model_dir), data=str(data_dir), epochs=1, lr=5e-4,
-                               batch_size=32, max_length=64, seed=0),
-          "qat": QatConfig(data=str(data_dir), epochs=1, lr=1e-4, batch_size=32, eval_every=5,
-                           seed=0)}
+    d = BuildConfig()
+    data, model = str(data_dir), str(model_dir)
+    kw = {"model": model, "data": data, "artifacts": str(artifacts),
+          "finetune": FinetuneConfig(model=model, data=data, epochs=2, lr=5e-4, batch_size=32,
+                                     max_length=64, seed=0),
+          "export": dataclasses.replace(d.export, data=data, n_validate=48),
+          "fuse": dataclasses.replace(d.fuse, data=data, n_validate=48),
+          "dynamic": dataclasses.replace(d.dynamic, data=data, n_validate=48),
+          "static": d.static,
+          "qat_export": dataclasses.replace(d.qat_export, data=data),
+          "qlora": QloraConfig(model=model, data=data, epochs=1, lr=5e-4, batch_size=32,
+                               max_length=64, seed=0),
+          "qat": QatConfig(data=data, epochs=1, lr=1e-4, batch_size=32, eval_every=5, seed=0)}
     kw.update(overrides)
     return BuildConfig(**kw)
 

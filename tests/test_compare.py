@@ -1,4 +1,5 @@
-"""Issue 6: the comparison from a few tiny-model reports."""
+"""The comparison from a few tiny-model reports: ratios within one device, batch-1 F1 with its
+batched twin, paired bootstrap intervals, not-measured rows, and the README's generated block."""
 
 import json
 import shutil
@@ -40,9 +41,16 @@ def test_comparison_ratios_missing_rows_and_plots(reports, tmp_path):
     assert ort_fp32["agreement"]["top1_pct"] == 100.0 and ort_fp32["agreement"]["max_abs_logit_diff"] < 1e-3
     md = (out / "comparison.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| variant | backend | device"))
-    for col in ("macro F1", "accuracy", "size MB", "p50 ms (b=1)", "p95 ms (b=1)", "throughput",
-                "speed-up b=1", "size ratio", "delta F1 pt", "top-1 agree %"):
+    for col in ("macro F1 (b=1)", "macro F1 (batched)", "batch-invariant", "accuracy", "size MB",
+                "p50 ms (b=1)", "p95 ms (b=1)", "throughput", "speed-up b=1", "size ratio",
+                "delta F1 pt [95% CI]", "top-1 agree %"):
         assert col in header
+    # paired bootstrap: the FP32 row against itself is exactly 0 with a zero-width interval
+    assert ort_fp32["delta_f1"]["delta"] == 0 and ort_fp32["delta_f1"]["ci95"] == [0.0, 0.0]
+    assert ort_fp32["delta_f1"]["distinguishable"] is False
+    lo, hi = dyn["delta_f1"]["ci95"]
+    assert lo <= dyn["delta_f1"]["delta"] <= hi and dyn["delta_f1"]["resamples"] == 2000
+    assert dyn["batch_invariance"]["differ"] >= 0 and "macro_f1" in dyn["batched"]
     for png in ("comparison-confusion.png", "comparison-per-class-f1.png", "comparison-f1-vs-latency.png"):
         assert (out / png).stat().st_size > 5000
 
@@ -66,7 +74,7 @@ def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
     measured = {(r["backend"], r["variant"]) for r in c["rows"]}
     assert {("ort", "ptq"), ("torch", "ptq-dynamic"), ("ort", "qat"), ("qlora", "nf4")} <= measured
     assert missing[("ort", "qat-s8")].startswith("not built (onnx-qat-s8)")
-    from engines.trt_env import tensorrt_status
+    from common.trt import tensorrt_status
 
     if not tensorrt_status()[0]:
         assert missing[("trt", "fp16")].startswith("backend unavailable")
@@ -74,10 +82,24 @@ def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
 
 
 def test_readme_results_block_is_generated(reports, tmp_path):
+    import re
+
     assert evaluate_main(["--compare", "--out", str(reports)]) == 0
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Results\n{RESULTS_START}\nold\n{RESULTS_END}\n\n## Methods\n")
-    update_readme(readme, reports / "comparison.md")
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "stale.md").write_text("from an earlier run")
+    update_readme(readme, reports / "comparison.md", tmp_path / "docs" / "results")
     text = readme.read_text()
-    assert "old" not in text and "| variant | backend |" in text and text.endswith("## Methods\n")
-    assert f"]({reports.name}/comparison-confusion.png)" in text
+    assert "old" not in text and "| ort/dynamic |" in text and text.endswith("## Methods\n")
+    # every link of the block resolves inside the committed folder, nothing in reports/
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.startswith("docs/results/") and (tmp_path / link).is_file()
+                         for link in links)
+    published = {p.name for p in (tmp_path / "docs" / "results").iterdir()}
+    assert "stale.md" not in published and "comparison.md" in published
+    assert not any(n.endswith((".npy", ".json")) for n in published)
+    # the links inside the published comparison resolve next to it
+    md = (tmp_path / "docs" / "results" / "comparison.md").read_text()
+    for link in re.findall(r"\]\(([^)]+\.(?:md|png))\)", md):
+        assert (tmp_path / "docs" / "results" / link).is_file(), link

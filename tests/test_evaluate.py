@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from common.metrics import classification_metrics, latency_stats
 from evaluate.__main__ import main as evaluate_main
-from evaluate.metrics import classification_metrics, latency_stats
 
 
 def test_metrics_hand_checked():

@@ -6,8 +6,7 @@ from transformers import AutoModelForSequenceClassification
 from common.data import load_split
 from common.feeds import encode
 from common.modelsource import load_tokenizer
-from export.onnx_export import torch_fn
-from train.loop import torch_logits
+from common.torch_infer import torch_fn, torch_logits
 
 
 def test_torch_logits_are_in_dataset_order(tiny_artifacts, data_dir):

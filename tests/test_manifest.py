@@ -65,19 +65,3 @@ def test_pipeline_second_run_rebuilds_nothing(tiny_artifacts, tiny_model_dir, da
     assert b.built == []
     assert "nothing to rebuild" in capsys.readouterr().out
     assert json.loads((tiny_artifacts / "manifest.json").read_text()) == before
-
-
-def test_changed_export_recipe_rebuilds_only_export(tiny_artifacts, tiny_model_dir, data_dir, tmp_path):
-    import shutil
-
-    from engines.pipeline import build_all
-    from export.onnx_export import ExportConfig
-    from tests.conftest import tiny_build_config
-
-    art = tmp_path / "art"
-    shutil.copytree(tiny_artifacts, art)
-    cfg = tiny_build_config(tiny_model_dir, data_dir, art, stages=("baseline", "onnx"),
-                            export=ExportConfig(max_length=64, data=str(data_dir), n_validate=32))
-    b = build_all(cfg)
-    # the fused graph is made from the export (and validated with the same recipe): rebuilt too
-    assert b.built == ["onnx-fp32", "onnx-fp32-fused"] and "baseline" in b.skipped

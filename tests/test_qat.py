@@ -1,4 +1,4 @@
-"""Issue 4: fake-quant insertion/removal, QAT training, Q/DQ export, ONNX Runtime on the result."""
+"""QAT: fake-quant insertion/removal, QAT training, Q/DQ export, ONNX Runtime on the result."""
 
 import json
 
@@ -8,13 +8,23 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from calibration.calibset import CalibrationSet
+from common.calibset import CalibrationSet
 from common.data import load_split
 from common.feeds import encode
 from common.manifest import Manifest
 from common.modelsource import load_tokenizer
+from common.qat_model import (
+    ActQuant,
+    FakeQuantEmbedding,
+    FakeQuantLinear,
+    act_quantizers,
+    fake_quant_weight,
+    insert_fake_quant,
+    load_qat_model,
+    remove_fake_quant,
+)
+from common.torch_infer import torch_fn
 from deploy.registry import make_runner
-from export.onnx_export import torch_fn
 from export.qat_export import (
     QdqStructureError,
     check_structure,
@@ -22,17 +32,7 @@ from export.qat_export import (
     fold_and_flavour,
     qdq_structure,
 )
-from train.fakequant import (
-    ActQuant,
-    FakeQuantEmbedding,
-    FakeQuantLinear,
-    QatSelfAttention,
-    act_quantizers,
-    fake_quant_weight,
-    insert_fake_quant,
-    remove_fake_quant,
-)
-from train.qat import calibrate, load_qat_model
+from train.qat import calibrate
 
 
 def _feed(tiny_artifacts, data_dir, n=8):
@@ -44,7 +44,7 @@ def _feed(tiny_artifacts, data_dir, n=8):
 
 def _calibrated(tiny_artifacts, **kw):
     ckpt = tiny_artifacts / "baseline"
-    model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt, attn_implementation="eager").eval()
     counts = insert_fake_quant(model, **kw)
     calib = tiny_artifacts / Manifest(tiny_artifacts).get("calibration")["path"]
     names = json.loads((ckpt / "recipe.json").read_text())["input_names"]
@@ -54,13 +54,16 @@ def _calibrated(tiny_artifacts, **kw):
 
 def test_insert_and_remove_fake_quant(tiny_artifacts, data_dir):
     feed = {k: torch.from_numpy(v) for k, v in _feed(tiny_artifacts, data_dir).items()}
-    ref_model = AutoModelForSequenceClassification.from_pretrained(tiny_artifacts / "baseline").eval()
+    ref_model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_artifacts / "baseline", attn_implementation="eager").eval()
     with torch.no_grad():
         ref = ref_model(**feed).logits
     model, counts = _calibrated(tiny_artifacts)
     layers = model.base_model.encoder.layer
     assert counts == {"linear": 6 * len(layers), "attention": len(layers), "embedding": 1}
-    assert all(isinstance(layer.attention.self, QatSelfAttention) for layer in layers)
+    # the attention module is the model's own, with its forward wrapped: no re-implementation
+    assert all(type(layer.attention.self).__name__ == "BertSelfAttention"
+               and "forward" in vars(layer.attention.self) for layer in layers)
     assert all(isinstance(layer.intermediate.dense, FakeQuantLinear) for layer in layers)
     assert isinstance(model.base_model.embeddings.word_embeddings, FakeQuantEmbedding)
     assert not isinstance(model.classifier, FakeQuantLinear)  # the head stays FP32
@@ -72,8 +75,9 @@ def test_insert_and_remove_fake_quant(tiny_artifacts, data_dir):
     assert not torch.equal(fq, ref)  # quantization noise is really there...
     assert torch.allclose(fq, ref, atol=0.5)  # ...and small
     remove_fake_quant(model)
-    assert not any(isinstance(m, ActQuant | FakeQuantLinear | FakeQuantEmbedding | QatSelfAttention)
+    assert not any(isinstance(m, ActQuant | FakeQuantLinear | FakeQuantEmbedding)
                    for m in model.modules())
+    assert not any("forward" in vars(layer.attention.self) for layer in layers)
     with torch.no_grad():
         assert torch.equal(model(**feed).logits, ref)  # removal restores the FP32 model exactly
 
@@ -132,7 +136,8 @@ def test_qat_artifact_recipe_and_selection(tiny_artifacts):
     assert [h["step"] for h in recipe["history"]] == [0, 5, 10]
     assert set(e["inputs"]) == {"artifact:baseline", "artifact:calibration", "data:train",
                                 "data:validation"}
-    assert "classifier" in recipe["quantization"]["fp32"]
+    assert "classification head" in recipe["quantization"]["fp32"]
+    assert recipe["quantizers"]["attention_matmuls"] is True and recipe["model_type"] == "bert"
     # the saved weights are the selected step's: the baseline's only if no QAT step beat it
     best_step = max(recipe["history"], key=lambda h: h["val_macro_f1"])["step"]
     assert recipe["best_step"] == best_step
@@ -168,9 +173,10 @@ def test_exported_qdq_counts_match_config(tiny_artifacts, variant, zp_type):
 def test_structure_check_fails_when_config_differs(tiny_artifacts):
     got = qdq_structure(tiny_artifacts / "onnx" / "qat.onnx")
     with pytest.raises(QdqStructureError, match="matmul_quantized"):
-        check_structure(got, expected_structure(2, False, True, "u8"), tiny_artifacts)
+        check_structure(got, expected_structure(12, 0, True, "u8"), tiny_artifacts)
     with pytest.raises(QdqStructureError, match="activation_zero_point_types"):
-        check_structure(got, expected_structure(2, True, True, "s8"), tiny_artifacts)
+        check_structure(got, expected_structure(12, 2, True, "s8"), tiny_artifacts)
+    check_structure(got, expected_structure(12, 2, True, "u8"), tiny_artifacts)
 
 
 def test_ort_runs_qat_graph_and_agrees_with_fake_quant_torch(tiny_artifacts, data_dir):

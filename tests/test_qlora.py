@@ -1,10 +1,10 @@
-"""Issue 5: QLoRA with real bitsandbytes NF4 layers and peft adapters, on CPU.
+"""QLoRA with real bitsandbytes NF4 layers and peft adapters, on CPU.
 
 Test modules import onnxruntime at collection time, so these tests also run in the condition
-that used to give NaN (onnxruntime loaded before bitsandbytes; root cause in train/qlora.py)."""
+that used to give NaN (onnxruntime loaded before bitsandbytes; root cause in
+common/qlora_model.py)."""
 
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -13,7 +13,8 @@ import torch
 from common.data import load_split
 from common.feeds import encode
 from common.modelsource import load_tokenizer
-from train.qlora import QloraConfig, build_peft_model, load_qlora, weight_memory
+from common.qlora_model import load_qlora, weight_memory
+from train.qlora import QloraConfig, build_peft_model
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -101,7 +102,8 @@ def test_saved_adapter_reloads_with_identical_logits(cfg, tmp_path):
     with torch.no_grad():
         before = model(**feed).logits
     model.save_pretrained(tmp_path)
-    (tmp_path / "recipe.json").write_text(json.dumps({"config": asdict(cfg)}))
+    (tmp_path / "recipe.json").write_text(json.dumps({"base_model": cfg.model,
+                                                      "nf4": vars(cfg.nf4())}))
     reloaded, _ = load_qlora(tmp_path)
     with torch.no_grad():
         after = reloaded(**feed).logits
@@ -109,11 +111,27 @@ def test_saved_adapter_reloads_with_identical_logits(cfg, tmp_path):
     assert torch.equal(before, after)
 
 
-def test_qlora_artifact_scored_by_runner(tiny_artifacts):
-    """`make engines` builds QLoRA (default stages) and its runner scores finite logits."""
+def test_qlora_artifact_scored_by_runner(tiny_artifacts, data_dir):
+    """`make engines` builds QLoRA (default stages); its runner answers real sentences exactly as
+    the saved model loaded directly, and reproduces the validation score the build selected on."""
+    from common.metrics import classification_metrics
+    from common.torch_infer import torch_logits
     from deploy.registry import make_runner
 
+    recipe = json.loads((tiny_artifacts / "qlora" / "recipe.json").read_text())
+    tok = load_tokenizer(tiny_artifacts / "qlora")
+    test = encode(tok, load_split(data_dir, "test").texts[:32], 64)
+    val = load_split(data_dir, "validation")
     with make_runner("qlora", "nf4", tiny_artifacts, threads=1) as r:
-        feed = {k: np.ones((2, 8), dtype=np.int64) for k in NAMES}
+        feed = test.batch(list(range(32)), r.input_names)
         logits = r.infer(feed)
-    assert logits.shape == (2, 6) and np.isfinite(logits).all()
+        # the validation pass of training (same batching), through the runner's loaded model
+        val_logits = torch_logits(r.model, encode(tok, val.texts, recipe["max_length"]),
+                                  r.input_names, batch_size=128)
+    direct, _ = load_qlora(tiny_artifacts / "qlora")
+    with torch.no_grad():
+        ref = direct(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+    assert logits.shape == (32, 6) and np.isfinite(logits).all()
+    np.testing.assert_allclose(logits, ref, atol=1e-5)
+    f1 = classification_metrics(np.asarray(val.labels), val_logits.argmax(-1))["macro_f1"]
+    assert f1 == pytest.approx(recipe["best_val_macro_f1"], abs=1e-6)

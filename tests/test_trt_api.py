@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 
-TRT_MODULES = ["engines/trt_build.py", "engines/trt_env.py", "calibration/trt_calibrator.py",
-               "deploy/trt_runner.py", "engines/pipeline.py"]
+TRT_MODULES = ["engines/trt_build.py", "common/trt.py", "calibration/trt_calibrator.py",
+               "deploy/trt_runner.py", "engines/steps.py"]
 # variable (as written in our code) -> TensorRT class it holds
 OBJECTS = {"builder": "Builder", "config": "IBuilderConfig", "network": "INetworkDefinition",
            "parser": "OnnxParser", "profile": "IOptimizationProfile",

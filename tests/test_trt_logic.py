@@ -5,12 +5,16 @@ Real engine tests are in test_trt_engines.py (marked trt)."""
 import numpy as np
 import pytest
 
-from calibration.calibset import CalibrationSet
 from calibration.trt_calibrator import CalibrationFeeder, cache_name
-from deploy.runner import RunnerError
-from deploy.trt_runner import check_engine_identity
-from engines.trt_build import TrtConfig, TrtProfile
-from engines.trt_env import TrtUnavailable, require_implicit_int8, tensorrt_status
+from common.calibset import CalibrationSet
+from common.trt import (
+    TrtProfile,
+    TrtUnavailable,
+    check_engine_identity,
+    require_implicit_int8,
+    tensorrt_status,
+)
+from engines.trt_build import TrtConfig
 
 
 def test_profile_shapes_and_bounds():
@@ -57,22 +61,27 @@ def test_calibrator_feeder_walks_the_calibration_set(tiny_artifacts):
 def test_engine_identity_mismatch_is_refused():
     built = {"tensorrt": "10.13.0", "name": "NVIDIA H100", "compute_capability": "9.0"}
     check_engine_identity(built, dict(built), "x.plan")
-    with pytest.raises(RunnerError, match="compute_capability.*make engines"):
+    with pytest.raises(TrtUnavailable, match="compute_capability.*make engines"):
         check_engine_identity(built, {**built, "compute_capability": "8.9"}, "x.plan")
-    with pytest.raises(RunnerError, match="tensorrt"):
+    with pytest.raises(TrtUnavailable, match="tensorrt"):
         check_engine_identity(built, {**built, "tensorrt": "11.0.0"}, "x.plan")
 
 
-def test_make_engines_skips_tensorrt_in_one_line(tiny_artifacts, tiny_model_dir, data_dir, capsys):
+def test_make_engines_skips_each_engine_in_one_line(tiny_artifacts, tiny_model_dir, data_dir,
+                                                     capsys):
     ok, why = tensorrt_status()
     if ok:
-        pytest.skip("TensorRT is usable here; the skip line is for machines without it")
+        pytest.skip("TensorRT is usable here; the skip lines are for machines without it")
+    from common.manifest import Manifest
     from engines.pipeline import build_all
     from tests.conftest import tiny_build_config
 
     build_all(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts, stages=("trt",)))
-    lines = [x for x in capsys.readouterr().out.splitlines() if "TensorRT" in x]
-    assert lines == [f"[skip] TensorRT engines: {why}"]
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[skip]")]
+    engines = ["fp32", "fp16", "int8", "ptq", "qat"]
+    assert lines == [f"[skip] trt-{v}: TensorRT is not usable here: {why}" for v in engines]
+    man = Manifest(tiny_artifacts)
+    assert all(man.skipped(f"trt-{v}") == f"TensorRT is not usable here: {why}" for v in engines)
 
 
 def test_trt_runner_without_tensorrt_says_why(tiny_artifacts):
@@ -82,5 +91,5 @@ def test_trt_runner_without_tensorrt_says_why(tiny_artifacts):
     from deploy.trt_runner import TrtRunner
 
     r = TrtRunner(tiny_artifacts / "none.plan", ("input_ids",), {}, TrtProfile(), "fp16")
-    with pytest.raises(RunnerError, match="needs TensorRT and a GPU"):
+    with pytest.raises(TrtUnavailable, match="needs TensorRT and a CUDA GPU"):
         r.load()

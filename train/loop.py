@@ -6,7 +6,12 @@ import random
 
 import numpy as np
 
-from common.feeds import Encoded, batches
+from common.errors import UserError
+from common.feeds import Encoded
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss became NaN or infinite: the recipe (learning rate, precision) needs changing."""
 
 
 def train_val_splits(data: str, limit_train: int = 0, limit_eval: int = 0):
@@ -25,7 +30,8 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU")
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu, "
+                        "or run inside the NGC container with --gpus all)")
     return name
 
 
@@ -37,7 +43,7 @@ def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sch
     loss = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()},
                  labels=labels.to(device)).loss
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what}: loss became {loss.item()}; lower the learning rate")
+        raise TrainingDiverged(f"{what}: loss became {loss.item()}; lower the learning rate")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -70,41 +76,11 @@ def bucketed_batches(enc: Encoded, batch_size: int, rng: np.random.Generator,
     return [out[i] for i in order]
 
 
-def torch_logits(model, enc: Encoded, input_names, batch_size: int = 64, device: str = "cpu",
-                 progress: str | None = None) -> np.ndarray:
-    """Logits of every example, in order (batches padded to their own longest example)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    model.eval()
-    # Batches of similar length (then put back in order): padding to the longest of a batch in
-    # dataset order costs about twice the compute on this data.
-    order = np.argsort(enc.lengths(), kind="stable")
-    out = []
-    with torch.inference_mode():
-        for b in tqdm(batches(len(enc), batch_size), desc=progress, disable=progress is None,
-                      leave=False):
-            feed = enc.batch(order[b].tolist(), input_names)
-            t = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
-            out.append(model(**t).logits.float().cpu().numpy())
-    logits = np.empty_like(np.concatenate(out))
-    logits[order] = np.concatenate(out)
-    return logits
-
-
-def model_input_names(model) -> tuple[str, ...]:
-    """BERT-style models take token_type_ids only when the config has a type vocabulary."""
-    names = ["input_ids", "attention_mask"]
-    if getattr(model.config, "type_vocab_size", 0) and "token_type_ids" in \
-            model.forward.__code__.co_varnames:
-        names.append("token_type_ids")
-    return tuple(names)
-
-
 def validation_row(model, enc: Encoded, names, labels, device: str, epoch: int, train_loss: float,
                    minutes: float) -> dict:
     """Score one epoch on validation: the history row that model selection reads."""
-    from evaluate.metrics import classification_metrics
+    from common.metrics import classification_metrics
+    from common.torch_infer import torch_logits
 
     logits = torch_logits(model, enc, names, batch_size=128, device=device, progress="validation")
     m = classification_metrics(np.asarray(labels), logits.argmax(-1))

@@ -1,10 +1,11 @@
-"""QAT: fake-quant fine-tuning of the FP32 baseline (see train/fakequant.py for what is quantized).
+"""QAT: fake-quant fine-tuning of the FP32 baseline (common/qat_model.py says what is quantized).
 
-Order of work: load the fine-tuned baseline -> insert fake quantizers -> calibrate the activation
-amax on the validation calibration set (the same .npz the ORT PTQ and TensorRT calibrators read)
--> score validation (this is plain PTQ with these quantizers) -> fine-tune briefly with a small
-learning rate, scoring validation every `eval_every` steps -> keep the best (the calibrated
-starting point included) -> save FP weights (save_pretrained) + quantizer amax + recipe.
+Order of work: load the fine-tuned baseline (eager attention) -> insert fake quantizers ->
+calibrate the activation amax on the validation calibration set (the same .npz the ORT PTQ and
+TensorRT calibrators read) -> score validation (this is plain PTQ with these quantizers) ->
+fine-tune briefly with a small learning rate, scoring validation every `eval_every` steps -> keep
+the best (the calibrated starting point included) -> save FP weights (save_pretrained) +
+quantizer amax + recipe.json (whose `quantizers` common.qat_model.load_qat_model reads back).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from common.config import doc, recipe, run_only
+from common.errors import ConfigError
 from common.feeds import encode
 from train.loop import (
     bucketed_batches,
@@ -27,66 +31,63 @@ from train.loop import (
     validation_row,
 )
 
-AMAX_FILE = "qat_amax.json"
-
 
 @dataclass(frozen=True)
 class QatConfig:
+    VERSION = 2
     data: str = "dair-ai/emotion"
     # Quantizers (INT8 symmetric everywhere; weights per channel, activations per tensor).
-    calib_method: str = "percentile"  # max | percentile (of |x|, mean over calibration batches)
+    calib_method: str = doc("percentile", "max | percentile (of |x|, mean over calibration batches)")
     percentile: float = 99.99
-    attention_matmuls: bool = True  # fake-quantize both operands of Q.K^T and softmax.V
-    embeddings: bool = True  # word-embedding table INT8 (most of the model's bytes)
+    attention_matmuls: bool = doc(True, "fake-quantize both operands of Q.K^T and softmax.V "
+                                  "(families whose attention is two plain matmuls)")
+    embeddings: bool = doc(True, "word-embedding table INT8 (most of the model's bytes)")
     # Fine-tuning: a tenth of the baseline's learning rate, a fraction of an epoch to one epoch.
     lr: float = 1e-5
-    epochs: float = 1.0
+    epochs: float = doc(1.0, "may be a fraction")
     batch_size: int = 32
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    freeze_layers: int = 0  # embeddings + the lowest N encoder layers frozen (0 = train all)
+    freeze_layers: int = doc(0, "embeddings + the lowest N layers frozen (0 = train all)")
     # steps between validation scores (model selection); 250 = twice per epoch at batch 32
     eval_every: int = 250
     seed: int = 42
-    device: str = "auto"
-    threads: int = 0
+    device: str = run_only("auto", "auto | cpu | cuda")
+    threads: int = run_only(0, "torch intra-op threads; 0 = torch default")
     limit_train: int = 0
     limit_eval: int = 0
 
     def __post_init__(self) -> None:
         if self.calib_method not in {"max", "percentile"}:
-            raise ValueError(f"calib_method must be max or percentile, not {self.calib_method!r}")
+            raise ConfigError(f"calib_method must be max or percentile, not {self.calib_method!r}")
         if not 0 < self.epochs <= 10 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("QAT needs 0 < epochs <= 10, lr > 0 and batch_size >= 1")
+            raise ConfigError("QAT needs 0 < epochs <= 10, lr > 0 and batch_size >= 1")
         if self.freeze_layers < 0 or self.eval_every < 1:
-            raise ValueError("freeze_layers must be >= 0 and eval_every >= 1")
+            raise ConfigError("freeze_layers must be >= 0 and eval_every >= 1")
 
-    def recipe(self) -> dict:
-        d = asdict(self)
-        for k in ("device", "threads"):
-            d.pop(k)
-        return d
-
-    def quantizer_kwargs(self) -> dict:
+    def quantizer_kwargs(self) -> dict[str, Any]:
         return {"method": self.calib_method, "percentile": self.percentile,
                 "attention_matmuls": self.attention_matmuls, "embeddings": self.embeddings}
 
 
-def describe(cfg: QatConfig, num_layers: int) -> dict:
+def describe(cfg: QatConfig, inserted: dict[str, Any], model_type: str) -> dict[str, Any]:
     """What the report and README state: quantized layers, bit widths, observers, FP32 layers."""
-    quantized = ["encoder Linear weights: Q, K, V, attention output, FFN in, FFN out "
-                 f"({6 * num_layers} layers): INT8 symmetric per output channel, max|w|/127",
+    quantized = [f"every Linear of the {model_type} layer stack (Q, K, V, attention output, "
+                 f"feed-forward; {inserted['linear']} layers): INT8 symmetric per output channel, "
+                 "max|w|/127",
                  "inputs of those Linears: INT8 symmetric per tensor, "
                  f"{cfg.calib_method} calibration, amax fixed during QAT"]
-    if cfg.attention_matmuls:
-        quantized.append("both operands of Q.K^T and softmax.V: INT8 symmetric per tensor")
-    if cfg.embeddings:
+    if inserted["attention"]:
+        quantized.append(f"both operands of Q.K^T and softmax.V ({inserted['attention']} "
+                         "layers): INT8 symmetric per tensor")
+    if inserted["embedding"]:
         quantized.append("word-embedding table: INT8 symmetric per tensor (weight only)")
     fp32 = ["LayerNorm", "Softmax", "GELU", "residual adds and biases",
-            "position and token-type embeddings", "pooler", "classifier"]
-    if not cfg.attention_matmuls:
-        fp32.append("attention matmuls")
-    if not cfg.embeddings:
+            "position and token-type embeddings", "classification head"]
+    if not inserted["attention"]:
+        fp32.append("attention matmuls" + (f" ({inserted['attention_not_quantized']})"
+                                           if "attention_not_quantized" in inserted else ""))
+    if not inserted["embedding"]:
         fp32.append("word embeddings")
     return {"bits": 8, "quantized": quantized, "fp32": fp32,
             "calibration": "validation calibration set (artifacts/calibration/*.npz)"}
@@ -96,7 +97,7 @@ def calibrate(model, calib_batches, device: str = "cpu") -> int:
     """Set every activation quantizer's amax from the calibration batches (no gradient)."""
     import torch
 
-    from train.fakequant import act_quantizers
+    from common.qat_model import act_quantizers
 
     qs = act_quantizers(model)
     for q in qs.values():
@@ -110,29 +111,15 @@ def calibrate(model, calib_batches, device: str = "cpu") -> int:
     return len(qs)
 
 
-def load_qat_model(ckpt: Path, cfg: QatConfig | None = None):
-    """A saved QAT checkpoint with its fake quantizers back in place (eval mode, CPU)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from train.fakequant import insert_fake_quant, load_amax_state
-
-    ckpt = Path(ckpt)
-    if cfg is None:
-        recipe = json.loads((ckpt / "recipe.json").read_text())
-        cfg = QatConfig(**recipe["config"])
-    model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
-    insert_fake_quant(model, **cfg.quantizer_kwargs())
-    load_amax_state(model, json.loads((ckpt / AMAX_FILE).read_text()))
-    return model
-
-
 def _freeze(model, n_layers: int) -> int:
+    from common.arch import layer_stack
+
     if n_layers == 0:
         return 0
-    base = model.base_model
-    if n_layers > len(base.encoder.layer):
-        raise ValueError(f"freeze_layers={n_layers} but the model has {len(base.encoder.layer)} layers")
-    frozen = [base.embeddings, *base.encoder.layer[:n_layers]]
+    layers = layer_stack(model)
+    if n_layers > len(layers):
+        raise ConfigError(f"freeze_layers={n_layers} but the model has {len(layers)} layers")
+    frozen = [model.base_model.embeddings, *layers[:n_layers]]
     for m in frozen:
         for p in m.parameters():
             p.requires_grad_(False)
@@ -149,18 +136,23 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
         get_linear_schedule_with_warmup,
     )
 
-    from calibration.calibset import CalibrationSet
-    from train.fakequant import amax_state, insert_fake_quant, remove_fake_quant
+    from common.arch import family_of
+    from common.calibset import CalibrationSet
+    from common.checkpoint import read_recipe
+    from common.qat_model import AMAX_FILE, amax_state, insert_fake_quant, remove_fake_quant
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     baseline = Path(baseline)
-    meta = json.loads((baseline / "recipe.json").read_text())
-    names, max_length = meta["input_names"], int(meta["config"]["max_length"])
+    meta = read_recipe(baseline)
+    names, max_length = meta["input_names"], int(meta["max_length"])
     tokenizer = AutoTokenizer.from_pretrained(baseline)
-    model = AutoModelForSequenceClassification.from_pretrained(baseline).to(device)
+    # eager attention: its two matmuls are what the attention quantizers wrap (see qat_model)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        baseline, attn_implementation="eager").to(device)
+    model_type = family_of(model).model_type
     inserted = insert_fake_quant(model, **cfg.quantizer_kwargs())
     n_quantizers = calibrate(model, CalibrationSet(calib_npz, calib_batch_size, names), device)
     frozen_params = _freeze(model, cfg.freeze_layers)
@@ -219,15 +211,16 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     tokenizer.save_pretrained(out_dir)
     (out_dir / AMAX_FILE).write_text(json.dumps(amax, indent=1, sort_keys=True) + "\n")
     best_row = max(history, key=lambda h: h["val_macro_f1"])
-    recipe = {
-        "config": asdict(cfg), "baseline_best_val_macro_f1": meta.get("best_val_macro_f1"),
+    out = {
+        "config": recipe(cfg), "quantizers": cfg.quantizer_kwargs(), "model_type": model_type,
+        "baseline_best_val_macro_f1": meta.get("best_val_macro_f1"),
         "input_names": names, "max_length": max_length, "steps": total,
         "steps_per_epoch": steps_per_epoch, "inserted": inserted,
         "activation_quantizers": n_quantizers, "frozen_params": frozen_params,
         "val_macro_f1_before_qat": history[0]["val_macro_f1"],
         "best_step": best_row["step"], "best_val_macro_f1": best_row["val_macro_f1"],
         "history": history, "train_minutes": (time.time() - t0) / 60, "device": device,
-        "quantization": describe(cfg, len(model.base_model.encoder.layer)),
+        "quantization": describe(cfg, inserted, model_type),
     }
-    (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
-    return recipe
+    (out_dir / "recipe.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return out

@@ -1,11 +1,13 @@
-"""QLoRA: the pre-trained BERT with 4-bit NF4 weights (bitsandbytes) + LoRA adapters (peft),
+"""QLoRA: the pre-trained encoder with 4-bit NF4 weights (bitsandbytes) + LoRA adapters (peft),
 trained with model selection on validation macro F1. Runs on CPU (bitsandbytes >= 0.50 has a
-CPU backend for 4-bit forward and backward) and on CUDA.
+CPU backend for 4-bit forward and backward) and on CUDA. The saved format and its loader live in
+common/qlora_model.py (the runner reads it too).
 
 Why a QLoRA classifier can collapse (one student report ended at 0.54 macro F1), and what this
 recipe does about each cause:
-- a frozen, randomly initialised head: the classifier (and the pooler that feeds it) are kept in
-  full precision and trained (`modules_to_save`), never quantized;
+- a frozen, randomly initialised head: the classification head (pooler / pre-classifier and
+  classifier, per family in common.arch) is kept in full precision and trained
+  (`modules_to_save`), never quantized;
 - bert-base learning rates (2e-5) on adapters: far too small, LoRA wants ~1e-4..1e-3;
 - too few steps: model selection over whole epochs on validation macro F1.
 The word-embedding table, half of MiniLM's bytes, is stored as NF4 too (bitsandbytes
@@ -17,13 +19,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common.config import doc, recipe, run_only
+from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
+from common.qlora_model import Nf4Spec
 from train.loop import (
     bucketed_batches,
     resolve_device,
@@ -33,14 +38,12 @@ from train.loop import (
     validation_row,
 )
 
-ATTENTION = ("query", "key", "value")
-ATTENTION_FFN = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
-                 "output.dense")
-TARGETS = {"attention": ATTENTION, "attention+ffn": ATTENTION_FFN}
+TARGETS = ("attention", "attention+ffn")
 
 
 @dataclass(frozen=True)
 class QloraConfig:
+    VERSION = 2
     model: str = DEFAULT_MODEL
     data: str = "dair-ai/emotion"
     rank: int = 16
@@ -50,9 +53,9 @@ class QloraConfig:
     # "attention" 0.8250 in 3.1 min (371k trainable, 1.6%); "attention+ffn" 0.8857 in 4.1 min
     # (814k trainable, 3.5%). Adapting the feed-forward layers too is worth 6 pt for 30% more time;
     # attention-only needed 2 epochs (12 min) to reach 0.8848.
-    targets: str = "attention+ffn"  # a key of TARGETS
+    targets: str = doc("attention+ffn", "attention (Q, K, V) | attention+ffn (every layer Linear)")
     double_quant: bool = True
-    compute_dtype: str = "float32"  # float32 | bfloat16 | float16 (CUDA)
+    compute_dtype: str = doc("float32", "float32 | bfloat16 | float16 (CUDA)")
     quantize_embeddings: bool = True
     epochs: int = 2
     lr: float = 5e-4
@@ -61,110 +64,33 @@ class QloraConfig:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     seed: int = 42
-    device: str = "auto"
+    device: str = run_only("auto", "auto | cpu | cuda")
     limit_train: int = 0
     limit_eval: int = 0
 
     def __post_init__(self) -> None:
         if self.targets not in TARGETS:
-            raise ValueError(f"targets must be one of {sorted(TARGETS)}, not {self.targets!r}")
+            raise ConfigError(f"targets must be one of {TARGETS}, not {self.targets!r}")
         if self.compute_dtype not in {"float32", "bfloat16", "float16"}:
-            raise ValueError("compute_dtype must be float32, bfloat16 or float16")
+            raise ConfigError("compute_dtype must be float32, bfloat16 or float16")
 
-    def recipe(self) -> dict:
-        d = asdict(self)
-        d.pop("device")
-        return d
-
-
-def _frozen_embedding_nf4():
-    import bitsandbytes as bnb
-
-    class FrozenEmbeddingNF4(bnb.nn.EmbeddingNF4):
-        """EmbeddingNF4 whose (frozen) table is left out of state_dict: bitsandbytes 0.50 raises
-        NotImplementedError when saving Embedding4bit, and peft's save_pretrained reads the full
-        state_dict. The table is never trained; load_qlora re-quantizes it from the base model."""
-
-        def _save_to_state_dict(self, destination, prefix, keep_vars):
-            return None
-
-    return FrozenEmbeddingNF4
-
-
-# Why earlier runs saw NaN losses at random steps, and different losses for one seed (bitsandbytes
-# 0.50.2, CPU): Embedding4bit with double quantization. Its partial-dequantize forward gathers
-# the rows' absmax codes but keeps the nested (double-quant) statistics of the whole table, so the
-# gathered codes are decoded with the wrong second-level scales and, past the table's own count,
-# with memory it does not own. Measured here on random tables, 20 repeated lookups of the same
-# ids: vocab 457/512/1024 x 64: non-deterministic, max error 1.5-2.0 vs 0.50 without double
-# quant; MiniLM's 30522 x 384: deterministic but max error 0.80 vs 0.48. Linear4bit with double
-# quant is deterministic and as accurate as without. So the embedding table is quantized without
-# double quantization (its FP32 absmax costs 0.7 MB for MiniLM); Linear layers keep it.
-
-
-def load_nf4_base(model: str, cfg: QloraConfig, device: str):
-    """The pre-trained model with NF4 Linear (and optionally embedding) weights; head FP32."""
-    import bitsandbytes as bnb
-    import torch
-    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
-
-    from common.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-
-    dtype = getattr(torch, cfg.compute_dtype)
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                           bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=dtype,
-                           llm_int8_skip_modules=["classifier", "pooler"])
-    m = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(model), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID,
-        quantization_config=q, device_map={"": device}, torch_dtype=torch.float32)
-    old = m.base_model.embeddings.word_embeddings
-    # EmbeddingNF4 quantizes each row in blocks of 64: rows must be a whole number of blocks.
-    if cfg.quantize_embeddings and old.embedding_dim % 64 == 0:
-        emb = _frozen_embedding_nf4()(old.num_embeddings, old.embedding_dim, dtype=torch.float32)
-        emb.weight = bnb.nn.Params4bit(old.weight.data.float().cpu(), requires_grad=False,
-                                       quant_type="nf4", compress_statistics=False)
-        m.base_model.embeddings.word_embeddings = emb.to(device)
-    return m
+    def nf4(self) -> Nf4Spec:
+        return Nf4Spec(self.double_quant, self.compute_dtype, self.quantize_embeddings)
 
 
 def build_peft_model(cfg: QloraConfig, device: str):
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
-    base = load_nf4_base(cfg.model, cfg, device)
+    from common.arch import family_of, lora_targets
+    from common.qlora_model import load_nf4_base
+
+    base = load_nf4_base(cfg.model, cfg.nf4(), device)
     # gradient checkpointing off: it trades compute for memory, and memory is not short here
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.rank, lora_alpha=cfg.alpha,
-                      lora_dropout=cfg.dropout, target_modules=list(TARGETS[cfg.targets]),
-                      modules_to_save=["classifier", "pooler"])
+                      lora_dropout=cfg.dropout, target_modules=lora_targets(base, cfg.targets),
+                      modules_to_save=list(family_of(base).head))
     return get_peft_model(base, lora)
-
-
-def trainable_summary(model) -> dict:
-    """Counts in logical parameters: a Params4bit tensor packs two weights per byte."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
-                for p in model.parameters())
-    return {"trainable_params": int(trainable), "total_params": int(total),
-            "trainable_pct": 100 * trainable / total}
-
-
-def weight_memory(model) -> dict:
-    """In-memory bytes of the weights: packed 4-bit data, quantization state, FP parts."""
-    from common.quant_state import quant_state_bytes
-
-    packed = state = fp = 0
-    seen: set[int] = set()
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.__class__.__name__ == "Params4bit":
-            packed += p.numel() * p.element_size()
-            state += quant_state_bytes(p)
-        else:
-            fp += p.numel() * p.element_size()
-    return {"packed_4bit_bytes": packed, "quant_state_bytes": state, "fp_bytes": fp,
-            "total_bytes": packed + state + fp}
 
 
 def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
@@ -172,12 +98,15 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    from common.arch import input_names
+    from common.qlora_model import trainable_summary, weight_memory
+
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
     tok = load_tokenizer(cfg.model)
     model = build_peft_model(cfg, device)
-    names = ("input_ids", "attention_mask", "token_type_ids")
+    names = input_names(model.get_base_model().config)
     tr, va = encode(tok, train.texts, cfg.max_length), encode(tok, val.texts, cfg.max_length)
     y = torch.tensor(train.labels)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -208,22 +137,16 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     model.save_pretrained(out_dir)  # adapters + the trained head/pooler (modules_to_save)
     tok.save_pretrained(out_dir)
     fp32_bytes = sum(p.numel() * 4 for p in load_classifier(cfg.model).parameters())
-    recipe = {"config": asdict(cfg), "base_model": resolve_model(cfg.model),
-              "fp32_weight_bytes": fp32_bytes,
-              "targets": list(TARGETS[cfg.targets]), **trainable_summary(model),
-              "weight_memory": weight_memory(model), "best_val_macro_f1": best,
-              "history": history, "train_minutes": (time.time() - t0) / 60, "device": device,
-              "data": {"train": train.fingerprint, "validation": val.fingerprint},
-              "input_names": list(names)}
-    (out_dir / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    return recipe
+    meta = {"config": recipe(cfg), "base_model": resolve_model(cfg.model), "nf4": vars(cfg.nf4()),
+            "fp32_weight_bytes": fp32_bytes, "max_length": cfg.max_length,
+            "targets": sorted(model.peft_config["default"].target_modules),
+            "head": sorted(model.peft_config["default"].modules_to_save or ()),
+            **trainable_summary(model), "weight_memory": weight_memory(model),
+            "best_val_macro_f1": best, "history": history,
+            "train_minutes": (time.time() - t0) / 60, "device": device,
+            "data": {"train": train.fingerprint, "validation": val.fingerprint},
+            "input_names": list(names)}
+    (out_dir / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
-def load_qlora(adapter_dir: Path, device: str = "cpu"):
-    """Base in NF4 (re-quantized from the same pre-trained weights) + the saved adapters."""
-    from peft import PeftModel
-
-    recipe = json.loads((Path(adapter_dir) / "recipe.json").read_text())
-    cfg = QloraConfig(**{**recipe["config"], "device": device})
-    base = load_nf4_base(cfg.model, cfg, device)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), recipe

@@ -1,4 +1,6 @@
-"""Fake quantization for QAT of a BERT classifier, written on `torch.fake_quantize_per_*`.
+"""Fake quantization for QAT of an encoder classifier (any family in common.arch), written on
+`torch.fake_quantize_per_*`, and the loader of a saved QAT checkpoint (train writes it, export
+reads it: it lives here, below both).
 
 Why our own modules rather than a library: NVIDIA ModelOpt (`modelopt.torch.quantization`, the
 path TensorRT recommends) and the older pytorch-quantization are CUDA-first (ModelOpt's fake-quant
@@ -8,11 +10,15 @@ run on CPU, carry a straight-through-estimator gradient, and are exported by `to
 QuantizeLinear/DequantizeLinear pairs (opset >= 13 for per-channel, with the `axis` attribute).
 
 What is quantized (INT8, symmetric, zero point 0, range [-128, 127]):
-- every encoder `nn.Linear` (Q, K, V, attention output, FFN in, FFN out): weights per output
-  channel, scale = max|w| / 127 recomputed from the current weights at every step (weights move
-  during QAT); the input activation per tensor, scale = amax / 127 with amax calibrated on the
-  validation calibration set and then kept fixed (as pytorch-quantization / ModelOpt do by default);
-- optionally the two attention matmuls (Q.K^T and softmax.V): each operand per tensor;
+- every Linear of the layer stack (Q, K, V, attention output, feed-forward; names from
+  common.arch): weights per output channel, scale = max|w| / 127 recomputed from the current
+  weights at every step (weights move during QAT); the input activation per tensor, scale =
+  amax / 127 with amax calibrated on the validation calibration set and then kept fixed (as
+  pytorch-quantization / ModelOpt do by default). Generic: no family's forward is rewritten;
+- optionally the two attention matmuls (Q.K^T and softmax.V), each operand per tensor, where the
+  family's eager attention computes them with two torch.matmul calls (BERT, RoBERTa, ELECTRA,
+  DistilBERT): a TorchFunctionMode active only inside that module's forward fake-quantizes their
+  operands. Elsewhere (DeBERTa's disentangled attention) they stay FP32 and the recipe says so;
 - the word-embedding table, weight only, per tensor (a per-tensor Q/DQ on the gathered rows with
   the same scale lets ONNX Runtime gather INT8 rows instead of dequantizing the whole table).
 Kept FP32: LayerNorm, Softmax, GELU, residual adds and biases, position / token-type embeddings,
@@ -22,8 +28,11 @@ the pooler and the classifier (tiny, and they write the logits).
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,7 +132,11 @@ class FakeQuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w_t = fake_quant_weight(self.linear.weight.t(), axis=1, scale=self.frozen)
-        out = torch.matmul(self.input_quant(x), w_t)
+        token = _IN_LINEAR.set(True)
+        try:
+            out = torch.matmul(self.input_quant(x), w_t)
+        finally:
+            _IN_LINEAR.reset(token)
         return out + self.linear.bias if self.linear.bias is not None else out
 
 
@@ -148,84 +161,93 @@ class FakeQuantEmbedding(nn.Module):
         return self.emb.weight
 
 
-class QatSelfAttention(nn.Module):
-    """BERT encoder self-attention with fake quantizers on both operands of the two attention
-    matmuls. Encoder-only: no cache, no cross-attention, absolute positions (what BERT
-    classifiers use); anything else is refused rather than computed differently."""
+# Set while a FakeQuantLinear runs: its own torch.matmul (activation x weight) is not one of the
+# attention matmuls the mode below quantizes.
+_IN_LINEAR: contextvars.ContextVar[bool] = contextvars.ContextVar("qat_in_linear", default=False)
 
-    def __init__(self, orig: Any, method: str, percentile: float):
+
+class _AttentionMatmuls(torch.overrides.TorchFunctionMode):
+    """Fake-quantize both operands of the two activation x activation torch.matmul calls of one
+    attention forward (Q.K^T first, softmax.V second). A third call means the family computes
+    attention some other way: refused, never quantized halfway."""
+
+    def __init__(self, quants: list[ActQuant]):
         super().__init__()
-        if getattr(orig, "position_embedding_type", "absolute") != "absolute":
-            raise ValueError("QAT attention supports absolute position embeddings only")
-        self.query: nn.Module = orig.query
-        self.key: nn.Module = orig.key
-        self.value: nn.Module = orig.value
-        self.dropout: nn.Module = orig.dropout
-        self.heads: int = orig.num_attention_heads
-        self.head_size: int = orig.attention_head_size
-        self.all_head_size: int = orig.all_head_size
-        self.q_quant = ActQuant(method, percentile)
-        self.k_quant = ActQuant(method, percentile)
-        self.probs_quant = ActQuant(method, percentile)
-        self.v_quant = ActQuant(method, percentile)
-        self._orig = [orig]  # a list, so the original is not registered twice as a submodule
+        self.quants, self.calls = quants, 0
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                head_mask: torch.Tensor | None = None, encoder_hidden_states: Any = None,
-                past_key_values: Any = None, output_attentions: bool = False, **kwargs: Any):
-        if encoder_hidden_states is not None or past_key_values is not None:
-            raise NotImplementedError("QAT attention is for encoder classifiers (no cache, no "
-                                      "cross-attention)")
-        b, n = hidden_states.shape[:2]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.matmul and not _IN_LINEAR.get():
+            k = self.calls
+            self.calls += 1
+            if k >= 2:
+                raise RuntimeError("the attention forward made more than two activation matmuls; "
+                                   "set attention_matmuls=None for this family in common/arch.py")
+            a, b = args[0], args[1]
+            return func(self.quants[2 * k](a), self.quants[2 * k + 1](b), **kwargs)
+        return func(*args, **kwargs)
 
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(b, n, self.heads, self.head_size).transpose(1, 2)
 
-        q, k, v = (split(m(hidden_states)) for m in (self.query, self.key, self.value))
-        scores = torch.matmul(self.q_quant(q), self.k_quant(k.transpose(-1, -2)))
-        scores = scores / math.sqrt(self.head_size)
-        if attention_mask is not None:
-            scores = scores + attention_mask
-        probs = self.dropout(nn.functional.softmax(scores, dim=-1))
-        if head_mask is not None:
-            probs = probs * head_mask
-        ctx = torch.matmul(self.probs_quant(probs), self.v_quant(v))
-        ctx = ctx.permute(0, 2, 1, 3).contiguous().view(b, n, self.all_head_size)
-        return ctx, probs
+def _quantized_attention_forward(module: nn.Module, forward):
+    def wrapped(*args: Any, **kwargs: Any):
+        mode = _AttentionMatmuls([module.get_submodule(q) for q in  # type: ignore[misc]
+                                  ("q_quant", "k_quant", "probs_quant", "v_quant")])
+        with mode:
+            out = forward(*args, **kwargs)
+        if mode.calls != 2:
+            raise RuntimeError(f"expected 2 attention matmuls in {type(module).__name__}, saw "
+                               f"{mode.calls} (is the model loaded with attn_implementation="
+                               "'eager'?)")
+        return out
+
+    return wrapped
 
 
 def insert_fake_quant(model: Any, method: str = "percentile", percentile: float = 99.99,
-                      attention_matmuls: bool = True, embeddings: bool = True) -> dict[str, int]:
-    """Replace, in place, the encoder Linears (and attention, word embeddings) of a BERT
-    classifier by their fake-quant versions. Returns how many of each were inserted."""
-    base = model.base_model
-    linears = [n for n, m in base.encoder.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("no nn.Linear found in model.base_model.encoder: not a BERT-like model?")
+                      attention_matmuls: bool = True, embeddings: bool = True) -> dict[str, Any]:
+    """Replace, in place, the layer stack's Linears (and attention matmuls, word embeddings) of
+    an encoder classifier by their fake-quant versions. Returns what was and was not quantized.
+    Attention matmuls need the eager attention (load with attn_implementation="eager")."""
+    from common.arch import all_body_linears, family_of, layer_stack
+
+    fam = family_of(model)
+    linears = all_body_linears(model)
     for n in linears:
-        base.encoder.set_submodule(n, FakeQuantLinear(base.encoder.get_submodule(n), method, percentile))
-    counts = {"linear": len(linears), "attention": 0, "embedding": 0}
-    if attention_matmuls:
-        for layer in base.encoder.layer:
-            layer.attention.self = QatSelfAttention(layer.attention.self, method, percentile)
-        counts["attention"] = len(base.encoder.layer)
+        model.set_submodule(n, FakeQuantLinear(model.get_submodule(n), method, percentile))
+    counts: dict[str, Any] = {"linear": len(linears), "attention": 0, "embedding": 0}
+    if attention_matmuls and fam.attention_matmuls is None:
+        counts["attention_not_quantized"] = (f"{fam.model_type} attention is not two plain "
+                                             "matmuls (common/arch.py): kept FP32")
+    elif attention_matmuls:
+        if getattr(model.config, "_attn_implementation", "eager") != "eager":
+            raise RuntimeError("QAT attention matmuls need the eager attention: load the model "
+                               "with attn_implementation='eager'")
+        for layer in layer_stack(model):
+            att = layer.get_submodule(fam.attention_matmuls)
+            if getattr(att, "position_embedding_type", "absolute") != "absolute":
+                raise ValueError("QAT attention supports absolute position embeddings only")
+            for q in ("q_quant", "k_quant", "probs_quant", "v_quant"):
+                att.add_module(q, ActQuant(method, percentile))
+            att.forward = _quantized_attention_forward(att, att.forward)
+        counts["attention"] = len(layer_stack(model))
     if embeddings:
-        base.embeddings.word_embeddings = FakeQuantEmbedding(base.embeddings.word_embeddings)
+        model.base_model.set_input_embeddings(FakeQuantEmbedding(model.get_input_embeddings()))
         counts["embedding"] = 1
     return counts
 
 
 def remove_fake_quant(model: Any) -> Any:
     """Undo insert_fake_quant in place (the FP32 weights, as trained, stay)."""
-    base = model.base_model
-    for layer in base.encoder.layer:
-        if isinstance(layer.attention.self, QatSelfAttention):
-            layer.attention.self = layer.attention.self._orig[0]
-    for n, m in list(base.encoder.named_modules()):
+    for n, m in list(model.named_modules()):
         if isinstance(m, FakeQuantLinear):
-            base.encoder.set_submodule(n, m.linear)
-    if isinstance(base.embeddings.word_embeddings, FakeQuantEmbedding):
-        base.embeddings.word_embeddings = base.embeddings.word_embeddings.emb
+            model.set_submodule(n, m.linear)
+        elif "forward" in vars(m) and hasattr(m, "q_quant"):
+            del m.forward  # back to the class's forward
+            for q in ("q_quant", "k_quant", "probs_quant", "v_quant"):
+                delattr(m, q)
+    emb = model.get_input_embeddings()
+    if isinstance(emb, FakeQuantEmbedding):
+        model.base_model.set_input_embeddings(emb.emb)
     return model
 
 
@@ -264,3 +286,24 @@ def load_amax_state(model: Any, state: dict[str, float]) -> None:
                          f"unexpected {sorted(set(state) - set(qs))[:3]} (QAT config changed?)")
     for n, v in state.items():
         qs[n].amax.fill_(v)
+
+
+# --- the saved QAT checkpoint: FP weights (save_pretrained) + quantizer amax + recipe.json ------
+
+AMAX_FILE = "qat_amax.json"
+
+
+def load_qat_model(ckpt: Path) -> Any:
+    """A saved QAT checkpoint with its fake quantizers back in place (eval mode, CPU, eager
+    attention), as recipe.json's `quantizers` describe them."""
+    from transformers import AutoModelForSequenceClassification
+
+    from common.checkpoint import read_recipe
+
+    ckpt = Path(ckpt)
+    recipe = read_recipe(ckpt)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        ckpt, attn_implementation="eager").eval()
+    insert_fake_quant(model, **recipe["quantizers"])
+    load_amax_state(model, json.loads((ckpt / AMAX_FILE).read_text()))
+    return model

@@ -1,0 +1,170 @@
+"""Architecture facts, in one place: per encoder family, the names of its Linears (Q, K, V,
+attention output, feed-forward), its layer stack, its classification head, which inputs it
+takes, and what ONNX Runtime's fusion and our QAT can do with it. Sizes (hidden, heads, layers)
+are read through transformers' config objects, never from the raw config.json (DistilBERT says
+`dim` / `n_heads` there; its config object maps them to hidden_size / num_attention_heads).
+
+Code elsewhere asks this module (`family_of`, `model_spec`, `body_linears`), never a BERT
+attribute path. The table is what optimum's per-architecture OnnxConfig and ModelOpt's
+registries keep; `supported_stages()` turns it into the README's families x stages table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import UserError
+
+
+class UnsupportedModel(UserError, ValueError):
+    """A model family this toolchain has no facts for."""
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # transformers' config.model_type
+    layers: str  # the layer stack, relative to model.base_model
+    query: str  # Linear names inside one layer (last path components)
+    key: str
+    value: str
+    attention_out: str  # relative to the layer: "attention.output.dense"
+    ffn: tuple[str, ...]  # feed-forward Linears, relative to the layer
+    head: tuple[str, ...]  # classification-head modules kept full precision (and trained by QLoRA)
+    # token_type_ids is fed when the family uses it and the config has a type vocabulary
+    # (RoBERTa's single type and DistilBERT's none are left out, as optimum does).
+    token_types: bool
+    # the self-attention module (relative to the layer) whose eager forward computes the scores
+    # with exactly two activation x activation torch.matmul calls (Q.K^T, softmax.V); None where
+    # the family computes attention otherwise (DeBERTa's disentangled attention): QAT then
+    # quantizes the Linears only and says so.
+    attention_matmuls: str | None
+    # ONNX Runtime transformers optimizer model_type that fuses this family; None + reason when
+    # it has no fusion for it (the fused FP32 and dynamic-fused variants are then skipped).
+    ort_fusion: str | None
+    ort_fusion_why_not: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+
+_BERT_LIKE = dict(layers="encoder.layer", query="attention.self.query", key="attention.self.key",
+                  value="attention.self.value", attention_out="attention.output.dense",
+                  ffn=("intermediate.dense", "output.dense"), attention_matmuls="attention.self")
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+    Family("bert", head=("pooler", "classifier"), token_types=True, ort_fusion="bert",
+           **_BERT_LIKE),  # type: ignore[arg-type]
+    Family("roberta", head=("classifier",), token_types=False, ort_fusion="bert",
+           aliases=("xlm-roberta", "camembert"), **_BERT_LIKE),  # type: ignore[arg-type]
+    Family("electra", head=("classifier",), token_types=True, ort_fusion="bert",
+           **_BERT_LIKE),  # type: ignore[arg-type]
+    Family("distilbert", layers="transformer.layer", query="attention.q_lin",
+           key="attention.k_lin", value="attention.v_lin", attention_out="attention.out_lin",
+           ffn=("ffn.lin1", "ffn.lin2"), head=("pre_classifier", "classifier"),
+           token_types=False, attention_matmuls="attention", ort_fusion="bert"),
+    Family("deberta-v2", layers="encoder.layer", query="attention.self.query_proj",
+           key="attention.self.key_proj", value="attention.self.value_proj",
+           attention_out="attention.output.dense", ffn=("intermediate.dense", "output.dense"),
+           head=("pooler", "classifier"), token_types=True, attention_matmuls=None,
+           ort_fusion=None, ort_fusion_why_not="ONNX Runtime's transformers optimizer has no "
+           "fusion for DeBERTa's disentangled attention"),
+)}
+for _f in list(FAMILIES.values()):
+    for _a in _f.aliases:
+        FAMILIES[_a] = _f
+
+
+def family_of(config: Any) -> Family:
+    """The family of a transformers config object (or of a model, through its .config)."""
+    config = getattr(config, "config", config)
+    mt = getattr(config, "model_type", None)
+    if mt not in FAMILIES:
+        known = ", ".join(sorted(FAMILIES))
+        raise UnsupportedModel(f"model_type {mt!r} is not an encoder family this toolchain knows "
+                               f"({known}); add its Linear names to common/arch.py:FAMILIES")
+    return FAMILIES[mt]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The facts of one model: family + sizes from its config object + the inputs it takes."""
+
+    model_type: str
+    hidden_size: int
+    num_heads: int
+    num_layers: int
+    input_names: tuple[str, ...]
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.model_type]
+
+
+def input_names(config: Any) -> tuple[str, ...]:
+    config = getattr(config, "config", config)
+    fam = family_of(config)
+    names = ["input_ids", "attention_mask"]
+    if fam.token_types and int(getattr(config, "type_vocab_size", 0) or 0) > 0:
+        names.append("token_type_ids")
+    return tuple(names)
+
+
+def model_spec(config: Any) -> ModelSpec:
+    config = getattr(config, "config", config)
+    fam = family_of(config)
+    return ModelSpec(fam.model_type, int(config.hidden_size), int(config.num_attention_heads),
+                     int(config.num_hidden_layers), input_names(config))
+
+
+def load_spec(path: Any) -> ModelSpec:
+    """The spec of a saved model folder (or Hub id), read through AutoConfig."""
+    from transformers import AutoConfig
+
+    from common.modelsource import from_pretrained
+
+    return model_spec(from_pretrained(AutoConfig, path))
+
+
+def layer_stack(model: Any) -> Any:
+    """The ModuleList of transformer layers of a loaded model."""
+    return model.base_model.get_submodule(family_of(model).layers)
+
+
+def body_linears(model: Any) -> dict[str, list[str]]:
+    """Qualified names of the layers' Linears, by role: query, key, value, attention_out, ffn.
+    The head (pooler, classifier) and anything outside the layer stack are not in it."""
+    fam = family_of(model)
+    prefix = f"{model.base_model_prefix}.{fam.layers}"
+    roles: dict[str, list[str]] = {"query": [], "key": [], "value": [], "attention_out": [], "ffn": []}
+    for i in range(len(layer_stack(model))):
+        p = f"{prefix}.{i}."
+        roles["query"].append(p + fam.query)
+        roles["key"].append(p + fam.key)
+        roles["value"].append(p + fam.value)
+        roles["attention_out"].append(p + fam.attention_out)
+        roles["ffn"] += [p + f for f in fam.ffn]
+    return roles
+
+
+def all_body_linears(model: Any) -> list[str]:
+    """Every nn.Linear inside the layer stack (the table's names, checked against the model)."""
+    import torch
+
+    r = body_linears(model)
+    names = [n for role in ("query", "key", "value", "attention_out", "ffn") for n in r[role]]
+    found = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise UnsupportedModel(f"{type(model).__name__} lacks Linear(s) {missing[:3]} that "
+                               f"common/arch.py expects for model_type {family_of(model).model_type}")
+    return names
+
+
+def lora_targets(model: Any, which: str) -> list[str]:
+    """peft target_modules for `attention` (Q, K, V) or `attention+ffn` (every layer Linear), as
+    qualified names of the loaded model (exact matches: no suffix can catch a head Linear)."""
+    r = body_linears(model)
+    if which == "attention":
+        return r["query"] + r["key"] + r["value"]
+    if which == "attention+ffn":
+        return all_body_linears(model)
+    raise UserError(f"LoRA targets must be attention or attention+ffn, not {which!r}")

@@ -1,0 +1,59 @@
+"""What a saved checkpoint says about its inputs, read one way everywhere: the tokenizer saved
+with it, the max length and ONNX input names its recipe.json records. Also where the baseline
+lives in an artifacts folder."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.feeds import Encoded, encode
+from common.manifest import ArtifactError, Manifest
+
+
+def read_recipe(ckpt: Path) -> dict[str, Any]:
+    path = Path(ckpt) / "recipe.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: {ckpt} is not a checkpoint this project wrote; "
+                            "rebuild it with `make engines`") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is corrupt ({exc.msg}); rebuild it with `make engines`") from None
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """Texts -> unpadded token ids, exactly as the baseline was trained (tokenizer, max length)."""
+
+    tokenizer: Any
+    max_length: int
+    input_names: tuple[str, ...]
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        return encode(self.tokenizer, texts, self.max_length)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Path) -> TextEncoder:
+        from transformers import AutoTokenizer  # lazy: heavy
+
+        meta = read_recipe(ckpt)
+        return cls(AutoTokenizer.from_pretrained(str(ckpt)), int(meta["max_length"]),
+                   tuple(meta["input_names"]))
+
+
+def baseline_dir(artifacts: Path) -> Path:
+    """The baseline checkpoint of an artifacts folder (present; its inputs current)."""
+    return Manifest(Path(artifacts)).verify("baseline", check_hash=False)
+
+
+def baseline_meta(artifacts: Path) -> dict[str, Any]:
+    """recipe.json of the baseline: max_length and input names every variant shares."""
+    return read_recipe(baseline_dir(artifacts))
+
+
+def baseline_encoder(artifacts: Path) -> TextEncoder:
+    return TextEncoder.from_checkpoint(baseline_dir(artifacts))

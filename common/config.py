@@ -1,0 +1,134 @@
+"""Frozen dataclass configs: their canonical recipe (what the manifest hashes), loading a saved
+one back, and command-line flags generated one to one from their fields.
+
+A recipe is `{"type": <class name>, "version": <class VERSION>, "fields": {...}}`, nested configs
+tagged the same way. Fields whose metadata says `recipe=False` (device, threads: how a step runs,
+not what it makes) are left out, so changing them never marks an artifact stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, TypeVar
+
+from common.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def run_only(default: Any, help: str = "") -> Any:
+    """A field that says how a step runs (device, threads), not what it makes: not in the recipe."""
+    return dataclasses.field(default=default, metadata={"recipe": False, "help": help})
+
+
+def doc(default: Any, help: str) -> Any:
+    """A field with a help text for its command-line flag."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def version_of(cls: type) -> int:
+    return int(getattr(cls, "VERSION", 1))
+
+
+def recipe(cfg: Any) -> dict[str, Any]:
+    """The canonical, tagged form of a config (nested configs included)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"recipe() takes a config instance, not {cfg!r}")
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("recipe", True):
+            v = getattr(cfg, f.name)
+            fields[f.name] = recipe(v) if dataclasses.is_dataclass(v) else (
+                list(v) if isinstance(v, tuple) else v)
+    return {"type": type(cfg).__name__, "version": version_of(type(cfg)), "fields": fields}
+
+
+def from_recipe(cls: type[T], saved: dict[str, Any], where: str = "a saved config") -> T:
+    """Rebuild a config from its recipe; a recipe written by other code says so in one line."""
+    name = saved.get("type") if isinstance(saved, dict) else None
+    if name != cls.__name__ or saved.get("version") != version_of(cls):
+        raise ConfigError(f"{where} is a {name} v{saved.get('version') if name else '?'}, this code "
+                          f"reads {cls.__name__} v{version_of(cls)}: rebuild it with `make engines`")
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    extra = sorted(set(saved["fields"]) - set(known))
+    if extra:
+        raise ConfigError(f"{where} has field(s) {extra} that {cls.__name__} v{version_of(cls)} "
+                          "does not know: rebuild it with `make engines`")
+    kw: dict[str, Any] = {}
+    for k, v in saved["fields"].items():
+        default = _default(known[k])
+        if dataclasses.is_dataclass(default):
+            v = from_recipe(type(default), v, f"{where} ({k})")
+        elif isinstance(default, tuple):
+            v = tuple(v)
+        kw[k] = v
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} does not fit {cls.__name__}: {exc}; rebuild it with "
+                          "`make engines`") from None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ConfigError(f"config field {f.name} has no default: every config field needs one")
+
+
+def _parse_tuple(elem: type):
+    def parse(s: str) -> tuple:
+        return tuple(elem(x.strip()) for x in s.split(",") if x.strip())
+    return parse
+
+
+def add_flags(p: argparse.ArgumentParser | Any, cls: type, prefix: str = "",
+              skip: tuple[str, ...] = (), title: str | None = None) -> None:
+    """One flag per field: `--{prefix}{field-name}`; a nested config adds its own with its field
+    name as a further prefix. bool fields get --x / --no-x; tuples take comma lists."""
+    group = p.add_argument_group(title) if title else p
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = _default(f)
+        flag = f"--{prefix}{f.name.replace('_', '-')}"
+        dest = f"{prefix}{f.name}".replace("-", "_")
+        if dataclasses.is_dataclass(default):
+            add_flags(group, type(default), f"{prefix}{f.name.replace('_', '-')}-")
+            continue
+        help_ = f.metadata.get("help", "")
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_ = f"{help_} (default: {shown})" if help_ else f"default: {shown}"
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_)
+        elif isinstance(default, tuple):
+            elem = type(default[0]) if default else str
+            group.add_argument(flag, dest=dest, type=_parse_tuple(elem), default=None,
+                               metavar="A,B,...", help=help_)
+        else:
+            group.add_argument(flag, dest=dest, type=type(default), default=None, help=help_)
+
+
+def from_flags(cls: type[T], ns: argparse.Namespace, prefix: str = "", **fixed: Any) -> T:
+    """The config the flags describe: defaults, then `fixed` (shared flags), then each flag the
+    user actually gave. Out-of-range values raise ConfigError (from the config's checks)."""
+    kw: dict[str, Any] = dict(fixed)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        default = _default(f)
+        dest = f"{prefix}{f.name}".replace("-", "_")
+        if dataclasses.is_dataclass(default):
+            kw[f.name] = from_flags(type(default), ns, f"{prefix}{f.name}_",
+                                    **{k: v for k, v in fixed.items()
+                                       if k in {g.name for g in dataclasses.fields(default)}})
+            continue
+        v = getattr(ns, dest, None)
+        if v is not None:
+            kw[f.name] = v
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in kw.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from None

@@ -1,0 +1,30 @@
+"""The one report writer: `<stem>.json` + `<stem>.md` + the report's PNG figures, each written
+to a temporary name and renamed into place (a crash never leaves a half-written report)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.manifest import write_json_atomic, write_text_atomic
+
+
+def write_report(out: Path, stem: str, data: dict[str, Any], markdown: str,
+                 figures: dict[str, Callable[[Path], Any]] | None = None) -> dict[str, Path]:
+    """figures: {key: draw(path)}; each PNG is `<stem>-<key>.png` (key "" -> `<stem>.png`).
+    Returns the paths: "json", "md" and one per figure key."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
+    write_json_atomic(paths["json"], data)
+    write_text_atomic(paths["md"], markdown)
+    for key, draw in (figures or {}).items():
+        paths[key or "png"] = out / (f"{stem}-{key}.png" if key else f"{stem}.png")
+        draw(paths[key or "png"])
+    return paths
+
+
+def figure_name(stem: str, key: str = "") -> str:
+    """The file name write_report gives a figure (for the Markdown that links it)."""
+    return f"{stem}-{key}.png" if key else f"{stem}.png"

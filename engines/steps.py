@@ -1,0 +1,253 @@
+"""The steps of `make engines`, one factory per artifact. Each factory returns a Step whose config
+is the frozen config its build function runs with (never a literal written beside the call), so
+changing a default changes the recipe and the manifest rebuilds exactly that step and what reads
+its artifact."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.config import recipe
+from common.manifest import Manifest
+from engines.pipeline import Builder, Step, fixed, training_sources, validation_source
+
+
+def family(b: Builder):
+    from common.arch import load_spec
+    from common.modelsource import resolve_model
+
+    return load_spec(resolve_model(b.cfg.finetune.model)).family
+
+
+def baseline_step(b: Builder) -> Step:
+    from train.finetune import finetune
+
+    ft = b.cfg.finetune
+
+    def build(tmp: Path) -> dict[str, Any]:
+        r = finetune(ft, tmp)
+        return {"best_val_macro_f1": r["best_val_macro_f1"], "train_minutes": r["train_minutes"],
+                "model_type": r["model_type"]}
+
+    return Step("baseline", fixed("baseline"), ft, (), training_sources(ft.data, ft.model), build)
+
+
+def onnx_step(b: Builder) -> Step:
+    from export.onnx_export import export_onnx
+
+    ex = b.cfg.export
+    return Step("onnx-fp32", fixed("onnx/fp32.onnx"), ex, ("baseline",), dict,
+                lambda tmp: export_onnx(b.path("baseline"), tmp, ex))
+
+
+def fused_step(b: Builder) -> Step:
+    from export.onnx_export import Validation, check_agreement, ort_fn, validation_inputs
+    from export.ort_graphs import fuse_fp32
+
+    fu = b.cfg.fuse
+    fam = family(b)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from transformers import AutoModelForSequenceClassification
+
+        from common.arch import load_spec
+        from common.torch_infer import torch_fn
+
+        ckpt = b.path("baseline")
+        spec = load_spec(ckpt)
+        info = fuse_fp32(b.path("onnx-fp32"), tmp, str(fam.ort_fusion), spec.num_heads,
+                         spec.hidden_size, fu)
+        enc, names = validation_inputs(ckpt, Validation(fu.n_validate, fu.data))
+        model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+        info["validation"] = check_agreement(torch_fn(model), ort_fn(tmp), enc, names,
+                                             f"{tmp}: fused FP32 graph disagrees with PyTorch",
+                                             fu.atol, 1.0)
+        return info
+
+    return Step("onnx-fp32-fused", fixed("onnx/fp32-fused.onnx"), fu, ("onnx-fp32", "baseline"),
+                dict, build, skip=None if fam.ort_fusion else fam.ort_fusion_why_not)
+
+
+def ort_dynamic_step(b: Builder, fused: bool) -> Step:
+    from export.onnx_export import Validation, check_agreement, ort_fn, validation_inputs
+    from export.ort_graphs import quantize_dynamic_graph
+
+    dy = b.cfg.dynamic
+    src = "onnx-fp32-fused" if fused else "onnx-fp32"
+    suffix = "-fused" if fused else ""
+
+    def build(tmp: Path) -> dict[str, Any]:
+        info = quantize_dynamic_graph(b.path(src), tmp, dy, fused)
+        enc, names = validation_inputs(b.path("baseline"), Validation(dy.n_validate, dy.data))
+        info["agreement_vs_fp32"] = check_agreement(
+            ort_fn(b.path(src)), ort_fn(tmp), enc, names, f"{tmp}: dynamic INT8 vs FP32", None,
+            dy.min_top1)
+        return info
+
+    return Step(f"onnx-dynamic{suffix}", fixed(f"onnx/dynamic{suffix}.onnx"), dy, (src, "baseline"),
+                dict, build)
+
+
+def torch_dynamic_step(b: Builder) -> Step:
+    from export.torch_dynamic import build_torch_dynamic
+
+    c = b.cfg.torch_dynamic
+    return Step("torch-ptq-dynamic", fixed("torch/ptq-dynamic.pt"), c, ("baseline",), dict,
+                lambda tmp: build_torch_dynamic(b.path("baseline"), tmp, c))
+
+
+def calibration_step(b: Builder) -> Step:
+    from calibration.calibset import build_calibration_set
+
+    c = b.cfg.calib
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from common.checkpoint import TextEncoder
+
+        te = TextEncoder.from_checkpoint(b.path("baseline"))
+        return build_calibration_set(b.cfg.data, te.tokenizer, list(te.input_names),
+                                     te.max_length, c, tmp)
+
+    # The file name carries the key, so a calibration set made for other inputs is never found.
+    def path(inputs: dict[str, str]) -> str:
+        return f"calibration/calib-{Manifest.key(recipe(c), inputs)[:12]}.npz"
+
+    return Step("calibration", path, c, ("baseline",), validation_source(b.cfg.data), build)
+
+
+def ptq_step(b: Builder, activation_type: str) -> Step:
+    from calibration.ort_static import build_static_ptq
+
+    cfg = b.cfg.static
+    if activation_type == "s8":  # TensorRT flavour: symmetric, and MinMax (percentile: no gain)
+        cfg = dataclasses.replace(cfg, activation_type="s8", symmetric_activations=True,
+                                  method="minmax")
+    name = "onnx-ptq" if activation_type == "u8" else "onnx-ptq-s8"
+
+    def build(tmp: Path) -> dict[str, Any]:
+        import numpy as np
+
+        from common.checkpoint import TextEncoder
+        from common.data import load_split
+
+        te = TextEncoder.from_checkpoint(b.path("baseline"))
+        val = load_split(b.cfg.data, "validation")
+        return build_static_ptq(b.path("onnx-fp32"), tmp, b.path("calibration"),
+                                list(te.input_names), b.cfg.calib.batch_size, cfg,
+                                te.encode(val.texts), np.asarray(val.labels))
+
+    return Step(name, fixed(f"onnx/{name.removeprefix('onnx-')}.onnx"), cfg,
+                ("onnx-fp32", "calibration", "baseline"), validation_source(b.cfg.data), build)
+
+
+def qat_step(b: Builder) -> Step:
+    from train.qat import train_qat
+
+    q = b.cfg.qat
+
+    def build(tmp: Path) -> dict[str, Any]:
+        r = train_qat(q, b.path("baseline"), b.path("calibration"), b.cfg.calib.batch_size, tmp)
+        return {k: r[k] for k in ("val_macro_f1_before_qat", "best_val_macro_f1", "best_step",
+                                  "steps", "train_minutes", "quantization", "inserted")}
+
+    def sources() -> dict[str, str]:
+        from common.data import dataset_fingerprint
+
+        fp = dataset_fingerprint(q.data, ("train", "validation"))
+        return {"data:train": fp["train"], "data:validation": fp["validation"]}
+
+    return Step("qat", fixed("qat"), q, ("baseline", "calibration"), sources, build)
+
+
+def qat_onnx_step(b: Builder, flavour: str) -> Step:
+    from export.qat_export import export_qat
+
+    c = dataclasses.replace(b.cfg.qat_export, flavour=flavour)
+    name = "onnx-qat" if flavour == "u8" else "onnx-qat-s8"
+    return Step(name, fixed(f"onnx/{name.removeprefix('onnx-')}.onnx"), c, ("qat",), dict,
+                lambda tmp: export_qat(b.path("qat"), tmp, c))
+
+
+def qlora_step(b: Builder) -> Step:
+    q = b.cfg.qlora
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from train.qlora import train_qlora
+
+        r = train_qlora(q, tmp)
+        return {k: r[k] for k in ("best_val_macro_f1", "train_minutes", "trainable_params",
+                                  "trainable_pct", "weight_memory", "targets", "fp32_weight_bytes")}
+
+    return Step("qlora", fixed("qlora"), q, (), training_sources(q.data, q.model), build)
+
+
+# (variant, precision, source ONNX artifact): what the trt backend can run.
+TRT_ENGINES = (("fp32", "fp32", "onnx-fp32"), ("fp16", "fp16", "onnx-fp32"),
+               ("int8", "int8-implicit", "onnx-fp32"), ("ptq", "int8-explicit", "onnx-ptq-s8"),
+               ("qat", "int8-explicit", "onnx-qat-s8"))
+
+
+def trt_steps(b: Builder) -> list[Step]:
+    from common.trt import tensorrt_status
+
+    ok, why = tensorrt_status()
+    steps = []
+    for variant, precision, src in TRT_ENGINES:
+        cfg = dataclasses.replace(b.cfg.trt, precision=precision,
+                                  calib_batch_size=b.cfg.calib.batch_size)
+        deps = (src, "calibration") if precision == "int8-implicit" else (src,)
+        skip = None if ok else f"TensorRT is not usable here: {why}"
+        if ok and precision == "int8-implicit":
+            import tensorrt as trt
+
+            from common.trt import trt_major
+
+            if trt_major(trt.__version__) >= 11:
+                skip = (f"implicit INT8 calibration does not exist in TensorRT {trt.__version__}; "
+                        "trt/ptq (explicit Q/DQ) is built instead")
+        steps.append(Step(f"trt-{variant}", fixed(f"trt/{variant}.plan"), cfg, deps,
+                          _gpu_source if ok else dict, _trt_build(b, src, cfg), skip=skip))
+    return steps
+
+
+def _gpu_source() -> dict[str, str]:
+    from common.trt import gpu_identity
+
+    ident = gpu_identity()
+    return {"gpu": "|".join(f"{k}={ident[k]}" for k in sorted(ident))}
+
+
+def _trt_build(b: Builder, src: str, cfg: Any) -> Callable[[Path], dict[str, Any]]:
+    def build(tmp: Path) -> dict[str, Any]:
+        import tensorrt as trt
+
+        from calibration.trt_calibrator import cache_name
+        from engines.trt_build import build_engine
+
+        calib = cache = None
+        if cfg.precision == "int8-implicit":
+            calib = b.path("calibration")
+            cache = b.root / "trt" / cache_name(b.art(src), b.art("calibration"), trt.__version__,
+                                                cfg.calib_batch_size)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+        return build_engine(b.path(src), tmp, cfg, calib, cache)
+
+    return build
+
+
+STEP_FACTORIES: dict[str, list[Callable[[Builder], Any]]] = {
+    "baseline": [baseline_step],
+    "onnx": [onnx_step, fused_step],
+    "dynamic": [torch_dynamic_step, lambda b: ort_dynamic_step(b, False),
+                lambda b: ort_dynamic_step(b, True)],
+    "calibration": [calibration_step],
+    # u8: the CPU flavour (evaluated as ort/ptq); s8: the same quantizer for TensorRT.
+    "ptq": [lambda b: ptq_step(b, "u8"), lambda b: ptq_step(b, "s8")],
+    # u8: the CPU flavour (ort/qat); s8: the same trained model for TensorRT (trt/qat).
+    "qat": [qat_step, lambda b: qat_onnx_step(b, "u8"), lambda b: qat_onnx_step(b, "s8")],
+    "qlora": [qlora_step],
+    "trt": [trt_steps],
+}

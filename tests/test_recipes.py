@@ -1,0 +1,150 @@
+"""Recipes are the configs that run: changing any step's config (or its VERSION) rebuilds exactly
+that step and what reads its artifact; run-only fields (threads, device) rebuild nothing; a saved
+config that no longer fits the code is refused in one line."""
+
+import dataclasses
+import shutil
+
+import pytest
+
+from common.config import ConfigError, from_recipe, recipe
+from engines.pipeline import Builder, plan_all, steps_for
+from tests.conftest import tiny_build_config
+
+# BuildConfig field -> (a field of that config to change, its new value, the steps built from it)
+CHANGES = {
+    "finetune": ("epochs", 3, {"baseline"}),
+    "export": ("atol", 5e-4, {"onnx-fp32"}),
+    "fuse": ("atol", 3e-3, {"onnx-fp32-fused"}),
+    "dynamic": ("min_top1", 0.9, {"onnx-dynamic", "onnx-dynamic-fused"}),
+    "calib": ("size", 100, {"calibration"}),
+    "static": ("percentile", 99.99, {"onnx-ptq", "onnx-ptq-s8"}),
+    "qat": ("lr", 2e-4, {"qat"}),
+    "qat_export": ("min_top1", 0.98, {"onnx-qat", "onnx-qat-s8"}),
+    "qlora": ("rank", 8, {"qlora"}),
+}
+
+
+def dependents(cfg, names: set[str]) -> set[str]:
+    """names + every step that reads one of them, transitively (from the steps' own deps)."""
+    steps = steps_for(Builder(cfg))
+    out = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for s in steps:
+            if s.name not in out and set(s.deps) & out:
+                out.add(s.name)
+                changed = True
+    return out
+
+
+def rebuilt(plan: dict[str, str]) -> set[str]:
+    return {k for k, v in plan.items() if v == "build"}
+
+
+def skipped(plan: dict[str, str]) -> set[str]:
+    return {k for k, v in plan.items() if v.startswith("skip")}
+
+
+def test_unchanged_configs_plan_nothing(tiny_artifacts, tiny_model_dir, data_dir):
+    from common.trt import tensorrt_status
+
+    plan = plan_all(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts))
+    assert rebuilt(plan) == set()
+    trt = {k for k in plan if k.startswith("trt-")}
+    assert len(trt) == 5 and (trt <= skipped(plan)) == (not tensorrt_status()[0])
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_changed_config_rebuilds_that_step_and_its_dependents(tiny_artifacts, tiny_model_dir,
+                                                              data_dir, name):
+    base = tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts)
+    field, value, direct = CHANGES[name]
+    cfg = dataclasses.replace(base, **{name: dataclasses.replace(getattr(base, name),
+                                                                 **{field: value})})
+    plan = plan_all(cfg)
+    assert rebuilt(plan) == dependents(cfg, direct) - skipped(plan)
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES) + ["torch_dynamic"])
+def test_version_bump_rebuilds_that_step(tiny_artifacts, tiny_model_dir, data_dir, name,
+                                         monkeypatch):
+    """Behaviour changed in code (VERSION bumped) marks the artifact stale like a field does."""
+    cfg = tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts)
+    cls = type(getattr(cfg, name))
+    monkeypatch.setattr(cls, "VERSION", getattr(cls, "VERSION", 1) + 1, raising=False)
+    direct = CHANGES.get(name, (None, None, {"torch-ptq-dynamic"}))[2]
+    plan = plan_all(cfg)
+    assert rebuilt(plan) == dependents(cfg, direct) - skipped(plan)
+
+
+def test_run_only_fields_rebuild_nothing(tiny_artifacts, tiny_model_dir, data_dir):
+    base = tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts)
+    cfg = dataclasses.replace(base, finetune=dataclasses.replace(base.finetune, threads=1,
+                                                                 device="cpu"),
+                              qat=dataclasses.replace(base.qat, threads=1))
+    assert rebuilt(plan_all(cfg)) == set()
+
+
+def test_real_rebuild_matches_the_plan(tiny_artifacts, tiny_model_dir, data_dir, tmp_path):
+    from engines.pipeline import build_all
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    base = tiny_build_config(tiny_model_dir, data_dir, art, stages=("baseline", "onnx", "dynamic"))
+    cfg = dataclasses.replace(base, dynamic=dataclasses.replace(base.dynamic, min_top1=0.9))
+    planned = rebuilt(plan_all(cfg))
+    b = build_all(cfg)
+    assert set(b.built) == planned == {"onnx-dynamic", "onnx-dynamic-fused"}
+    assert "baseline" in b.up_to_date and "onnx-fp32" in b.up_to_date
+    assert rebuilt(plan_all(cfg)) == set()  # and now it is current
+
+
+def test_saved_config_round_trips_and_mismatch_is_one_line():
+    from engines.trt_build import TrtConfig
+    from train.qat import QatConfig
+
+    for cfg in (QatConfig(lr=3e-5), TrtConfig(precision="fp32")):
+        assert from_recipe(type(cfg), recipe(cfg)) == cfg
+    r = recipe(QatConfig())
+    assert r["type"] == "QatConfig" and "device" not in r["fields"]  # run-only: not in the recipe
+    with pytest.raises(ConfigError, match=r"^a saved config has field\(s\) \['gone'\].*make engines"):
+        from_recipe(QatConfig, {**r, "fields": {**r["fields"], "gone": 1}})
+    with pytest.raises(ConfigError, match="is a QatConfig v1, this code reads QatConfig v2"):
+        from_recipe(QatConfig, {**r, "version": 1})
+    with pytest.raises(ConfigError, match="does not fit QatConfig"):
+        from_recipe(QatConfig, {**r, "fields": {**r["fields"], "epochs": -1}})
+
+
+def test_every_config_is_reachable_from_python_m_engines():
+    """Each field of each step's config has its flag, and the flag sets that field."""
+    from engines.__main__ import PREFIXES, SHARED, parse
+
+    cfg, _ = parse(["--trt-profile-max-seq", "256", "--ptq-method", "minmax",
+                    "--calib-size", "512", "--no-qat-attention-matmuls", "--qlora-targets",
+                    "attention", "--epochs", "3", "--data", "x/y"])
+    assert cfg.trt.profile.max_seq == 256 and cfg.static.method == "minmax"
+    assert cfg.calib.size == 512 and cfg.qat.attention_matmuls is False
+    assert cfg.qlora.targets == "attention" and cfg.finetune.epochs == 3
+    assert cfg.finetune.data == cfg.qat.data == cfg.export.data == "x/y"
+    import argparse
+
+    from engines.__main__ import parser
+
+    flags = {a.dest for a in parser()._actions if isinstance(a, argparse.Action)}
+    for name, (prefix, skip) in PREFIXES.items():
+        for f in dataclasses.fields(getattr(cfg, name)):
+            if f.name in SHARED + skip:
+                continue
+            if dataclasses.is_dataclass(f.default_factory) if f.default_factory is not \
+                    dataclasses.MISSING else False:
+                continue
+            sub = getattr(getattr(cfg, name), f.name)
+            if dataclasses.is_dataclass(sub):
+                for g in dataclasses.fields(sub):
+                    assert f"{prefix}{f.name}_{g.name}".replace("-", "_") in flags
+            else:
+                assert f"{prefix}{f.name}".replace("-", "_") in flags, (name, f.name)
+    with pytest.raises(ConfigError):
+        parse(["--trt-profile-min-seq", "0"])
