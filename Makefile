@@ -18,10 +18,12 @@ EVAL_ARGS ?=
 ifdef NVIDIA_PYTORCH_VERSION
 PY    := python3
 SETUP :=
+HADOLINT := hadolint
 else
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
+HADOLINT := $(VENV)/bin/hadolint
 endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
@@ -85,6 +87,7 @@ study: $(SETUP)
 
 lint: $(SETUP)
 	$(PY) -m ruff check .
+	$(HADOLINT) docker/Dockerfile.cpu docker/Dockerfile.gpu docker/Dockerfile.triton
 
 typecheck: $(SETUP)
 	$(PY) -m mypy common deploy engines evaluate export calibration train study

@@ -1,22 +1,22 @@
-"""onnxruntime.quantization.CalibrationDataReader over the saved calibration set."""
+"""onnxruntime.quantization.CalibrationDataReader over a calibration set."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.calibset import CalibrationSet
 
 
-def make_reader(path: Path, batch_size: int, names: list[str]):
+def make_reader(calib: CalibrationSet) -> Any:
     from onnxruntime.quantization import CalibrationDataReader  # lazy: heavy
 
-    class NpzCalibrationReader(CalibrationDataReader):
+    class CalibrationReader(CalibrationDataReader):
         """get_next() returns the next fixed-shape feed dict, then None; rewind() restarts."""
 
         def __init__(self) -> None:
-            self.calib = CalibrationSet(path, batch_size, names)
+            self.calib = calib
             self._it = iter(self.calib)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -25,4 +25,7 @@ def make_reader(path: Path, batch_size: int, names: list[str]):
         def rewind(self) -> None:
             self._it = iter(self.calib)
 
-    return NpzCalibrationReader()
+        def __len__(self) -> int:
+            return len(self.calib)
+
+    return CalibrationReader()

@@ -65,6 +65,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            key="attention.self.key_proj", value="attention.self.value_proj",
            attention_out="attention.output.dense", ffn=("intermediate.dense", "output.dense"),
            head=("pooler", "classifier"), token_types=True, attention_matmuls=None,
+           # measured (onnxruntime 1.32): optimize_model(model_type="bert") fuses no Attention in a
+           # DeBERTa-v2 export
            ort_fusion=None, ort_fusion_why_not="ONNX Runtime's transformers optimizer has no "
            "fusion for DeBERTa's disentangled attention"),
 )}
@@ -168,3 +170,47 @@ def lora_targets(model: Any, which: str) -> list[str]:
     if which == "attention+ffn":
         return all_body_linears(model)
     raise UserError(f"LoRA targets must be attention or attention+ffn, not {which!r}")
+
+
+# --- what each family gets from each stage (the README's families x stages table) -------------
+
+STAGE_COLUMNS = ("baseline + ONNX", "fused FP32 (ORT)", "dynamic INT8", "dynamic INT8 fused",
+                 "static PTQ", "QAT", "QLoRA", "TensorRT")
+
+
+def skipped_steps(model_type: str) -> dict[str, str]:
+    """The `make engines` steps this family cannot build, with the one-line reason the pipeline
+    prints and records (machine-dependent skips, such as TensorRT, are not family facts)."""
+    fam = FAMILIES[model_type]
+    if fam.ort_fusion:
+        return {}
+    return {"onnx-fp32-fused": fam.ort_fusion_why_not,
+            "onnx-dynamic-fused": f"it is made from onnx-fp32-fused, which is skipped "
+                                  f"({fam.ort_fusion_why_not})"}
+
+
+def stage_support(model_type: str) -> dict[str, str]:
+    fam = FAMILIES[model_type]
+    fused = "yes" if fam.ort_fusion else f"skipped: {fam.ort_fusion_why_not}"
+    qat = ("yes (every layer Linear + both attention matmuls)" if fam.attention_matmuls else
+           "yes (every layer Linear; attention matmuls stay FP32: not two plain matmuls)")
+    return {"baseline + ONNX": "yes", "fused FP32 (ORT)": fused, "dynamic INT8": "yes",
+            "dynamic INT8 fused": fused, "static PTQ": "yes", "QAT": qat,
+            "QLoRA": "yes (NF4 base, LoRA on attention or attention+FFN)",
+            "TensorRT": "where TensorRT and a GPU are (NGC image)"}
+
+
+def families_table() -> str:
+    """Markdown: one row per family, one column per stage, generated from FAMILIES."""
+    lines = ["| family (model_type) | inputs | " + " | ".join(STAGE_COLUMNS) + " |",
+             "|" + "---|" * (len(STAGE_COLUMNS) + 2)]
+    for mt, fam in FAMILIES.items():
+        if mt != fam.model_type:
+            continue  # aliases share their family's row
+        names = "input_ids, attention_mask" + (
+            ", token_type_ids (when type_vocab_size > 0)" if fam.token_types else "")
+        label = mt + (f" (also {', '.join(fam.aliases)}: same modules, not in the test matrix)"
+                      if fam.aliases else "")
+        support = stage_support(mt)
+        lines.append(f"| {label} | {names} | " + " | ".join(support[c] for c in STAGE_COLUMNS) + " |")
+    return "\n".join(lines)

@@ -15,7 +15,9 @@ from common.manifest import ArtifactError
 class CalibrationSet:
     """The saved arrays, served as fixed-shape batches in file order."""
 
-    def __init__(self, path: Path, batch_size: int, names: list[str] | None = None):
+    def __init__(self, path: Path, batch_size: int, names: list[str] | None = None,
+                 rows: int = 0):
+        """rows > 0: only the first `rows` rows (a prefix of the draw is itself a sample)."""
         try:
             with np.load(path) as z:
                 keys = [k for k in z.files if k != "rows"]
@@ -31,7 +33,21 @@ class CalibrationSet:
         if len(shapes) != 1:
             raise ArtifactError(f"{path}: inputs have different shapes {shapes}")
         self.n, self.seq_len = shapes.pop()
+        if rows:
+            if rows > self.n:
+                raise ArtifactError(f"{path} holds {self.n} rows, {rows} asked for: rebuild it with "
+                                    f"a larger --calib-size")
+            self.arrays = {k: v[:rows] for k, v in self.arrays.items()}
+            self.n = rows
         self.batch_size = batch_size
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], batch_size: int) -> CalibrationSet:
+        self = cls.__new__(cls)
+        self.arrays = arrays
+        self.n, self.seq_len = next(iter(arrays.values())).shape
+        self.batch_size = batch_size
+        return self
 
     def __len__(self) -> int:
         """Number of full batches (a last partial batch is dropped: fixed shapes)."""

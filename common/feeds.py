@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import UserError
+
 ALL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad inference input (empty text, wrong type)."""
 
 

@@ -70,11 +70,12 @@ def serve(a) -> int:
 
 
 def triton_repo(a) -> int:
-    from deploy.triton_repo import write_ngc_repo
+    from deploy.ngc_repo import write_ngc_repo
 
     r = write_ngc_repo(Path(a.out), Path(a.artifacts), _serve_config(a), gpu=not a.cpu)
-    print(f"model repository -> {a.out}: models {', '.join(r['models'].values())}, tokenizer, "
-          f"postprocess; ensemble '{r['ensemble']}' serves {r['serves']}")
+    print(f"model repository -> {a.out}: {r['serves']}, tokenizer, postprocess; ensemble "
+          f"'{r['ensemble']}' (start tritonserver with --disable-auto-complete-config, as "
+          "docker/Dockerfile.triton does, so the configs are taken as written)")
     return 0
 
 

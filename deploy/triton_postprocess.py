@@ -12,6 +12,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy()
+            if not np.isfinite(logits).all():  # NaN probabilities would look like an answer
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "the model produced non-finite logits", pb_utils.TritonError.INTERNAL)))
+                continue
             z = np.exp(logits - logits.max(axis=-1, keepdims=True))
             ids = logits.argmax(-1).astype(np.int64)
             names = np.array([LABELS[i].encode() for i in ids], dtype=np.object_)

@@ -149,6 +149,9 @@ class TritonServer:
                 f"--grpc-port={self.ports.grpc}", f"--metrics-port={self.ports.metrics}",
                 f"--http-address={self.host}", f"--grpc-address={self.host}",
                 f"--exit-timeout-secs={self.exit_timeout_s}", "--strict-readiness=true",
+                # our configs are complete; auto-complete would add dynamic_batching {} to a model
+                # written without it (the onnxruntime/tensorrt backends do, when max_batch > 1)
+                "--disable-auto-complete-config",
                 "--exit-on-error=true", "--log-verbose=0"]
 
     def start(self) -> TritonServer:

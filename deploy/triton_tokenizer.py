@@ -2,9 +2,14 @@
 
 The NGC tritonserver image has no transformers: this model needs only the `tokenizers` library
 and numpy (docker/Dockerfile.triton adds them to the image), the tokenizer.json saved with the
-baseline, and the project's input checks, copied beside it in project/ (common/feeds.py,
-deploy/service.py import numpy only). Encoding matches common.feeds.encode: [CLS] text [SEP],
-truncated to max_length keeping the final [SEP], padded to the longest text of the batch.
+baseline, and the project's input checks and feed builder, copied beside it in project/
+(common/feeds.py, deploy/service.py import numpy only). Encoding matches common.feeds.encode:
+special tokens added, truncated to max_length keeping the final token, padded with the
+tokenizer's own pad id.
+
+Every request of one execute() is padded to the same width, a bucket (a power of two from 8 up to
+max_length) of the longest of them: Triton's dynamic batcher joins requests downstream only when
+their shapes are equal, so requests of different lengths can share one model execution.
 """
 
 import json
@@ -17,24 +22,26 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "project"))
 
 
-def encode_batch(tokenizer, texts, max_length, names):
-    """Token ids of `texts` (already checked) as the model's int64 feed, padded to the longest."""
-    encs = tokenizer.encode_batch(texts)
-    rows = []
-    for e in encs:
-        ids, types = list(e.ids), list(e.type_ids)
-        if len(ids) > max_length:  # keep [CLS] ... and the final [SEP]
-            ids, types = ids[: max_length - 1] + ids[-1:], types[: max_length - 1] + types[-1:]
-        rows.append((ids, types))
-    width = max(len(r[0]) for r in rows)
-    feed = {"input_ids": np.zeros((len(rows), width), np.int64),
-            "attention_mask": np.zeros((len(rows), width), np.int64),
-            "token_type_ids": np.zeros((len(rows), width), np.int64)}
-    for i, (ids, types) in enumerate(rows):
-        feed["input_ids"][i, : len(ids)] = ids
-        feed["attention_mask"][i, : len(ids)] = 1
-        feed["token_type_ids"][i, : len(ids)] = types
-    return {n: feed[n] for n in names}
+def bucket(longest: int, max_length: int) -> int:
+    """The padded width for a batch whose longest row has `longest` tokens."""
+    width = 8
+    while width < longest:
+        width *= 2
+    return min(width, max_length)
+
+
+def encode_rows(tokenizer, texts, max_length, pad_id):
+    """Unpadded ids of `texts` (already checked), as common.feeds.Encoded."""
+    from common.feeds import Encoded
+
+    ids, types, truncated = [], [], 0
+    for e in tokenizer.encode_batch(texts):
+        a, t = list(e.ids), list(e.type_ids)
+        if len(a) > max_length:  # keep [CLS] ... and the final [SEP]
+            a, t, truncated = a[: max_length - 1] + a[-1:], t[: max_length - 1] + t[-1:], truncated + 1
+        ids.append(np.asarray(a, dtype=np.int64))
+        types.append(np.asarray(t, dtype=np.int64))
+    return Encoded(tuple(ids), tuple(types), pad_id, max_length, truncated)
 
 
 class TritonPythonModel:
@@ -46,6 +53,7 @@ class TritonPythonModel:
 
         settings = json.loads((HERE / "settings.json").read_text())
         self.max_length, self.names = settings["max_length"], settings["input_names"]
+        self.pad_id = settings["pad_id"]
         self.tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
         self.tokenizer.no_truncation()  # truncation is done above, as in common.feeds.encode
         self.tokenizer.no_padding()
@@ -54,15 +62,20 @@ class TritonPythonModel:
     def execute(self, requests):
         import triton_python_backend_utils as pb_utils  # provided by the Python backend stub
 
-        responses = []
-        for request in requests:
+        responses = [None] * len(requests)
+        encoded = {}
+        for i, request in enumerate(requests):
             try:
                 texts = self.decode(list(pb_utils.get_input_tensor_by_name(request, "text").as_numpy()))
             except self.input_error as exc:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
                 continue
-            feed = encode_batch(self.tokenizer, texts, self.max_length, self.names)
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(n, a) for n, a in feed.items()]))
+            encoded[i] = encode_rows(self.tokenizer, texts, self.max_length, self.pad_id)
+        if encoded:
+            width = bucket(max(int(e.lengths().max()) for e in encoded.values()), self.max_length)
+            for i, enc in encoded.items():
+                feed = enc.batch(list(range(len(enc))), self.names, pad_to=width)
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(n, a) for n, a in feed.items()])
         return responses

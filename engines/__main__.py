@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
     p.add_argument("--force", action="store_true", help="rebuild even if current")
     p.add_argument("--dry-run", action="store_true", help="say what would be built, build nothing")
+    p.add_argument("--families", action="store_true",
+                   help="print the encoder families x stages table (Markdown) and exit")
     p.add_argument("--device", default=None, help="auto | cpu | cuda, for every training step")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the training steps")
     p.add_argument("--limit-train", type=int, default=None, help="first N training rows (smoke runs)")
@@ -46,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     for name, (prefix, skip) in PREFIXES.items():
         cls = type(getattr(BuildConfig(), name))
         add_flags(p, cls, prefix, skip=SHARED + skip, title=f"{name} ({cls.__name__})")
+    p.add_argument("--tolerable-loss", dest="ptq_tolerable_loss", type=float, default=None,
+                   metavar="PT", help="= --ptq-tolerable-loss: largest validation-B macro F1 drop "
+                   "(pt) the static-PTQ search accepts")
     return p
 
 
@@ -66,6 +71,11 @@ def parse(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespac
 @cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
+    if a.families:
+        from common.arch import families_table
+
+        print(families_table())
+        return 0
     if a.dry_run:
         for name, what in plan_all(cfg).items():
             print(f"[{what.split(':')[0]}] {name}{what[what.index(':'):] if ':' in what else ''}")

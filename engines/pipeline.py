@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration.calibset import CalibConfig
-from calibration.ort_static import StaticConfig
+from calibration.ptq_search import StaticConfig
 from common.config import recipe
 from common.data import DEFAULT_DATASET, dataset_fingerprint
 from common.env import cpu_device, versions

@@ -67,8 +67,10 @@ def fused_step(b: Builder) -> Step:
                                              fu.atol, 1.0)
         return info
 
+    from common.arch import skipped_steps
+
     return Step("onnx-fp32-fused", fixed("onnx/fp32-fused.onnx"), fu, ("onnx-fp32", "baseline"),
-                dict, build, skip=None if fam.ort_fusion else fam.ort_fusion_why_not)
+                dict, build, skip=skipped_steps(fam.model_type).get("onnx-fp32-fused"))
 
 
 def ort_dynamic_step(b: Builder, fused: bool) -> Step:
@@ -118,29 +120,54 @@ def calibration_step(b: Builder) -> Step:
     return Step("calibration", path, c, ("baseline",), validation_source(b.cfg.data), build)
 
 
-def ptq_step(b: Builder, activation_type: str) -> Step:
-    from calibration.ort_static import build_static_ptq
+def ptq_step(b: Builder) -> Step:
+    """ort/ptq: the accuracy-aware search over the declared recipe space (calibration.ptq_search)."""
+    from calibration.ptq_search import search_static_ptq
 
     cfg = b.cfg.static
-    if activation_type == "s8":  # TensorRT flavour: symmetric, and MinMax (percentile: no gain)
-        cfg = dataclasses.replace(cfg, activation_type="s8", symmetric_activations=True,
-                                  method="minmax")
-    name = "onnx-ptq" if activation_type == "u8" else "onnx-ptq-s8"
 
     def build(tmp: Path) -> dict[str, Any]:
         import numpy as np
 
+        from calibration.calibset import sample_calibration
         from common.checkpoint import TextEncoder
         from common.data import load_split
 
         te = TextEncoder.from_checkpoint(b.path("baseline"))
         val = load_split(b.cfg.data, "validation")
-        return build_static_ptq(b.path("onnx-fp32"), tmp, b.path("calibration"),
-                                list(te.input_names), b.cfg.calib.batch_size, cfg,
-                                te.encode(val.texts), np.asarray(val.labels))
+        names = list(te.input_names)
 
-    return Step(name, fixed(f"onnx/{name.removeprefix('onnx-')}.onnx"), cfg,
-                ("onnx-fp32", "calibration", "baseline"), validation_source(b.cfg.data), build)
+        def sampler(rows: int, seed: int) -> dict[str, Any]:
+            return sample_calibration(b.cfg.data, te.tokenizer, names, te.max_length, rows, seed,
+                                      b.cfg.calib.seq_len)[0]
+
+        return search_static_ptq(b.path("onnx-fp32"), tmp, b.path("calibration"), names,
+                                 b.cfg.calib.batch_size, cfg, te.encode(val.texts),
+                                 np.asarray(val.labels), family(b).ffn[-1], sampler)
+
+    return Step("onnx-ptq", fixed("onnx/ptq.onnx"), cfg, ("onnx-fp32", "calibration", "baseline"),
+                validation_source(b.cfg.data), build)
+
+
+def ptq_s8_step(b: Builder) -> Step:
+    """ort/ptq-s8 (and trt/ptq): the recipe ort/ptq chose, with symmetric S8 activations, the only
+    kind TensorRT takes; no search of its own."""
+    from calibration.ptq_search import build_fixed
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from calibration.ort_static import Recipe
+        from common.checkpoint import TextEncoder
+
+        chosen = b.manifest.get("onnx-ptq")["static"]
+        recipe = Recipe(**{**chosen, "fp32_blocks": tuple(chosen["fp32_blocks"]),
+                           "activation_type": "s8", "symmetric": True})
+        te = TextEncoder.from_checkpoint(b.path("baseline"))
+        return build_fixed(b.path("onnx-fp32"), tmp, b.path("calibration"), list(te.input_names),
+                           b.cfg.calib.batch_size, recipe, family(b).ffn[-1],
+                           b.cfg.static.per_channel)
+
+    return Step("onnx-ptq-s8", fixed("onnx/ptq-s8.onnx"), b.cfg.static,
+                ("onnx-ptq", "onnx-fp32", "calibration", "baseline"), dict, build)
 
 
 def qat_step(b: Builder) -> Step:
@@ -244,8 +271,8 @@ STEP_FACTORIES: dict[str, list[Callable[[Builder], Any]]] = {
     "dynamic": [torch_dynamic_step, lambda b: ort_dynamic_step(b, False),
                 lambda b: ort_dynamic_step(b, True)],
     "calibration": [calibration_step],
-    # u8: the CPU flavour (evaluated as ort/ptq); s8: the same quantizer for TensorRT.
-    "ptq": [lambda b: ptq_step(b, "u8"), lambda b: ptq_step(b, "s8")],
+    # u8: the CPU flavour (evaluated as ort/ptq); s8: its chosen recipe for TensorRT.
+    "ptq": [ptq_step, ptq_s8_step],
     # u8: the CPU flavour (ort/qat); s8: the same trained model for TensorRT (trt/qat).
     "qat": [qat_step, lambda b: qat_onnx_step(b, "u8"), lambda b: qat_onnx_step(b, "s8")],
     "qlora": [qlora_step],

@@ -75,7 +75,7 @@ def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overri
           "export": dataclasses.replace(d.export, data=data, n_validate=48),
           "fuse": dataclasses.replace(d.fuse, data=data, n_validate=48),
           "dynamic": dataclasses.replace(d.dynamic, data=data, n_validate=48),
-          "static": d.static,
+          "static": dataclasses.replace(d.static, calib_rows=(32, 64), latency_rounds=2),
           "qat_export": dataclasses.replace(d.qat_export, data=data),
           "qlora": QloraConfig(model=model, data=data, epochs=1, lr=5e-4, batch_size=32,
                                max_length=64, seed=0),

@@ -1,4 +1,4 @@
-"""Issue 3: calibration set and ONNX Runtime static QDQ PTQ."""
+"""Calibration set and ONNX Runtime static QDQ PTQ, chosen by the accuracy-aware search."""
 
 import dataclasses
 
@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from calibration.calibset import CalibConfig, build_calibration_set
-from calibration.ort_static import StaticConfig, block_of, build_static_ptq, quantizable_nodes
+from calibration.ort_static import block_of, quantizable_nodes
+from calibration.ptq_search import StaticConfig, agreement, search_static_ptq, stratified_halves
 from common.calibset import CalibrationSet
 from common.data import load_split
 from common.feeds import encode
@@ -37,10 +38,20 @@ def test_calibration_set_is_validation_rows_fixed_shape_and_seeded(tiny_artifact
     fixed = build_calibration_set(str(data_dir), tok, names, 64, CalibConfig(size=16, seq_len="32"),
                                   tmp_path / "d.npz")
     assert fixed["seq_len"] == 32 and CalibrationSet(tmp_path / "d.npz", 4).seq_len == 32
+    # rows are kept in draw order: a prefix is itself a seeded sample, served by rows=k
+    assert not np.array_equal(rows, np.sort(rows))
+    part = CalibrationSet(a, 8, names, rows=24)
+    assert part.n == 24 and len(part) == 3
+    np.testing.assert_array_equal(part.arrays["input_ids"], ids[:24])
+    from common.manifest import ArtifactError
+
+    with pytest.raises(ArtifactError, match="holds 64 rows, 65 asked for"):
+        CalibrationSet(a, 8, names, rows=65)
 
 
 def test_block_of_names():
     assert block_of("/bert/encoder/layer.11/attention/self/query/MatMul") == "layer.11"
+    assert block_of("/distilbert/transformer/layer.2/ffn/lin2/MatMul") == "layer.2"
     assert block_of("/bert/embeddings/word_embeddings/Gather") == "embeddings"
     assert block_of("/classifier/Gemm") == "head"
 
@@ -53,12 +64,19 @@ def test_qdq_graph_structure(tiny_artifacts, variant, act_dtype, zero_point):
     producers = {o: n for n in m.graph.node for o in n.output}
     matmuls = [n for n in m.graph.node if n.op_type == "MatMul"]
     entry = Manifest(tiny_artifacts).get(f"onnx-{variant}")
-    assert entry["blocks_quantized"], entry
-    quantized_blocks = set(entry["blocks_quantized"])
+    chosen = entry["static"]
+    kinds = {n.name: n for n in quantizable_nodes(tiny_artifacts / "onnx" / "fp32.onnx", "output.dense")}
+    skip = {"no-attention": "attention", "no-ffn-out": "ffn-out"}.get(chosen["placement"])
     for n in matmuls:
         fed_by_dq = all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
                         for i in n.input)
-        assert fed_by_dq == (block_of(n.name) in quantized_blocks), n.name
+        node = kinds.get(n.name)
+        want = node is not None and node.kind != skip and node.block not in chosen["fp32_blocks"]
+        assert fed_by_dq == want, n.name
+    # the TensorRT flavour reuses the recipe the search chose (symmetric S8)
+    s8 = Manifest(tiny_artifacts).get("onnx-ptq-s8")["static"]
+    u8 = Manifest(tiny_artifacts).get("onnx-ptq")["static"]
+    assert {**s8, "activation_type": "u8", "symmetric": u8["symmetric"]} == u8
     # activations: U8 (CPU flavour, asymmetric by default) or symmetric S8, zero point 0 (TensorRT)
     qs = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
     assert qs
@@ -98,25 +116,76 @@ def test_ptq_runs_is_smaller_and_agrees_with_fp32(tiny_artifacts, data_dir):
     assert (got["ptq"].argmax(-1) == got["fp32"].argmax(-1)).mean() >= 0.95
 
 
-def test_sensitivity_pass_keeps_blocks_fp32(tiny_artifacts, data_dir, tmp_path):
-    """With a budget no quantization can meet, the pass ranks every block and keeps blocks in
-    FP32 one by one (never all of them)."""
+def test_halves_are_stratified_disjoint_and_seeded():
+    y = np.array([0] * 50 + [1] * 30 + [5] * 7)
+    a, b = stratified_halves(y, 0)
+    assert set(a) & set(b) == set() and len(a) + len(b) == len(y)
+    for c in (0, 1, 5):
+        assert abs((y[a] == c).sum() - (y[b] == c).sum()) <= 1
+    assert np.array_equal(stratified_halves(y, 0)[0], a) and not np.array_equal(stratified_halves(y, 1)[0], a)
+
+
+def test_agreement_criterion():
+    ref = np.array([[2.0, 0.0], [0.0, 1.0]])
+    assert agreement(ref, ref) == {"kl": 0.0, "top1": 1.0, "dlogit": 0.0}
+    worse = agreement(ref, np.array([[0.0, 2.0], [0.0, 1.0]]))
+    assert worse["top1"] == 0.5 and worse["kl"] > agreement(ref, ref + 0.1 * np.eye(2))["kl"] > 0
+
+
+def test_search_tries_the_space_chooses_on_a_confirms_on_b_and_never_reads_test(
+        tiny_artifacts, data_dir, tmp_path, monkeypatch):
+    import common.data
+
+    real = common.data._read_jsonl  # every local split is read through it
+    asked = []
+    monkeypatch.setattr(common.data, "_read_jsonl", lambda p, s: asked.append(s) or real(p, s))
     man = Manifest(tiny_artifacts)
-    calib = tiny_artifacts / man.get("calibration")["path"]
+    val = load_split(data_dir, "validation")
+    tok = load_tokenizer(tiny_artifacts / "baseline")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    enc = encode(tok, val.texts, 64)
+    cfg = StaticConfig(calib_rows=(32, 64), spread_seeds=(7,), latency_rounds=2)
+    from calibration.calibset import sample_calibration
+
+    info = search_static_ptq(tiny_artifacts / "onnx" / "fp32.onnx", tmp_path / "q.onnx",
+                             tiny_artifacts / man.get("calibration")["path"], names, 16, cfg, enc,
+                             np.asarray(val.labels), "output.dense",
+                             lambda rows, seed: sample_calibration(str(data_dir), tok, names, 64,
+                                                                   rows, seed)[0])
+    s = info["search"]
+    labels = [r["label"] for r in s["tried"]]
+    # every calibration (minmax; percentile 99.99 and 99.999; 32 and 64 rows) with every MatMul,
+    # then the best calibration with the two other placements
+    assert len(labels) == 3 * 2 + 2 and len(set(labels)) == len(labels)
+    best_cal = min(s["tried"][:6], key=lambda r: (r["kl"], -r["top1"]))
+    assert {r["recipe"]["placement"] for r in s["tried"][6:]} == {"no-attention", "no-ffn-out"}
+    assert all(r["recipe"]["method"] == best_cal["recipe"]["method"] for r in s["tried"][6:])
+    chosen = next(r for r in s["tried"] if r.get("chosen"))
+    within = [r for r in s["tried"] if r["val_b_drop_pt"] <= cfg.tolerable_loss]
+    assert chosen == min(within, key=lambda r: (r["kl"], -r["top1"]))
+    assert all(r["latency_ms_b1"] > 0 and r["size_bytes"] > 0 for r in s["tried"])
+    assert s["halves"]["a"] + s["halves"]["b"] == len(val)
+    assert [x["seed"] for x in s["calibration_seed_spread"]["rows"]] == [7]
+    assert asked and "test" not in asked and (tmp_path / "q.onnx").is_file()
+
+
+def test_block_fallback_when_nothing_fits(tiny_artifacts, data_dir, tmp_path, monkeypatch):
+    """With a budget no recipe can meet, the worst blocks (ranked on A) are kept FP32 one at a
+    time, never all of them."""
+    from calibration.ptq_search import Search
+
+    monkeypatch.setattr(Search, "within", lambda self, row: False)
+    man = Manifest(tiny_artifacts)
     val = load_split(data_dir, "validation")
     enc = encode(load_tokenizer(tiny_artifacts / "baseline"), val.texts, 64)
-    # impossible budget: forces the pass; symmetric U8 must come out with zero point 128
-    cfg = StaticConfig(max_f1_drop_pt=-100.0, symmetric_activations=True, method="minmax")
-    out = tmp_path / "q.onnx"
-    info = build_static_ptq(tiny_artifacts / "onnx" / "fp32.onnx", out, calib,
-                            ["input_ids", "attention_mask", "token_type_ids"], 16, cfg, enc,
-                            np.asarray(val.labels))
-    blocks = set(quantizable_nodes(tiny_artifacts / "onnx" / "fp32.onnx", cfg.op_types))
-    assert set(info["sensitivity_drop_pt"]) == blocks
-    assert len(info["blocks_fp32"]) == len(blocks) - 1 and len(info["blocks_quantized"]) == 1
-    assert info["within_budget"] is False
-    m = onnx.load(str(out))
-    init = {i.name: i for i in m.graph.initializer}
-    zps = {int(onnx.numpy_helper.to_array(init[n.input[2]])) for n in m.graph.node
-           if n.op_type == "QuantizeLinear"}
-    assert zps == {128}
+    cfg = StaticConfig(methods=("minmax",), calib_rows=(32,), placements=("all",),
+                       spread_seeds=(), latency_rounds=1)
+    info = search_static_ptq(tiny_artifacts / "onnx" / "fp32.onnx", tmp_path / "q.onnx",
+                             tiny_artifacts / man.get("calibration")["path"],
+                             ["input_ids", "attention_mask", "token_type_ids"], 16, cfg, enc,
+                             np.asarray(val.labels), "output.dense")
+    blocks = {n.block for n in quantizable_nodes(tiny_artifacts / "onnx" / "fp32.onnx", "output.dense")}
+    singles = [r for r in info["search"]["tried"] if len(r["recipe"]["fp32_blocks"]) == 1]
+    assert {r["recipe"]["fp32_blocks"][0] for r in singles} == blocks
+    assert max(len(r["recipe"]["fp32_blocks"]) for r in info["search"]["tried"]) == len(blocks) - 1
+    assert info["search"]["within_tolerable_loss"] is False

@@ -1,5 +1,5 @@
-"""Issue 9: a real Triton server (the nvidia-pytriton bundle) on free loopback ports serving the
-tiny model: contract, agreement with the Runner, dynamic batching, hostile input, lifecycle."""
+"""A real Triton server (the nvidia-pytriton bundle) on free loopback ports serving the tiny
+model: contract, agreement with the Runner, dynamic batching, hostile input, lifecycle."""
 
 import json
 import threading
@@ -21,7 +21,8 @@ http = pytest.importorskip("tritonclient.http")
 grpc = pytest.importorskip("tritonclient.grpc")
 
 from deploy.bench import infer_texts, server_batches  # noqa: E402
-from deploy.triton_repo import ServeConfig, write_local_repo, write_ngc_repo  # noqa: E402
+from deploy.ngc_repo import write_ngc_repo  # noqa: E402
+from deploy.triton_repo import ServeConfig, write_local_repo  # noqa: E402
 from deploy.triton_server import Ports, ServerError, TritonServer, free_ports, ready  # noqa: E402
 
 MAX_BATCH = 8
@@ -140,9 +141,23 @@ def test_invalid_utf8_is_rejected_with_400(server):
     good(server)
 
 
-def test_one_megabyte_text_is_truncated_and_served(server):
-    code, body = post(server.url, kserve_json(["so happy " * 116_000]))  # ~1 MB of text
+def test_one_megabyte_text_is_truncated_and_served(server, tiny_artifacts):
+    """~1 MB of text is truncated to the max length like the evaluator does: the answer equals
+    the in-process prediction for the same text, which equals that of its first 62 tokens."""
+    text = "so happy " * 116_000
+    code, body = post(server.url, kserve_json([text]))
     assert code == 200, body[:300]
+    outs = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
+    svc = EmotionService(tiny_artifacts, "ort", "fp32", threads=1)
+    try:
+        full = svc.predict([text])
+        short = svc.predict(["so happy " * 31])  # 62 word tokens + [CLS] + [SEP] = max length 64
+    finally:
+        svc.close()
+    assert full.truncated == 1 and short.truncated == 0
+    assert outs["label_id"] == [int(full.label_ids[0])] == [int(short.label_ids[0])]
+    np.testing.assert_allclose(outs["probs"], full.probs.ravel(), atol=1e-4)
+    np.testing.assert_allclose(full.probs, short.probs, atol=1e-5)
     good(server)
 
 
@@ -219,7 +234,7 @@ def test_config_pbtxt_files_parse(tiny_artifacts, tmp_path):
         configs[f"{path.parent.parent.name}/{cfg.name}"] = cfg
     local = configs["local/emotion"]
     assert local.backend == "python" and local.instance_group[0].count == 2
-    assert local.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert local.dynamic_batching.max_queue_delay_microseconds == ServeConfig().queue_delay_us
     assert [(o.name, list(o.dims)) for o in local.output] == [("label", [1]), ("label_id", [1]),
                                                               ("probs", [6])]
     ens = configs["ngc/emotion"]
@@ -237,7 +252,8 @@ def test_config_pbtxt_files_parse(tiny_artifacts, tmp_path):
 
 
 def test_ngc_tokenizer_encodes_like_the_project(tiny_artifacts, data_dir, tmp_path):
-    """The NGC tokenizer model (tokenizers library only) gives the evaluator's exact feed."""
+    """The NGC tokenizer model (tokenizers library only) gives the evaluator's exact ids, padded
+    with the tokenizer's pad id to one bucket width per execution."""
     import importlib.util
 
     from common.feeds import encode
@@ -255,11 +271,17 @@ def test_ngc_tokenizer_encodes_like_the_project(tiny_artifacts, data_dir, tmp_pa
     tok.no_padding()
     texts = list(load_split(data_dir, "test").texts[:20]) + ["word " * 200]
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    got = mod.encode_batch(tok, texts, 64, names)
-    want = encode(load_tokenizer(Path(tiny_artifacts) / "baseline"), texts, 64).batch(
-        list(range(len(texts))), names)
+    ref_tok = load_tokenizer(Path(tiny_artifacts) / "baseline")
+    got = mod.encode_rows(tok, texts, 64, ref_tok.pad_token_id)
+    want = encode(ref_tok, texts, 64)
+    assert got.truncated == want.truncated >= 1
+    assert all(np.array_equal(a, b) for a, b in zip(got.ids, want.ids, strict=True))
+    width = mod.bucket(int(got.lengths().max()), 64)
+    assert width == 64 and [mod.bucket(n, 64) for n in (1, 8, 9, 17, 33, 100)] == [8, 8, 16, 32, 64, 64]
+    feed = got.batch(list(range(len(texts))), names, pad_to=width)
+    ref = want.batch(list(range(len(texts))), names, pad_to=width)
     for n in names:
-        assert np.array_equal(got[n], want[n]), n
+        assert np.array_equal(feed[n], ref[n]), n
 
 
 def test_bench_end_to_end_and_comparison_links_it(tiny_artifacts, data_dir, tmp_path):

@@ -93,3 +93,111 @@ def test_trt_runner_without_tensorrt_says_why(tiny_artifacts):
     r = TrtRunner(tiny_artifacts / "none.plan", ("input_ids",), {}, TrtProfile(), "fp16")
     with pytest.raises(TrtUnavailable, match="needs TensorRT and a CUDA GPU"):
         r.load()
+
+
+class _Flags:
+    """Stands in for tensorrt.BuilderFlag / an IBuilderConfig: records what is set."""
+
+    FP16, INT8, TF32 = "FP16", "INT8", "TF32"
+
+    def __init__(self):
+        self.on = {"TF32"}  # TensorRT's default
+
+    def set_flag(self, f):
+        self.on.add(f)
+
+    def clear_flag(self, f):
+        self.on.discard(f)
+
+
+@pytest.mark.parametrize("precision, version, on, strong", [
+    ("fp32", "10.8.0", set(), False),  # TF32 cleared: an fp32 engine computes in FP32
+    ("fp16", "10.8.0", {"TF32", "FP16"}, False),
+    ("int8-implicit", "10.8.0", {"TF32", "INT8", "FP16"}, False),
+    ("int8-explicit", "10.8.0", {"TF32", "INT8", "FP16"}, False),  # unquantized layers may be FP16
+    ("int8-explicit", "11.2.0", {"TF32"}, True),  # no such flags in 11: strongly typed
+])
+def test_builder_flags_per_precision(precision, version, on, strong):
+    from types import SimpleNamespace
+
+    from engines.trt_build import configure, strongly_typed
+
+    trt = SimpleNamespace(BuilderFlag=_Flags)
+    config = _Flags()
+    cfg = TrtConfig(precision=precision)
+    info = configure(trt, config, cfg, version)
+    assert config.on == on and strongly_typed(cfg, version) == strong
+    assert info["unquantized_layers"]
+    assert strongly_typed(TrtConfig(precision="int8-explicit", explicit_fp16=False), "10.8.0")
+
+
+def test_default_profile_admits_the_shortest_text():
+    """[CLS] [SEP] is 2 tokens, "hi" 3: the profile must start at 1, as Triton's TensorRT backend
+    refuses any shape outside it."""
+    p = TrtProfile()
+    assert p.min_seq == 1 and p.admits(1, 2) and p.admits(1, 3) and p.admits(64, 128)
+
+
+class _FakeFeeder:
+    def __init__(self, n, fail_at=None):
+        self.n, self.i, self.fail_at = n, 0, fail_at
+        self.shape = (4, 8)
+
+    def __len__(self):
+        return self.n
+
+    def next(self):
+        if self.i == self.fail_at:
+            raise OSError("disk read failed")
+        if self.i >= self.n:
+            return None
+        self.i += 1
+        return {"input_ids": np.full((4, 8), self.i, np.int32)}
+
+
+def _host(a):
+    return a, a.ctypes.data
+
+
+def test_calibrator_counts_batches_and_keeps_errors():
+    from calibration.trt_calibrator import BatchStream, CalibrationIncomplete
+
+    s = BatchStream(_FakeFeeder(5), _host)
+    while s.get_batch(["input_ids"]) is not None:
+        pass
+    assert s.check_complete() == {"batches_served": 5, "batches": 5, "cache_read": False}
+    # an exception inside get_batch ends calibration for TensorRT: the build must fail
+    bad = BatchStream(_FakeFeeder(5, fail_at=3), _host)
+    while bad.get_batch(["input_ids"]) is not None:
+        pass
+    assert bad.served == 3
+    with pytest.raises(CalibrationIncomplete, match="stopped after 3 of 5 batches: OSError"):
+        bad.check_complete()
+    # TensorRT stopping early (without an error) is refused too; a cache read instead is fine
+    short = BatchStream(_FakeFeeder(5), _host)
+    short.get_batch(["input_ids"])
+    with pytest.raises(CalibrationIncomplete, match="saw 1 of 5 batches"):
+        short.check_complete()
+    cached = BatchStream(_FakeFeeder(5), _host)
+    cached.cache_read = True
+    assert cached.check_complete()["cache_read"] is True
+
+
+@pytest.mark.parametrize("variant", ["ptq-s8", "qat-s8"])
+def test_tensorrt_flavour_graphs_are_symmetric_int8(tiny_artifacts, variant):
+    """What TensorRT takes: INT8 zero points equal to 0 everywhere, FP32 scales, INT8 weights;
+    no UINT8 (the CPU flavour's type) anywhere."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(tiny_artifacts / "onnx" / f"{variant}.onnx")).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    qdq = [n for n in g.node if n.op_type in {"QuantizeLinear", "DequantizeLinear"}]
+    assert qdq
+    for n in qdq:
+        scale, zp = consts[n.input[1]], consts[n.input[2]]
+        assert scale.dtype == np.float32 and zp.dtype == np.int8 and not zp.any(), n.name
+    assert not any(i.data_type == onnx.TensorProto.UINT8 for i in g.initializer)

@@ -1,0 +1,198 @@
+"""The model repository for the NGC `tritonserver` image: the one requested variant on the
+`onnxruntime` (ONNX) or `tensorrt` (plan) backend, a Python `tokenizer` model (the `tokenizers`
+library only) and a Python `postprocess` model, chained by an `ensemble` named `emotion`.
+
+Everything is checked before anything is written (the artifact is built and current, the backend
+can serve it, the config fits the graph's real inputs and the engine's profile), the repository
+is written to a temporary folder and swapped in whole, so a refused run leaves the old repository
+as it was and a stale model from an earlier run never stays behind (tritonserver exits on any
+model that fails to load).
+
+Batching that really happens: Triton's dynamic batcher joins requests only when their shapes are
+equal, and each tokenized request has its own length. The tokenizer model batches the requests
+waiting for it and pads all of them to one bucket width (a power of two from 8 up to the max
+length), so requests of different lengths reach the model with equal shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from common.checkpoint import baseline_meta
+from common.errors import UserError
+from common.labels import NUM_LABELS
+from common.manifest import Manifest, atomic_output
+from deploy.registry import find_variant
+from deploy.triton_repo import (
+    HERE,
+    PROJECT_ROOT,
+    ServeConfig,
+    batching,
+    contract_io,
+    triton_pb,
+    write_config,
+)
+
+ONNX_VARIANTS = ("fp32", "fp32-fused", "dynamic", "ptq", "qat")
+TRT_VARIANTS = ("fp32", "fp16", "int8", "ptq", "qat")
+TRITON_BACKEND = {"ort": ("onnxruntime", "model.onnx"), "trt": ("tensorrt", "model.plan")}
+ONNX_TO_TRITON = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32"}
+
+
+class RepoError(UserError, ValueError):
+    """The requested repository cannot be served as asked."""
+
+
+def check_request(sc: ServeConfig, man: Manifest, gpu: bool) -> dict[str, Any]:
+    """Everything that would make the NGC server refuse the model, said before writing."""
+    if sc.backend not in TRITON_BACKEND:
+        raise RepoError(f"{sc.backend}/{sc.variant} runs in PyTorch, which the NGC repository does "
+                        "not serve (onnxruntime and tensorrt backends only): serve it with "
+                        "`python -m deploy serve`, or pick an ort or trt variant")
+    servable = ONNX_VARIANTS if sc.backend == "ort" else TRT_VARIANTS
+    if sc.variant not in servable:
+        raise RepoError(f"{sc.backend}/{sc.variant} is not served by the NGC repository; "
+                        f"servable: {', '.join(f'{sc.backend}/{v}' for v in servable)}")
+    art = find_variant(sc.backend, sc.variant).artifact
+    path = man.verify(art)
+    facts: dict[str, Any] = {"artifact": art, "path": path}
+    if sc.backend == "trt":
+        from common.config import from_recipe
+        from common.trt import TrtProfile
+
+        if not gpu:
+            raise RepoError("TensorRT models run on GPUs only (Triton's tensorrt backend refuses "
+                            "KIND_CPU): drop --cpu, or serve an ort variant on CPU")
+        e = man.get(art)
+        profile = from_recipe(TrtProfile, e["trt"]["fields"]["profile"], f"{art}'s profile")
+        if sc.max_batch > profile.max_batch:
+            raise RepoError(f"--max-batch {sc.max_batch} is above the engine's profile (max batch "
+                            f"{profile.max_batch}); the tensorrt backend would refuse the model. "
+                            f"Use --max-batch {profile.max_batch} or rebuild with "
+                            f"`python -m engines --trt-profile-max-batch {sc.max_batch}`")
+        max_length = int(baseline_meta(man.root)["max_length"])
+        if not profile.min_seq <= 1 or max_length > profile.max_seq:
+            raise RepoError(f"the engine's profile admits sequences of {profile.min_seq}.."
+                            f"{profile.max_seq} tokens; served texts take 1..{max_length}: rebuild "
+                            "with a profile from 1 to the max length")
+        facts["profile"] = profile
+    else:
+        from common.onnx_graph import graph_inputs, graph_outputs
+
+        facts["inputs"] = graph_inputs(path)
+        if graph_outputs(path) != ["logits"]:
+            raise RepoError(f"{path} outputs {graph_outputs(path)}, the repository expects "
+                            "['logits']: rebuild it with `make engines`")
+    return facts
+
+
+def _onnx_input_types(path: Path) -> dict[str, str]:
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    return {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
+            for i in g.input}
+
+
+def model_config(pb: Any, name: str, sc: ServeConfig, gpu: bool, names: list[str],
+                 types: dict[str, str]) -> Any:
+    backend, filename = TRITON_BACKEND[sc.backend]
+    cfg = pb.ModelConfig(name=name, backend=backend, max_batch_size=sc.max_batch,
+                         default_model_filename=filename)
+    for n in names:  # variable sequence length: dims [-1]
+        cfg.input.add(name=n, data_type=getattr(pb, ONNX_TO_TRITON[types.get(n, "int64")]),
+                      dims=[-1])
+    cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
+    batching(cfg, sc)
+    kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
+    cfg.instance_group.add(count=sc.instances, kind=kind)
+    if sc.backend == "ort" and sc.threads:  # per instance; unset, every instance uses every core
+        cfg.parameters["intra_op_thread_count"].string_value = str(sc.threads)
+        cfg.parameters["inter_op_thread_count"].string_value = "1"
+    return cfg
+
+
+def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True) -> dict[str, Any]:
+    """Check, then write the whole repository into `out` (replacing what was there)."""
+    pb = triton_pb()
+    artifacts = Path(artifacts)
+    man = Manifest(artifacts)
+    facts = check_request(sc, man, gpu)
+    meta = baseline_meta(artifacts)
+    names = list(meta["input_names"])
+    if sc.backend == "ort" and facts["inputs"] != names:
+        raise RepoError(f"{facts['path']} takes inputs {facts['inputs']}, the tokenizer writes "
+                        f"{names}: rebuild it with `make engines`")
+    types = _onnx_input_types(facts["path"]) if sc.backend == "ort" else {}
+    target = f"emotion_{sc.backend}_{sc.variant.replace('-', '_')}"
+    with atomic_output(Path(out)) as tmp:
+        folder = tmp / target
+        (folder / "1").mkdir(parents=True)
+        shutil.copy(facts["path"], folder / "1" / TRITON_BACKEND[sc.backend][1])
+        write_config(model_config(pb, target, sc, gpu, names, types), folder)
+        write_tokenizer(pb, tmp / "tokenizer", artifacts, man, sc, names, int(meta["max_length"]))
+        write_postprocess(pb, tmp / "postprocess", sc)
+        write_ensemble(pb, tmp / sc.model_name, sc, target, names)
+    return {"models": {f"{sc.backend}/{sc.variant}": target}, "ensemble": sc.model_name,
+            "serves": target, "dynamic_batching": sc.dynamic_batching}
+
+
+def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: ServeConfig,
+                    names: list[str], max_length: int) -> None:
+    """tokenizer.json + settings + the input checks shared with the local server (copied beside
+    it in project/: common/feeds.py and deploy/service.py import numpy only)."""
+    (tok / "1" / "project" / "common").mkdir(parents=True)
+    (tok / "1" / "project" / "deploy").mkdir(parents=True)
+    shutil.copy(HERE / "triton_tokenizer.py", tok / "1" / "model.py")
+    shutil.copy(artifacts / man.get("baseline")["path"] / "tokenizer.json", tok / "1" / "tokenizer.json")
+    for rel in ("common/__init__.py", "common/errors.py", "common/feeds.py", "common/labels.py",
+                "deploy/service.py"):
+        shutil.copy(PROJECT_ROOT / rel, tok / "1" / "project" / rel)
+    (tok / "1" / "project" / "deploy" / "__init__.py").write_text("")
+    from common.modelsource import load_tokenizer
+
+    pad = load_tokenizer(artifacts / man.get("baseline")["path"]).pad_token_id
+    (tok / "1" / "settings.json").write_text(json.dumps(
+        {"max_length": max_length, "input_names": names, "pad_id": int(pad or 0)}))
+    cfg = pb.ModelConfig(name="tokenizer", backend="python", max_batch_size=sc.max_batch)
+    cfg.input.add(name="text", data_type=pb.TYPE_STRING, dims=[1])
+    for n in names:
+        cfg.output.add(name=n, data_type=pb.TYPE_INT64, dims=[-1])
+    # the tokenizer batches what waits for it, so it can pad those requests to one width
+    batching(cfg, sc)
+    cfg.instance_group.add(count=sc.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
+    write_config(cfg, tok)
+
+
+def write_postprocess(pb: Any, post: Path, sc: ServeConfig) -> None:
+    (post / "1").mkdir(parents=True)
+    shutil.copy(HERE / "triton_postprocess.py", post / "1" / "model.py")
+    cfg = pb.ModelConfig(name="postprocess", backend="python", max_batch_size=sc.max_batch)
+    cfg.input.add(name="logits", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
+    cfg.output.add(name="label", data_type=pb.TYPE_STRING, dims=[1])
+    cfg.output.add(name="label_id", data_type=pb.TYPE_INT64, dims=[1])
+    cfg.output.add(name="probs", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
+    cfg.instance_group.add(count=sc.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
+    write_config(cfg, post)
+
+
+def write_ensemble(pb: Any, folder: Path, sc: ServeConfig, target: str, names: list[str]) -> None:
+    ens = pb.ModelConfig(name=sc.model_name, platform="ensemble", max_batch_size=sc.max_batch)
+    contract_io(ens, pb)
+    step = ens.ensemble_scheduling.step.add(model_name="tokenizer", model_version=-1)
+    step.input_map["text"] = "text"
+    for n in names:
+        step.output_map[n] = n
+    step = ens.ensemble_scheduling.step.add(model_name=target, model_version=-1)
+    for n in names:
+        step.input_map[n] = n
+    step.output_map["logits"] = "logits"
+    step = ens.ensemble_scheduling.step.add(model_name="postprocess", model_version=-1)
+    step.input_map["logits"] = "logits"
+    for n in ("label", "label_id", "probs"):
+        step.output_map[n] = n
+    (folder / "1").mkdir(parents=True)
+    write_config(ens, folder)

@@ -1,0 +1,221 @@
+"""The NGC Triton repository, loaded for real: the ensemble, tokenizer and postprocess as
+written, in the bundled tritonserver, with the onnxruntime step replaced by a Python stand-in of
+identical config running the same graph (tests/ngc_ort_standin.py). Load errors, shape
+mismatches and batching are tested, not just parsing; refusals leave nothing half-written."""
+
+import json
+import shutil
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from common.data import load_split
+
+http = pytest.importorskip("tritonclient.http", reason="serving needs tritonclient (`serve` group)")
+
+from deploy.bench import infer_texts  # noqa: E402
+from deploy.ngc_repo import RepoError, check_request, write_ngc_repo  # noqa: E402
+from deploy.triton_repo import ServeConfig  # noqa: E402
+from deploy.triton_server import TritonServer, free_ports  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+
+MAX_BATCH = 8
+TARGET = "emotion_ort_fp32"
+
+
+def parse(path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def stand_in(repo):
+    """Swap the onnxruntime backend for the Python stand-in; every other config field stays."""
+    from google.protobuf import text_format
+
+    folder = repo / TARGET
+    cfg = parse(folder / "config.pbtxt")
+    assert cfg.backend == "onnxruntime"
+    cfg.backend = "python"
+    cfg.ClearField("default_model_filename")
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    shutil.copy(REPO / "tests" / "ngc_ort_standin.py", folder / "1" / "model.py")
+
+
+@pytest.fixture(scope="module")
+def ngc_server(tiny_artifacts, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("ngc") / "repo"
+    # a long queue window: concurrent requests meet in one execution reliably on a busy CI box
+    write_ngc_repo(repo, tiny_artifacts, ServeConfig(max_batch=MAX_BATCH, queue_delay_us=200_000,
+                                                     threads=1), gpu=False)
+    stand_in(repo)
+    with TritonServer(repo, free_ports(), start_timeout_s=240) as s:
+        yield s
+
+
+def test_repository_loads_and_answers_like_the_evaluator(ngc_server, tiny_artifacts, data_dir):
+    from deploy.service import EmotionService
+
+    texts = list(load_split(data_dir, "test").texts[:24]) + ["hi", "word " * 300]
+    svc = EmotionService(tiny_artifacts, "ort", "fp32", threads=1)
+    ref = svc.predict(texts)
+    svc.close()
+    c = http.InferenceServerClient(ngc_server.url)
+    try:
+        got = [infer_texts(http, c, "emotion", texts[s:s + 4]) for s in range(0, len(texts), 4)]
+        stats = c.get_inference_statistics("postprocess")["model_stats"][0]
+    finally:
+        c.close()
+    ids = np.concatenate([g["label_id"].reshape(-1) for g in got])
+    probs = np.concatenate([g["probs"] for g in got])
+    assert np.array_equal(ids, ref.label_ids)  # bucket padding changes no prediction
+    np.testing.assert_allclose(probs, ref.probs, atol=1e-4)
+    assert int(stats["inference_count"]) >= len(texts)
+
+
+def test_concurrent_requests_of_different_lengths_are_batched(ngc_server, data_dir):
+    texts = sorted(load_split(data_dir, "test").texts[:80], key=len)[::5][:16]  # 16 lengths
+    c = http.InferenceServerClient(ngc_server.url)
+
+    def model_stats():
+        s = c.get_inference_statistics(TARGET)["model_stats"][0]
+        return int(s["inference_count"]), int(s["execution_count"])
+
+    before = model_stats()
+    errors = []
+
+    def one(t):
+        cc = http.InferenceServerClient(ngc_server.url)
+        try:
+            infer_texts(http, cc, "emotion", [t])
+        except Exception as exc:  # collected: the assertion below names it
+            errors.append(exc)
+        finally:
+            cc.close()
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = model_stats()
+    c.close()
+    assert not errors
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 16 and executions < 16, (inferences, executions)
+    assert len({len(t) for t in texts}) > 8  # they really had different lengths
+
+
+def test_bad_input_is_refused_by_the_tokenizer_and_the_server_keeps_serving(ngc_server):
+    c = http.InferenceServerClient(ngc_server.url)
+    try:
+        from tritonclient.utils import InferenceServerException
+
+        with pytest.raises(InferenceServerException, match="empty or whitespace"):
+            infer_texts(http, c, "emotion", ["   "])
+        assert infer_texts(http, c, "emotion", ["i feel fine"])["probs"].shape == (1, 6)
+    finally:
+        c.close()
+
+
+def test_configs_match_the_graph_and_the_request(tiny_artifacts, tmp_path):
+    import onnx
+
+    repo = tmp_path / "r"
+    write_ngc_repo(repo, tiny_artifacts, ServeConfig(max_batch=16, threads=2,
+                                                     dynamic_batching=False), gpu=True)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(["emotion", TARGET, "tokenizer",
+                                                             "postprocess"])
+    cfg = parse(repo / TARGET / "config.pbtxt")
+    g = onnx.load(str(repo / TARGET / "1" / "model.onnx")).graph
+    want = [(i.name, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
+            for i in g.input]
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    got = [(i.name, pb.DataType.Name(i.data_type).removeprefix("TYPE_").lower()) for i in cfg.input]
+    assert got == want and [o.name for o in cfg.output] == [o.name for o in g.output] == ["logits"]
+    assert not cfg.HasField("dynamic_batching")  # --no-dynamic-batching is written as asked
+    assert cfg.parameters["intra_op_thread_count"].string_value == "2"
+    assert cfg.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    settings = json.loads((repo / "tokenizer" / "1" / "settings.json").read_text())
+    assert settings["input_names"] == [n for n, _ in want] and settings["max_length"] == 64
+
+
+def test_refusals_leave_the_old_repository_untouched(tiny_artifacts, tmp_path):
+    repo = tmp_path / "r"
+    write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="qat"), gpu=False)
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    with pytest.raises(RepoError, match="runs in PyTorch.*deploy serve"):
+        write_ngc_repo(repo, tiny_artifacts, ServeConfig(backend="torch"), gpu=False)
+    with pytest.raises(RepoError, match="not served by the NGC repository"):
+        write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="ptq-s8"), gpu=False)
+    assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
+    # a new variant replaces the repository whole: the qat model does not stay behind
+    write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="fp32"), gpu=False)
+    assert not (repo / "emotion_ort_qat").exists() and (repo / TARGET).is_dir()
+    assert not list(tmp_path.glob(".r.*"))  # no temporary folder left
+
+
+def test_tensorrt_requests_are_checked_against_the_engine(tiny_artifacts, tmp_path):
+    """Without TensorRT: a manifest entry as the builder writes it, for a placeholder plan."""
+    from common.config import recipe
+    from common.manifest import Manifest
+    from common.trt import TrtProfile
+    from engines.trt_build import TrtConfig
+
+    art = tmp_path / "a"
+    shutil.copytree(tiny_artifacts, art)
+    (art / "trt").mkdir(exist_ok=True)
+    (art / "trt" / "fp16.plan").write_bytes(b"plan")
+    man = Manifest(art)
+    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {},
+               {"trt": recipe(TrtConfig(profile=TrtProfile(max_batch=32, max_seq=128)))})
+    with pytest.raises(RepoError, match="GPUs only"):
+        check_request(ServeConfig(backend="trt", variant="fp16"), Manifest(art), gpu=False)
+    with pytest.raises(RepoError, match="--max-batch 64 is above the engine's profile.*32"):
+        check_request(ServeConfig(backend="trt", variant="fp16", max_batch=64), Manifest(art), True)
+    assert check_request(ServeConfig(backend="trt", variant="fp16", max_batch=32),
+                         Manifest(art), True)["profile"].max_batch == 32
+    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {},
+               {"trt": recipe(TrtConfig(profile=TrtProfile(min_seq=4, opt_seq=8, max_seq=16)))})
+    with pytest.raises(RepoError, match="admits sequences of 4..16"):
+        check_request(ServeConfig(backend="trt", variant="fp16"), Manifest(art), True)
+
+
+def test_postprocess_refuses_non_finite_logits(monkeypatch):
+    """postprocess answers an error, not NaN probabilities (a fake of the Python backend's
+    utility module: the real one exists only inside the Triton stub)."""
+    import importlib.util
+
+    class Tensor:
+        def __init__(self, name, a):
+            self.name, self.a = name, a
+
+        def as_numpy(self):
+            return self.a
+
+    class TritonError:
+        INTERNAL = "INTERNAL"
+
+        def __init__(self, msg, code=None):
+            self.msg, self.code = msg, code
+
+    class Response:
+        def __init__(self, output_tensors=None, error=None):
+            self.outputs, self.error = output_tensors, error
+
+    fake = types.SimpleNamespace(Tensor=Tensor, TritonError=TritonError, InferenceResponse=Response,
+                                 get_input_tensor_by_name=lambda r, n: r[n])
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    spec = importlib.util.spec_from_file_location("post", REPO / "deploy" / "triton_postprocess.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    good = {"logits": Tensor("logits", np.array([[0.1, 2.0, 0, 0, 0, 0]], np.float32))}
+    bad = {"logits": Tensor("logits", np.array([[np.nan, 1, 0, 0, 0, 0]], np.float32))}
+    ok, err = mod.TritonPythonModel().execute([good, bad])
+    assert ok.error is None and ok.outputs[1].a.tolist() == [[1]]
+    assert err.outputs is None and "non-finite" in err.error.msg and err.error.code == "INTERNAL"
