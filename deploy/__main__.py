@@ -1,7 +1,8 @@
 """python -m deploy serve       --backend ort --variant fp32 [--max-batch 32] [--queue-delay-us 2000]
                               [--instances 1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
 python -m deploy triton-repo --out model_repository/ [--backend ort --variant fp32] [--cpu]
-python -m deploy bench       [--backend ort --variant fp32] [--url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001]"""
+python -m deploy bench       [--backend ort --variant fp32] [--url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001]
+python -m deploy k8s         --out k8s/ [--image ...] [--storage-uri ...] [--hpa-metric cpu|queue]"""
 
 from __future__ import annotations
 
@@ -37,11 +38,18 @@ def _serve_config(a):
 
 
 def serve(a) -> int:
+    from common.variants import find_variant
     from deploy.triton_repo import write_local_repo
     from deploy.triton_server import Ports, TritonServer
 
     repo = Path(a.repo)
-    write_local_repo(repo, _serve_config(a), Path(a.artifacts))
+    sc = _serve_config(a)
+    if find_variant(sc.backend, sc.variant).batch_dependent and sc.dynamic_batching:
+        print(f"warning: {sc.backend}/{sc.variant} is batch-dependent (dynamic INT8: activation "
+              "ranges per batch), so behind the dynamic batcher a request's answer can depend on "
+              "other requests; --no-dynamic-batching or a static variant (ptq, qat) avoids it",
+              file=sys.stderr)
+    write_local_repo(repo, sc, Path(a.artifacts))
     server = TritonServer(repo, Ports(a.http_port, a.grpc_port, a.metrics_port),
                           log=repo.parent / "tritonserver.log", host=a.host)
     stop = {"now": False}
@@ -79,16 +87,30 @@ def triton_repo(a) -> int:
     return 0
 
 
+def k8s(a) -> int:
+    from common.config import from_flags
+    from deploy.k8s import K8sConfig, write_manifests
+
+    paths = write_manifests(Path(a.out), _serve_config(a), from_flags(K8sConfig, a))
+    print(f"Kubernetes manifests -> {', '.join(str(p) for p in paths)} (for the repository of "
+          "`python -m deploy triton-repo`; validate with `kubectl apply --dry-run=server -f`)")
+    return 0
+
+
 def bench(a) -> int:
     from deploy.bench import BenchConfig, run_bench, write_bench_report
 
     cfg = BenchConfig(serve=_serve_config(a), concurrency=tuple(int(x) for x in a.concurrency.split(",")),
                       protocols=tuple(a.protocols.split(",")), requests_per_point=a.requests,
                       seconds_per_point=a.seconds, url=a.url, grpc_url=a.grpc_url, data=a.data,
-                      artifacts=a.artifacts, out=a.out, agreement_rows=a.agreement_rows)
+                      artifacts=a.artifacts, out=a.out, agreement_rows=a.agreement_rows,
+                      queue_delays_us=tuple(int(x) for x in a.queue_delays.split(",") if x),
+                      layouts=tuple(x for x in a.layouts.split(",") if x))
     r = run_bench(cfg)
     paths = write_bench_report(r, Path(a.out))
     print(f"serving benchmark -> {paths['md']}; goals: {r['goals']}")
+    if r.get("recommended"):
+        print(f"recommended on this machine: {r['recommended']['server']} ({r['recommended']['rule']})")
     return 0
 
 
@@ -108,11 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     _serve_args(r)
     r.add_argument("--out", default="model_repository")
     r.add_argument("--cpu", action="store_true", help="KIND_CPU instances (default: KIND_GPU)")
+    k = sub.add_parser("k8s", help="Kubernetes / KServe manifests for the NGC repository")
+    _serve_args(k)
+    k.add_argument("--out", default="k8s")
+    from common.config import add_flags
+    from deploy.k8s import K8sConfig
+
+    add_flags(k, K8sConfig)
     b = sub.add_parser("bench", help="load benchmark (starts its own servers unless --url)")
     _serve_args(b)
     b.add_argument("--url", default="", help="HTTP host:port of a running server (loopback only)")
     b.add_argument("--grpc-url", default="")
-    b.add_argument("--concurrency", default="1,4,16,64")
+    b.add_argument("--concurrency", default="1,16")
+    b.add_argument("--queue-delays", default="0,100,500,2000", help="us, dynamic batcher on")
+    b.add_argument("--layouts", default="1x2,2x1", help="instances x threads per instance")
     b.add_argument("--protocols", default="http,grpc")
     b.add_argument("--requests", type=int, default=500, help="per sweep point")
     b.add_argument("--seconds", type=float, default=30.0, help="per sweep point")
@@ -120,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--data", default=DEFAULT_DATASET)
     b.add_argument("--out", default="reports")
     a = p.parse_args(argv)
-    return {"serve": serve, "triton-repo": triton_repo, "bench": bench}[a.cmd](a)
+    return {"serve": serve, "triton-repo": triton_repo, "k8s": k8s, "bench": bench}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
-"""Load benchmark of a served variant: tritonclient (HTTP and gRPC) against 127.0.0.1 only, real
-test sentences as payload, a sweep of concurrent clients, bounded in requests and seconds per
-point, with dynamic batching on and off (two servers started here, one after the other), then
-the whole test split through the server compared with the in-process predictions.
+"""Load benchmark of a served variant, and the serving defaults chosen from it.
+
+Server configurations swept (each a server started here, one after the other): the dynamic
+batcher off, and on with each queue delay (0 = Triton batches only what is already waiting), for
+each layout of instances x threads per instance (1x2 and 2x1 on a 2-core machine). At each
+configuration: one client and 16 concurrent clients (tritonclient, real test sentences, one text
+per request, bounded in requests and seconds), the server's own CPU time per request (its process
+group, read from /proc before and after), and the 1-client p50 against the in-process Runner's
+batch-1 p50 on the same sentences and threads. The recommended default: the best 16-client
+throughput among configurations whose 1-client p50 stays within 1 ms of the batcher-off one.
+Then the whole test split goes through the recommended server and is compared, prediction by
+prediction, with the in-process batch-1 predictions (the evaluator's headline).
 
 Writes reports/serve-<backend>-<variant>.{json,md,png}.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,12 +35,14 @@ from deploy.triton_repo import ServeConfig, write_local_repo
 @dataclass(frozen=True)
 class BenchConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
-    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    queue_delays_us: tuple[int, ...] = (0, 100, 500, 2000)
+    layouts: tuple[str, ...] = ("1x2", "2x1")  # instances x threads per instance
+    concurrency: tuple[int, ...] = (1, 16)
     protocols: tuple[str, ...] = ("http", "grpc")
-    dynamic_batching: tuple[bool, ...] = (True, False)
-    requests_per_point: int = 500
-    seconds_per_point: float = 30.0
-    url: str = ""  # host:port of a running server's HTTP endpoint (then no server is started)
+    requests_per_point: int = 400
+    seconds_per_point: float = 20.0
+    overhead_sentences: int = 300  # in-process batch-1 reference (latency and CPU time)
+    url: str = ""  # host:port of a running server's HTTP endpoint (then nothing is started)
     grpc_url: str = ""
     data: str = DEFAULT_DATASET
     artifacts: str = "artifacts"
@@ -41,8 +53,29 @@ class BenchConfig:
         for u in (self.url, self.grpc_url):
             if u and u.rsplit(":", 1)[0] not in {"127.0.0.1", "localhost", "[::1]"}:
                 raise ConfigError(f"{u}: the benchmark drives loopback servers only (127.0.0.1)")
-        if set(self.protocols) - {"http", "grpc"}:
+        if set(self.protocols) - {"http", "grpc"} or not self.protocols:
             raise ConfigError("protocols are http and/or grpc")
+        for lay in self.layouts:
+            if not (lay.count("x") == 1 and all(p.isdigit() and int(p) > 0 for p in lay.split("x"))):
+                raise ConfigError(f"layout {lay!r} is not <instances>x<threads>, e.g. 2x1")
+        if 1 not in self.concurrency:
+            raise ConfigError("the sweep needs 1 client (the latency reference)")
+
+    def points(self) -> list[ServeConfig]:
+        """The server configurations of the sweep, batcher off first."""
+        out = []
+        for lay in self.layouts:
+            inst, thr = (int(p) for p in lay.split("x"))
+            base = dataclasses.replace(self.serve, instances=inst, threads=thr)
+            out.append(dataclasses.replace(base, dynamic_batching=False))
+            out += [dataclasses.replace(base, dynamic_batching=True, queue_delay_us=d)
+                    for d in self.queue_delays_us]
+        return out
+
+
+def label(sc: ServeConfig) -> str:
+    b = f"batcher {sc.queue_delay_us} us" if sc.dynamic_batching else "no batcher"
+    return f"{sc.instances}x{sc.threads}, {b}"
 
 
 def _client(protocol: str, url: str):
@@ -67,8 +100,28 @@ def server_batches(client, model: str) -> tuple[int, int]:
     return int(s["inference_count"]), int(s["execution_count"])
 
 
+def group_cpu_seconds(pgid: int | None) -> float:
+    """User + system CPU seconds of every live process in a process group (tritonserver and its
+    Python-backend stubs), from /proc."""
+    if pgid is None:
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp ... utime stime
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list[str],
-                concurrency: int, max_requests: int, max_seconds: float) -> dict[str, Any]:
+                concurrency: int, max_requests: int, max_seconds: float,
+                pgid: int | None = None) -> dict[str, Any]:
     lock = threading.Lock()
     issued = [0]
     lat: list[float] = []
@@ -99,6 +152,7 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
 
     stats = http.InferenceServerClient(stats_url)
     before = server_batches(stats, model)
+    cpu0 = group_cpu_seconds(pgid)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     for t in threads:
@@ -106,16 +160,43 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu = group_cpu_seconds(pgid) - cpu0
     after = server_batches(stats, model)
     stats.close()
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
     d_inf, d_exec = after[0] - before[0], after[1] - before[1]
-    return {"concurrency": concurrency, "protocol": protocol, "requests": len(lat) + len(failed),
+    n = len(lat) + len(failed)
+    return {"concurrency": concurrency, "protocol": protocol, "requests": n,
             "failed": len(failed), "failures": sorted(set(failed))[:5],
             "throughput_rps": len(lat) / wall, "wall_s": wall,
             "latency_ms": {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
                            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())},
-            "mean_server_batch": d_inf / d_exec if d_exec else None}
+            "mean_server_batch": d_inf / d_exec if d_exec else None,
+            "server_cpu_ms_per_request": 1e3 * cpu / n if n else None}
+
+
+def in_process(cfg: BenchConfig, texts: list[str], threads: int) -> dict[str, Any]:
+    """Batch-1 predictions of every text, and the CPU time and p50 of one inference on the first
+    `overhead_sentences`, in this process with `threads` threads (the server's reference)."""
+    from deploy.service import EmotionService
+
+    svc = EmotionService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, threads)
+    try:
+        preds = np.array([svc.predict([t]).label_ids[0] for t in texts])
+        sample = texts[: cfg.overhead_sentences]
+        for t in sample[:20]:
+            svc.predict([t])
+        lat, cpu0 = [], time.process_time()
+        for t in sample:
+            t0 = time.perf_counter()
+            svc.predict([t])
+            lat.append(time.perf_counter() - t0)
+        cpu = time.process_time() - cpu0
+    finally:
+        svc.close()
+    return {"predictions": preds, "threads": threads, "n": len(sample),
+            "p50_ms": 1e3 * float(np.median(lat)), "cpu_ms_per_inference": 1e3 * cpu / len(sample),
+            "note": "EmotionService.predict (tokenize + Runner.infer + softmax) at batch 1"}
 
 
 def agreement(url: str, model: str, texts: list[str], reference: np.ndarray, chunk: int) -> dict:
@@ -131,78 +212,117 @@ def agreement(url: str, model: str, texts: list[str], reference: np.ndarray, chu
         c.close()
     ids = np.concatenate(got)
     return {"n": int(len(ids)), "top1_pct": 100 * float((ids == reference).mean()),
-            "differ_at": np.nonzero(ids != reference)[0][:20].tolist()}
+            "differ": int((ids != reference).sum()),
+            "differ_at": np.nonzero(ids != reference)[0][:20].tolist(), "request_size": chunk}
 
 
-def reference_predictions(cfg: BenchConfig, texts: list[str]) -> np.ndarray:
-    """What the evaluator predicts: the variant's Runner on batches of 32 in test order."""
-    from deploy.service import EmotionService
+def recommend(rows: list[dict[str, Any]], protocol: str = "http") -> dict[str, Any] | None:
+    """Best 16-client throughput among configurations whose 1-client p50 is within 1 ms of the
+    batcher-off configuration with the most threads per instance."""
+    def at(point: str, c: int) -> dict | None:
+        return next((r for r in rows if r["server"] == point and r["concurrency"] == c
+                     and r["protocol"] == protocol), None)
 
-    svc = EmotionService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, cfg.serve.threads)
-    try:
-        return np.concatenate([svc.predict(texts[s:s + 32]).label_ids
-                               for s in range(0, len(texts), 32)])
-    finally:
-        svc.close()
+    offs = sorted({r["server"] for r in rows if "no batcher" in r["server"]},
+                  key=lambda p: -int(p.split(",")[0].split("x")[1]))
+    if not offs or at(offs[0], 1) is None:
+        return None
+    ref = at(offs[0], 1)["latency_ms"]["p50"]  # type: ignore[index]
+    top = max(r["concurrency"] for r in rows)
+    ok = [p for p in dict.fromkeys(r["server"] for r in rows)
+          if at(p, 1) and at(p, top) and at(p, 1)["latency_ms"]["p50"] <= ref + 1.0]  # type: ignore[index]
+    best = max(ok, key=lambda p: at(p, top)["throughput_rps"])  # type: ignore[index]
+    return {"server": best, "reference": offs[0], "reference_p50_ms": ref, "clients": top,
+            "throughput_rps": at(best, top)["throughput_rps"],  # type: ignore[index]
+            "p50_ms_1_client": at(best, 1)["latency_ms"]["p50"],  # type: ignore[index]
+            "rule": f"best {top}-client {protocol} throughput among configurations whose 1-client "
+                    f"p50 is within 1 ms of `{offs[0]}`"}
 
 
-def run_bench(cfg: BenchConfig) -> dict:
-    import dataclasses
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     import tempfile
 
+    from common.variants import find_variant
     from deploy.triton_server import TritonServer, free_ports
 
     test = load_split(cfg.data, "test")
     texts = list(test.texts[: cfg.agreement_rows] if cfg.agreement_rows else test.texts)
-    ref = reference_predictions(cfg, texts)
     model = cfg.serve.model_name
-    sweep, agree = [], None
+    points = [cfg.serve] if cfg.url else cfg.points()
+    refs = {t: in_process(cfg, texts, t) for t in sorted({p.threads or os.cpu_count() or 1
+                                                           for p in points})}
+    sweep: list[dict[str, Any]] = []
+    agree = None
 
-    def run_sweep(http_url: str, grpc_url: str, dyn: bool | None) -> None:
+    def measure(sc: ServeConfig, http_url: str, grpc_url: str, pgid: int | None) -> None:
+        ref = refs[sc.threads or os.cpu_count() or 1]
         for protocol in cfg.protocols:
             for conc in cfg.concurrency:
                 url = http_url if protocol == "http" else grpc_url
                 row = sweep_point(protocol, url, http_url, model, texts, conc,
-                                  cfg.requests_per_point, cfg.seconds_per_point)
-                row["dynamic_batching"] = dyn
-                print(f"  {protocol} x{conc:>3} dynamic={dyn}: {row['throughput_rps']:.1f} req/s, "
-                      f"p50 {row['latency_ms']['p50']:.1f} ms, p99 {row['latency_ms']['p99']:.1f} ms, "
-                      f"mean server batch {row['mean_server_batch']}, failed {row['failed']}")
+                                  cfg.requests_per_point, cfg.seconds_per_point, pgid)
+                row.update({"server": label(sc), "dynamic_batching": sc.dynamic_batching,
+                            "queue_delay_us": sc.queue_delay_us, "instances": sc.instances,
+                            "threads": sc.threads})
+                if conc == 1:
+                    row["p50_overhead_ms"] = row["latency_ms"]["p50"] - ref["p50_ms"]
+                if row["server_cpu_ms_per_request"] is not None:
+                    row["server_cpu_over_in_process"] = (row["server_cpu_ms_per_request"] /
+                                                         ref["cpu_ms_per_inference"])
+                print(f"  {label(sc)} {protocol} x{conc:>3}: {row['throughput_rps']:.1f} req/s, "
+                      f"p50 {row['latency_ms']['p50']:.2f} ms, server CPU "
+                      f"{row['server_cpu_ms_per_request'] or float('nan'):.2f} ms/request, "
+                      f"mean batch {row['mean_server_batch']}, failed {row['failed']}")
                 sweep.append(row)
 
     if cfg.url:
-        run_sweep(cfg.url, cfg.grpc_url or cfg.url, None)
-        agree = agreement(cfg.url, model, texts, ref, cfg.serve.max_batch)
+        measure(cfg.serve, cfg.url, cfg.grpc_url or cfg.url, None)
+        best = None
     else:
-        for dyn in cfg.dynamic_batching:
+        for sc in points:
             with tempfile.TemporaryDirectory(prefix="triton-bench-") as tmp:
                 repo = Path(tmp) / "repo"
-                write_local_repo(repo, dataclasses.replace(cfg.serve, dynamic_batching=dyn),
-                                 Path(cfg.artifacts))
+                write_local_repo(repo, sc, Path(cfg.artifacts))
                 with TritonServer(repo, free_ports(), Path(tmp) / "server.log") as s:
-                    run_sweep(s.url, s.grpc_url, dyn)
-                    if agree is None:
-                        agree = agreement(s.url, model, texts, ref, cfg.serve.max_batch)
+                    measure(sc, s.url, s.grpc_url, s.proc.pid if s.proc else None)
+        best = recommend(sweep)
+    chosen = next((p for p in points if best and label(p) == best["server"]), cfg.serve)
+    with tempfile.TemporaryDirectory(prefix="triton-bench-") as tmp:
+        if cfg.url:
+            agree = agreement(cfg.url, model, texts, refs[next(iter(refs))]["predictions"],
+                              cfg.serve.max_batch)
+        else:
+            repo = Path(tmp) / "repo"
+            write_local_repo(repo, chosen, Path(cfg.artifacts))
+            with TritonServer(repo, free_ports(), Path(tmp) / "server.log") as s:
+                agree = agreement(s.url, model, texts,
+                                  refs[chosen.threads or os.cpu_count() or 1]["predictions"],
+                                  cfg.serve.max_batch)
+    variant = find_variant(cfg.serve.backend, cfg.serve.variant)
+    agree["batch_dependent"] = variant.batch_dependent
     return {"backend": cfg.serve.backend, "variant": cfg.serve.variant, "device": cpu_device(),
-            "threads": cfg.serve.threads or None, "server": "tritonserver 2.51 (nvidia-pytriton "
-            "0.7.0 bundle), Python-backend model running the variant's Runner",
-            "config": asdict(cfg), "sweep": sweep, "agreement": agree,
-            "goals": goals(sweep, agree), "versions": versions()}
+            "server": "tritonserver 2.51 (nvidia-pytriton 0.7.0 bundle), Python-backend model "
+                      "running the variant's Runner",
+            "config": asdict(cfg), "sweep": sweep, "recommended": best,
+            "in_process": {k: {x: v for x, v in r.items() if x != "predictions"}
+                           for k, r in refs.items()},
+            "agreement": agree, "goals": goals(sweep, agree, best), "versions": versions()}
 
 
-def goals(sweep: list[dict], agree: dict | None) -> dict:
-    def row(c: int, proto: str = "grpc", dyn: bool | None = True) -> dict | None:
-        rows = [r for r in sweep if r["concurrency"] == c and r["protocol"] == proto
-                and r["dynamic_batching"] in (dyn, None)]
-        return rows[0] if rows else None
-
+def goals(sweep: list[dict[str, Any]], agree: dict[str, Any] | None,
+          best: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"failed_total": sum(r["failed"] for r in sweep),
                            "requests_total": sum(r["requests"] for r in sweep)}
-    for proto in ("http", "grpc"):
-        one, sixteen = row(1, proto), row(16, proto)
-        if one and sixteen:
-            out[f"{proto}_throughput_16_over_1"] = sixteen["throughput_rps"] / one["throughput_rps"]
-            out[f"{proto}_p99_over_p50_at_16"] = sixteen["latency_ms"]["p99"] / sixteen["latency_ms"]["p50"]
+    rows = [r for r in sweep if best is None or r["server"] == best["server"]]
+    one = [r for r in rows if r["concurrency"] == 1 and r["protocol"] == "http"]
+    if one and "p50_overhead_ms" in one[0]:
+        out["p50_overhead_ms_1_client"] = one[0]["p50_overhead_ms"]
+    ratios = [r["server_cpu_over_in_process"] for r in rows if r.get("server_cpu_over_in_process")]
+    if ratios:
+        out["server_cpu_over_in_process_max"] = max(ratios)
+    if best:
+        out["recommended"] = best["server"]
+        out["throughput_rps_16"] = best["throughput_rps"]
     if agree:
         out["agreement_top1_pct"] = agree["top1_pct"]
     return out

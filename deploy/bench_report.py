@@ -1,60 +1,86 @@
-"""Markdown table and throughput-vs-concurrency plot of a serving benchmark."""
+"""Markdown and figure of a serving benchmark: the server-configuration sweep, the serving
+layer's own overhead, the recommended configuration and the agreement check."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from common.plots import pyplot, save
 
 
+def _f(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def markdown(r: dict, png: str) -> str:
-    g = r["goals"]
-    dev = r["device"]
+    g, dev, c = r["goals"], r["device"], r["config"]
+    best = r.get("recommended")
     lines = [f"# Serving benchmark: {r['backend']} / {r['variant']} on Triton", "",
-             f"- server: {r['server']}; device: {dev.get('name')}; threads per instance: "
-             f"{r['threads'] or 'all'}; max batch {r['config']['serve']['max_batch']}, queue delay "
-             f"{r['config']['serve']['queue_delay_us']} us, instances {r['config']['serve']['instances']}",
-             "- clients: tritonclient on the same machine (127.0.0.1), one text per request, real "
-             "test sentences; each point bounded by "
-             f"{r['config']['requests_per_point']} requests and {r['config']['seconds_per_point']} s",
-             "", "| protocol | dynamic batching | concurrency | requests | failed | throughput req/s "
-             "| p50 ms | p95 ms | p99 ms | mean server batch |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"- server: {r['server']}; device: {dev.get('name')}; max batch "
+             f"{c['serve']['max_batch']}",
+             "- clients: tritonclient on the same machine (127.0.0.1, so clients and server share "
+             "the cores), one text per request, real test sentences; each point bounded by "
+             f"{c['requests_per_point']} requests and {c['seconds_per_point']} s",
+             "- server CPU per request: user + system CPU of tritonserver and its Python-backend "
+             "stubs (/proc) over the point, divided by its requests; in-process: the same "
+             "sentences through the variant's service (tokenize + Runner + softmax) at batch 1 "
+             "with the same threads", "",
+             "| server (instances x threads) | protocol | clients | requests | failed | req/s | "
+             "p50 ms | p95 ms | p99 ms | mean server batch | server CPU ms/request | x in-process "
+             "| p50 - in-process p50 (ms) |", "|" + "---|" * 13]
     for s in r["sweep"]:
         lat = s["latency_ms"]
-        mb = f"{s['mean_server_batch']:.2f}" if s["mean_server_batch"] else "-"
-        lines.append(f"| {s['protocol']} | {s['dynamic_batching']} | {s['concurrency']} | "
-                     f"{s['requests']} | {s['failed']} | {s['throughput_rps']:.1f} | {lat['p50']:.1f} | "
-                     f"{lat['p95']:.1f} | {lat['p99']:.1f} | {mb} |")
+        lines.append(f"| {s['server']} | {s['protocol']} | {s['concurrency']} | {s['requests']} | "
+                     f"{s['failed']} | {s['throughput_rps']:.1f} | {lat['p50']:.2f} | "
+                     f"{lat['p95']:.2f} | {lat['p99']:.2f} | {_f(s['mean_server_batch'], '.2f')} | "
+                     f"{_f(s['server_cpu_ms_per_request'], '.2f')} | "
+                     f"{_f(s.get('server_cpu_over_in_process'), '.2f')} | "
+                     f"{_f(s.get('p50_overhead_ms'), '+.2f')} |")
+    lines += ["", "In-process reference (batch 1): " + "; ".join(
+        f"{k} thread(s): p50 {v['p50_ms']:.2f} ms, CPU {v['cpu_ms_per_inference']:.2f} ms per "
+        f"inference over {v['n']} sentences" for k, v in r["in_process"].items()), ""]
+    if best:
+        lines += ["## Recommended configuration", "",
+                  f"**{best['server']}**: {best['rule']} (reference p50 "
+                  f"{best['reference_p50_ms']:.2f} ms; this one {best['p50_ms_1_client']:.2f} ms "
+                  f"at 1 client, {best['throughput_rps']:.1f} req/s at {best['clients']}).", ""]
     a = r.get("agreement") or {}
-    lines += ["", "## Goals (measured in this run)", "",
+    lines += ["## Goals (measured in this run)", "",
               f"- failed requests: {g['failed_total']} of {g['requests_total']}"]
-    for proto in ("http", "grpc"):
-        if f"{proto}_throughput_16_over_1" in g:
-            lines.append(f"- {proto}, dynamic batching: throughput at 16 clients / 1 client = "
-                         f"{g[f'{proto}_throughput_16_over_1']:.2f}x (goal >= 3x); p99 / p50 at 16 = "
-                         f"{g[f'{proto}_p99_over_p50_at_16']:.2f} (goal <= 3)")
+    if "server_cpu_over_in_process_max" in g:
+        lines.append(f"- server CPU per request / in-process CPU per inference (recommended "
+                     f"configuration, worst point): {g['server_cpu_over_in_process_max']:.2f}x "
+                     "(goal <= 1.3x)")
+    if "p50_overhead_ms_1_client" in g:
+        lines.append(f"- 1-client p50 minus in-process batch-1 p50: "
+                     f"{g['p50_overhead_ms_1_client']:+.2f} ms (goal <= 1 ms)")
     if a:
-        lines.append(f"- top-1 agreement with the in-process Runner (the evaluator's predictions) "
-                     f"on {a['n']} test sentences: {a['top1_pct']:.2f}% (goal 100%)")
-    lines += ["", f"![throughput vs concurrency]({png})", ""]
+        dep = (" The variant is batch-dependent (dynamic INT8): behind the batcher an answer can "
+               "depend on the requests batched with it, so differences are expected."
+               if a.get("batch_dependent") else "")
+        lines.append(f"- top-1 agreement with the in-process batch-1 predictions (the evaluator's "
+                     f"headline) on {a['n']} test sentences sent {a['request_size']} per request: "
+                     f"{a['top1_pct']:.2f}% ({a['differ']} differ; goal 100%).{dep}")
+    lines += ["", f"![sweep]({png})", ""]
     return "\n".join(lines)
 
 
 def plot(r: dict, path: Path) -> None:
-    fig, ax = pyplot().subplots(figsize=(6.5, 4))
-    keys = sorted({(s["protocol"], s["dynamic_batching"]) for s in r["sweep"]}, key=str)
-    for proto, dyn in keys:
-        rows = sorted((s for s in r["sweep"] if (s["protocol"], s["dynamic_batching"]) == (proto, dyn)),
-                      key=lambda s: s["concurrency"])
-        ax.plot([s["concurrency"] for s in rows], [s["throughput_rps"] for s in rows], marker="o",
-                linestyle="-" if dyn in (True, None) else "--",
-                label=f"{proto}, dynamic batching {'on' if dyn else 'off' if dyn is False else '?'}")
-    ax.set_xscale("log", base=2)
-    conc = sorted({s["concurrency"] for s in r["sweep"]})
-    ax.set_xticks(conc, [str(c) for c in conc])
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("throughput (requests/s)")
-    ax.set_title(f"Triton: {r['backend']}/{r['variant']} on {r['device'].get('name', 'cpu')}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    rows = [s for s in r["sweep"] if s["protocol"] == "http"] or r["sweep"]
+    servers = list(dict.fromkeys(s["server"] for s in rows))
+    top = max(s["concurrency"] for s in rows)
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(11, 0.35 * len(servers) + 1.8))
+    for ax, conc, what, key in ((a1, top, f"throughput at {top} clients (req/s)", "throughput_rps"),
+                                (a2, 1, "1-client p50 (ms)", "p50")):
+        vals = [next((s["throughput_rps"] if key == "throughput_rps" else s["latency_ms"]["p50"])
+                     for s in rows if s["server"] == p and s["concurrency"] == conc) for p in servers]
+        best = (r.get("recommended") or {}).get("server")
+        ax.barh(servers, vals, color=["tab:green" if p == best else "tab:blue" for p in servers])
+        ax.invert_yaxis()
+        ax.set_xlabel(what)
+        ax.tick_params(axis="y", labelsize=7)
+    a2.set_yticklabels([])
+    fig.suptitle(f"Triton, {r['backend']}/{r['variant']} on {r['device'].get('name', 'cpu')} "
+                 "(green: recommended)", fontsize=9)
     save(fig, path)

@@ -7,49 +7,20 @@ manifest (present, intact, built from the current inputs) and refuses it otherwi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from common import variants
 from common.checkpoint import baseline_meta
 from common.manifest import ArtifactError, Manifest
+from common.variants import Variant
 from deploy.runner import Runner, RunnerError
 
 
-@dataclass(frozen=True)
-class Variant:
-    backend: str
-    variant: str
-    artifact: str  # manifest entry name
-    about: str
-
-
-VARIANTS: tuple[Variant, ...] = (
-    Variant("torch", "fp32", "baseline", "fine-tuned FP32 checkpoint in PyTorch"),
-    Variant("torch", "ptq-dynamic", "torch-ptq-dynamic",
-            "torch.ao quantize_dynamic: int8 encoder Linear weights, activations quantized per batch"),
-    Variant("ort", "fp32", "onnx-fp32", "FP32 ONNX export (plain graph)"),
-    Variant("ort", "fp32-fused", "onnx-fp32-fused", "FP32 ONNX after ORT's transformers optimizer"),
-    Variant("ort", "dynamic", "onnx-dynamic", "ORT quantize_dynamic of the plain FP32 graph"),
-    Variant("ort", "ptq", "onnx-ptq", "ORT static QDQ INT8 (U8 symmetric activations, S8 weights)"),
-    Variant("ort", "ptq-s8", "onnx-ptq-s8", "ORT static QDQ INT8, S8 activations (TensorRT flavour)"),
-    Variant("ort", "dynamic-fused", "onnx-dynamic-fused", "ORT quantize_dynamic of the fused graph"),
-    Variant("ort", "qat", "onnx-qat", "QAT INT8 Q/DQ graph, U8 activations (CPU flavour)"),
-    Variant("ort", "qat-s8", "onnx-qat-s8", "QAT INT8 Q/DQ graph, S8 activations (TensorRT flavour)"),
-    Variant("qlora", "nf4", "qlora", "NF4 base (bitsandbytes) + LoRA adapters (peft), PyTorch"),
-    Variant("trt", "fp32", "trt-fp32", "TensorRT FP32 engine"),
-    Variant("trt", "fp16", "trt-fp16", "TensorRT FP16 engine"),
-    Variant("trt", "int8", "trt-int8", "TensorRT implicit INT8, entropy calibrator (TensorRT 10.x)"),
-    Variant("trt", "ptq", "trt-ptq", "TensorRT explicit INT8 from the ORT PTQ Q/DQ ONNX (S8)"),
-    Variant("trt", "qat", "trt-qat", "TensorRT explicit INT8 from the QAT Q/DQ ONNX (S8)"),
-)
-
-
 def find_variant(backend: str, variant: str) -> Variant:
-    for v in VARIANTS:
-        if v.backend == backend and v.variant == variant:
-            return v
-    known = ", ".join(f"{v.backend}/{v.variant}" for v in VARIANTS)
-    raise RunnerError(f"unknown variant {backend}/{variant}; known: {known}")
+    try:
+        return variants.find_variant(backend, variant)
+    except variants.UnknownVariant as exc:
+        raise RunnerError(str(exc)) from None
 
 
 def default_threads() -> int:
@@ -72,11 +43,15 @@ def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int 
         raise RunnerError(str(exc)) from exc
     names = tuple(baseline_meta(artifacts)["input_names"])
     baseline = artifacts / man.get("baseline")["path"]
+    if spec.device == "cuda" and not device.startswith("cuda"):
+        raise RunnerError(f"{backend}/{variant} runs on a CUDA GPU only: pass --device cuda "
+                          "(on a machine with one)")
     if backend == "torch":
         from deploy.torch_runner import TorchRunner
 
-        if variant == "fp32":
-            return TorchRunner(path, names, threads, device=device)
+        if variant in {"fp32", "fp16"}:
+            return TorchRunner(path, names, threads, device=device, variant=variant,
+                               dtype="float16" if variant == "fp16" else "float32")
         return TorchRunner(baseline, names, threads, device=device, variant=variant, state_dict=path)
     if backend == "ort":
         from deploy.ort_runner import OrtRunner

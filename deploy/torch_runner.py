@@ -14,10 +14,12 @@ class TorchRunner(BaseRunner):
     backend = "torch"
 
     def __init__(self, checkpoint: Path, input_names: tuple[str, ...], threads: int,
-                 device: str = "cpu", variant: str = "fp32", state_dict: Path | None = None):
+                 device: str = "cpu", variant: str = "fp32", state_dict: Path | None = None,
+                 dtype: str = "float32"):
         super().__init__(variant, input_names, threads)
         self.checkpoint = Path(checkpoint)
         self.device = device
+        self.dtype = dtype
         self.state_dict = Path(state_dict) if state_dict else None
         self.model: Any = None
 
@@ -35,7 +37,7 @@ class TorchRunner(BaseRunner):
 
             model = quantize_dynamic_model(model)
             model.load_state_dict(torch.load(self.state_dict, weights_only=False))
-        self.model = model.to(self.device)
+        self.model = model.to(self.device, dtype=getattr(torch, self.dtype))
         super().load()
 
     def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:

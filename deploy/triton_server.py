@@ -45,6 +45,12 @@ class Ports:
     metrics: int = 8002
 
 
+# Triton's KServe v2 health endpoints (readiness turns true once every model has loaded)
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+METRICS_PATH = "/metrics"
+
+
 def triton_home() -> Path:
     import importlib.util
 
@@ -117,7 +123,7 @@ def free_ports() -> Ports:
 
 def ready(http_port: int, timeout: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready",
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{READY_PATH}",
                                     timeout=timeout) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):

@@ -26,7 +26,8 @@ PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "finetune": ("", ()), "export": ("export-", ()), "fuse": ("fuse-", ()),
     "torch_dynamic": ("torch-dynamic-", ()), "dynamic": ("dynamic-", ()), "calib": ("calib-", ()),
     "static": ("ptq-", ()), "qat": ("qat-", ()), "qat_export": ("qat-export-", ("flavour",)),
-    "qlora": ("qlora-", ()), "trt": ("trt-", ("precision", "calib_batch_size")),
+    "qlora": ("qlora-", ()), "optimum": ("optimum-", ()), "hf": ("hf-", ()),
+    "trt": ("trt-", ("precision", "calib_batch_size")),
 }
 
 
@@ -36,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local dir (default: packaged MiniLM)")
     p.add_argument("--data", default=DEFAULT_DATASET, help="Hub dataset name or local folder of jsonl")
     p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--reports", default="reports", help="scores the model cards carry")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
     p.add_argument("--force", action="store_true", help="rebuild even if current")
     p.add_argument("--dry-run", action="store_true", help="say what would be built, build nothing")
@@ -64,7 +66,8 @@ def parse(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespac
         configs[name] = from_flags(cls, a, prefix.replace("-", "_"),
                                    **{k: v for k, v in shared.items() if k in fields})
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
-    return BuildConfig(model=a.model, data=a.data, artifacts=a.artifacts, stages=stages,
+    return BuildConfig(model=a.model, data=a.data, artifacts=a.artifacts, reports=a.reports,
+                       stages=stages,
                        force=a.force, **configs), a
 
 

@@ -25,7 +25,9 @@ from common.errors import ConfigError
 from common.manifest import Manifest, atomic_output
 from common.modelsource import DEFAULT_MODEL, model_fingerprint
 from engines.trt_build import TrtConfig
+from export.hf import HfConfig
 from export.onnx_export import ExportConfig
+from export.optimum_anchors import OptimumConfig
 from export.ort_graphs import DynamicConfig, FuseConfig
 from export.qat_export import QatExportConfig
 from export.torch_dynamic import TorchDynamicConfig
@@ -33,7 +35,8 @@ from train.finetune import FinetuneConfig
 from train.qat import QatConfig
 from train.qlora import QloraConfig
 
-STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "qlora", "trt")
+STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "qlora", "optimum", "hf",
+          "trt")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class BuildConfig:
     model: str = DEFAULT_MODEL
     data: str = DEFAULT_DATASET
     artifacts: str = "artifacts"
+    reports: str = "reports"  # where `make report` wrote the scores the model cards carry
     stages: tuple[str, ...] = STAGES
     force: bool = False
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -56,6 +60,8 @@ class BuildConfig:
     qat: QatConfig = field(default_factory=QatConfig)
     qat_export: QatExportConfig = field(default_factory=QatExportConfig)
     qlora: QloraConfig = field(default_factory=QloraConfig)
+    optimum: OptimumConfig = field(default_factory=OptimumConfig)
+    hf: HfConfig = field(default_factory=HfConfig)
     trt: TrtConfig = field(default_factory=TrtConfig)
 
     def __post_init__(self) -> None:
@@ -87,6 +93,7 @@ class Builder:
         self.built: list[str] = []
         self.up_to_date: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.in_run: set[str] = set()  # the steps of this run (their outputs will exist)
 
     def art(self, name: str) -> str:
         """Input reference to another artifact: its current hash (it must be built)."""
@@ -104,6 +111,8 @@ class Builder:
         for d in step.deps:
             if d in self.skipped:
                 return f"it is made from {d}, which is skipped ({self.skipped[d]})"
+            if d not in self.in_run and not self.manifest.built(d):
+                return f"its input {d} is not built (add its stage to --stages)"
         return None
 
     def run(self, step: Step) -> None:
@@ -173,7 +182,9 @@ def steps_for(b: Builder) -> list[Step]:
 
 def build_all(cfg: BuildConfig) -> Builder:
     b = Builder(cfg)
-    for step in steps_for(b):
+    steps = steps_for(b)
+    b.in_run = {s.name for s in steps}
+    for step in steps:
         b.run(step)
     if b.built:
         print(f"built: {', '.join(b.built)}" +
@@ -187,4 +198,6 @@ def build_all(cfg: BuildConfig) -> Builder:
 
 def plan_all(cfg: BuildConfig) -> dict[str, str]:
     b = Builder(cfg)
-    return b.plan(steps_for(b))
+    steps = steps_for(b)
+    b.in_run = {s.name for s in steps}
+    return b.plan(steps)

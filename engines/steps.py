@@ -211,6 +211,66 @@ def qlora_step(b: Builder) -> Step:
     return Step("qlora", fixed("qlora"), q, (), training_sources(q.data, q.model), build)
 
 
+def optimum_steps(b: Builder) -> list[Step]:
+    """Optimum's own exporter and one-line quantizers, as reference rows (export.optimum_anchors)."""
+    from export import optimum_anchors as oa
+
+    c = b.cfg.optimum
+
+    def static(tmp: Path) -> dict[str, Any]:
+        import numpy as np
+
+        rows = int(b.manifest.get("onnx-ptq")["static"]["calib_rows"])
+        with np.load(b.path("calibration")) as z:
+            drawn = z["rows"][:rows].tolist()
+        return oa.build_static(b.path("onnx-fp32"), b.path("baseline"), tmp, drawn, b.cfg.data, c)
+
+    return [
+        Step("onnx-optimum-fp32", fixed("onnx/optimum-fp32.onnx"), c, ("baseline", "onnx-fp32"),
+             dict, lambda tmp: oa.export_and_compare(b.path("onnx-fp32"), b.path("baseline"), tmp,
+                                                     b.cfg.data, c)),
+        Step("onnx-optimum-dynamic", fixed("onnx/optimum-dynamic.onnx"), c,
+             ("baseline", "onnx-fp32"), dict,
+             lambda tmp: oa.build_dynamic(b.path("onnx-fp32"), b.path("baseline"), tmp)),
+        Step("onnx-optimum-static", fixed("onnx/optimum-static.onnx"), c,
+             ("baseline", "onnx-fp32", "calibration", "onnx-ptq"), validation_source(b.cfg.data),
+             static),
+    ]
+
+
+def hf_steps(b: Builder) -> list[Step]:
+    """artifacts/hf/<variant>/: every built ONNX Runtime variant (and the baseline) as a folder
+    optimum / transformers load, with its model card (export.hf)."""
+    import hashlib
+
+    from common.variants import HF_VARIANTS
+
+    c = b.cfg.hf
+    steps = []
+    for variant, artifact in HF_VARIANTS:
+        report = Path(b.cfg.reports) / (f"ort-{variant}.json" if variant != "baseline"
+                                        else "torch-fp32.json")
+
+        def sources(report: Path = report) -> dict[str, str]:
+            return {"report": hashlib.sha256(report.read_bytes()).hexdigest()
+                    if report.is_file() else "none"}
+
+        def build(tmp: Path, variant: str = variant, artifact: str = artifact,
+                  report: Path = report) -> dict[str, Any]:
+            import json
+
+            from export.hf import write_folder
+
+            rep = json.loads(report.read_text()) if report.is_file() else None
+            onnx = None if variant == "baseline" else b.path(artifact)
+            return write_folder(tmp, b.path("baseline"), onnx, b.manifest.get(artifact), rep,
+                                variant, c)
+
+        deps = ("baseline",) if variant == "baseline" else (artifact, "baseline")
+        steps.append(Step(f"hf-{variant}", fixed(f"hf/{variant}"), c, deps, sources, build))
+    return steps
+
+
 # (variant, precision, source ONNX artifact): what the trt backend can run.
 TRT_ENGINES = (("fp32", "fp32", "onnx-fp32"), ("fp16", "fp16", "onnx-fp32"),
                ("int8", "int8-implicit", "onnx-fp32"), ("ptq", "int8-explicit", "onnx-ptq-s8"),
@@ -276,5 +336,7 @@ STEP_FACTORIES: dict[str, list[Callable[[Builder], Any]]] = {
     # u8: the CPU flavour (ort/qat); s8: the same trained model for TensorRT (trt/qat).
     "qat": [qat_step, lambda b: qat_onnx_step(b, "u8"), lambda b: qat_onnx_step(b, "s8")],
     "qlora": [qlora_step],
+    "optimum": [optimum_steps],
+    "hf": [hf_steps],
     "trt": [trt_steps],
 }

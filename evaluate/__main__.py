@@ -71,7 +71,7 @@ def run_one(cfg: EvalConfig) -> Path:
 def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[dict]]:
     """Score every variant that can run here (measure=False: only list those that cannot)."""
     from common.trt import tensorrt_status
-    from deploy.registry import VARIANTS
+    from common.variants import VARIANTS
 
     man = Manifest(Path(base.artifacts))
     trt_ok, trt_why = tensorrt_status()
@@ -79,6 +79,10 @@ def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[di
     for v in VARIANTS:
         if v.backend == "trt" and not trt_ok:
             missing.append({"backend": v.backend, "variant": v.variant, "reason": f"backend unavailable: {trt_why}"})
+            continue
+        if v.device == "cuda" and not base.device.startswith("cuda"):
+            missing.append({"backend": v.backend, "variant": v.variant,
+                            "reason": "runs on a CUDA GPU only (`make gpu-check` there)"})
             continue
         if man.skipped(v.artifact):  # the family or the machine cannot build it (engines says why)
             missing.append({"backend": v.backend, "variant": v.variant,

@@ -105,7 +105,7 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
         b = load_report(f)
         serving.append({"backend": b["backend"], "variant": b["variant"],
                         "device": b["device"].get("name"), "goals": b["goals"],
-                        "report": f.with_suffix(".md").name})
+                        "recommended": b.get("recommended"), "report": f.with_suffix(".md").name})
     studies = [{"task": load_report(f)["task"], "report": f.with_suffix(".md").name}
                for f in sorted(Path(reports_dir).glob("study-*.json"))]  # `python -m study`
     speedups = []
@@ -171,13 +171,16 @@ def comparison_markdown(c: dict) -> str:
         out += [f"| {m['variant']} | {m['backend']} | {m['reason']} |" for m in c["missing"]]
     if c.get("serving"):
         out += ["", "## Serving on Triton (`python -m deploy bench`)", "",
-                "| variant | backend | device | failed / requests | throughput 16 / 1 clients (gRPC) "
-                "| p99 / p50 at 16 (gRPC) | top-1 agreement % | report |", "|" + "---|" * 8]
+                "| variant | backend | device | failed / requests | recommended server | req/s at 16 "
+                "clients | server CPU / in-process | 1-client p50 overhead ms | top-1 agreement % | "
+                "report |", "|" + "---|" * 10]
         for sv in c["serving"]:
             g = sv["goals"]
             out.append(f"| {sv['variant']} | {sv['backend']} | {sv['device']} | {g['failed_total']} / "
-                       f"{g['requests_total']} | {_fmt(g.get('grpc_throughput_16_over_1'), '.2f')} | "
-                       f"{_fmt(g.get('grpc_p99_over_p50_at_16'), '.2f')} | "
+                       f"{g['requests_total']} | {g.get('recommended', '-')} | "
+                       f"{_fmt(g.get('throughput_rps_16'), '.0f')} | "
+                       f"{_fmt(g.get('server_cpu_over_in_process_max'), '.2f')} | "
+                       f"{_fmt(g.get('p50_overhead_ms_1_client'), '+.2f')} | "
                        f"{_fmt(g.get('agreement_top1_pct'), '.2f')} | [{sv['report']}]({sv['report']}) |")
     for sp in c.get("speedups", []):
         out += ["", f"## Interleaved speed-up, {sp['backend']} (`python -m evaluate --speedup`)", "",

@@ -144,7 +144,9 @@ def test_search_tries_the_space_chooses_on_a_confirms_on_b_and_never_reads_test(
     tok = load_tokenizer(tiny_artifacts / "baseline")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     enc = encode(tok, val.texts, 64)
-    cfg = StaticConfig(calib_rows=(32, 64), spread_seeds=(7,), latency_rounds=2)
+    cfg = StaticConfig(calib_rows=(32, 64), percentiles=(99.99, 99.999), spread_seeds=(7,),
+                       placements=("all", "no-attention", "no-ffn-out"), latency_rounds=2,
+                       max_size_ratio=1.0)
     from calibration.calibset import sample_calibration
 
     info = search_static_ptq(tiny_artifacts / "onnx" / "fp32.onnx", tmp_path / "q.onnx",
@@ -161,7 +163,7 @@ def test_search_tries_the_space_chooses_on_a_confirms_on_b_and_never_reads_test(
     assert {r["recipe"]["placement"] for r in s["tried"][6:]} == {"no-attention", "no-ffn-out"}
     assert all(r["recipe"]["method"] == best_cal["recipe"]["method"] for r in s["tried"][6:])
     chosen = next(r for r in s["tried"] if r.get("chosen"))
-    within = [r for r in s["tried"] if r["val_b_drop_pt"] <= cfg.tolerable_loss]
+    within = [r for r in s["tried"] if r["val_b_drop_pt"] <= cfg.tolerable_loss and r["eligible"]]
     assert chosen == min(within, key=lambda r: (r["kl"], -r["top1"]))
     assert all(r["latency_ms_b1"] > 0 and r["size_bytes"] > 0 for r in s["tried"])
     assert s["halves"]["a"] + s["halves"]["b"] == len(val)
@@ -179,7 +181,7 @@ def test_block_fallback_when_nothing_fits(tiny_artifacts, data_dir, tmp_path, mo
     val = load_split(data_dir, "validation")
     enc = encode(load_tokenizer(tiny_artifacts / "baseline"), val.texts, 64)
     cfg = StaticConfig(methods=("minmax",), calib_rows=(32,), placements=("all",),
-                       spread_seeds=(), latency_rounds=1)
+                       spread_seeds=(), latency_rounds=1, max_size_ratio=1.0)
     info = search_static_ptq(tiny_artifacts / "onnx" / "fp32.onnx", tmp_path / "q.onnx",
                              tiny_artifacts / man.get("calibration")["path"],
                              ["input_ids", "attention_mask", "token_type_ids"], 16, cfg, enc,

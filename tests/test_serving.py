@@ -284,32 +284,70 @@ def test_ngc_tokenizer_encodes_like_the_project(tiny_artifacts, data_dir, tmp_pa
         assert np.array_equal(feed[n], ref[n]), n
 
 
-def test_bench_end_to_end_and_comparison_links_it(tiny_artifacts, data_dir, tmp_path):
-    from deploy.bench import BenchConfig, run_bench, write_bench_report
+def test_bench_sweeps_server_configs_measures_overhead_and_recommends(tiny_artifacts, data_dir,
+                                                                        tmp_path):
+    from deploy.bench import BenchConfig, label, run_bench, write_bench_report
     from evaluate.compare import write_comparison
 
-    cfg = BenchConfig(serve=ServeConfig(max_batch=MAX_BATCH, threads=1), concurrency=(1, 4, 16),
-                      requests_per_point=24, seconds_per_point=20, data=str(data_dir),
-                      artifacts=str(tiny_artifacts), out=str(tmp_path), agreement_rows=64)
+    cfg = BenchConfig(serve=ServeConfig(max_batch=MAX_BATCH, threads=1), queue_delays_us=(0, 2000),
+                      layouts=("1x1",), concurrency=(1, 8), protocols=("http",),
+                      requests_per_point=24, seconds_per_point=20, overhead_sentences=40,
+                      data=str(data_dir), artifacts=str(tiny_artifacts), out=str(tmp_path),
+                      agreement_rows=64)
+    assert [label(p) for p in cfg.points()] == ["1x1, no batcher", "1x1, batcher 0 us",
+                                                "1x1, batcher 2000 us"]
     r = run_bench(cfg)
-    assert len(r["sweep"]) == 2 * 3 * 2  # protocols x concurrency x dynamic batching on/off
+    assert len(r["sweep"]) == 3 * 2  # server configs x clients
     for row in r["sweep"]:
         assert row["requests"] == 24 and row["failed"] == 0 and row["throughput_rps"] > 0
         assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+        # the server really worked: its processes spent CPU on these requests
+        assert row["server_cpu_ms_per_request"] > 0 and row["server_cpu_over_in_process"] > 0
         if row["dynamic_batching"] is False:
             assert row["mean_server_batch"] == 1.0  # no batching without the dynamic batcher
+        if row["concurrency"] == 1:
+            assert "p50_overhead_ms" in row
     assert max(x["mean_server_batch"] for x in r["sweep"] if x["dynamic_batching"]) > 1.0
+    best = r["recommended"]
+    off_p50 = next(x["latency_ms"]["p50"] for x in r["sweep"]
+                   if x["server"] == "1x1, no batcher" and x["concurrency"] == 1)
+    cands = {x["server"] for x in r["sweep"] if x["concurrency"] == 1
+             and x["latency_ms"]["p50"] <= off_p50 + 1.0}
+    assert best["server"] in cands and best["throughput_rps"] == max(
+        x["throughput_rps"] for x in r["sweep"] if x["concurrency"] == 8 and x["server"] in cands)
     assert r["agreement"]["n"] == 64 and r["agreement"]["top1_pct"] == 100.0
-    assert r["goals"]["failed_total"] == 0 and "grpc_throughput_16_over_1" in r["goals"]
+    assert all(v["cpu_ms_per_inference"] > 0 for v in r["in_process"].values())
     paths = write_bench_report(r, tmp_path)
     saved = json.loads(paths["json"].read_text())
-    for key in ("backend", "variant", "device", "threads", "sweep", "agreement"):
+    for key in ("backend", "variant", "device", "sweep", "agreement", "recommended", "in_process"):
         assert key in saved
-    assert set(saved["sweep"][0]) >= {"concurrency", "protocol", "dynamic_batching", "requests",
-                                      "failed", "throughput_rps", "latency_ms", "mean_server_batch"}
-    assert paths["png"].stat().st_size > 0 and "| grpc | True | 16 |" in paths["md"].read_text()
+    md = paths["md"].read_text()
+    assert paths["png"].stat().st_size > 0 and "## Recommended configuration" in md
+    assert "| 1x1, batcher 2000 us | http | 8 |" in md
     comparison = write_comparison(tmp_path, [])
     assert "[serve-ort-fp32.md](serve-ort-fp32.md)" in comparison["md"].read_text()
+
+
+def test_serving_a_batch_dependent_variant_with_the_batcher_warns(tiny_artifacts, tmp_path, capsys,
+                                                                  monkeypatch):
+    import deploy.__main__ as cli
+
+    class Stop(Exception):
+        pass
+
+    def no_server(*a, **k):
+        raise Stop  # the warning is printed before any server starts
+
+    monkeypatch.setattr(cli, "write_local_repo", no_server, raising=False)
+    import deploy.triton_repo
+
+    monkeypatch.setattr(deploy.triton_repo, "write_local_repo", no_server)
+    for variant, warns in (("dynamic", True), ("ptq", False)):
+        with pytest.raises(Stop):
+            cli.main(["serve", "--variant", variant, "--artifacts", str(tiny_artifacts),
+                      "--repo", str(tmp_path / "r")])
+        err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+        assert (len(err) == 1 and "batch-dependent" in err[0]) == warns
 
 
 @pytest.mark.parametrize("backend, variant", [("torch", "fp32"), ("ort", "qat"), ("qlora", "nf4")])

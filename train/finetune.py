@@ -51,14 +51,36 @@ class FinetuneConfig:
     threads: int = run_only(0, "torch intra-op threads; 0 = torch default")
     limit_train: int = doc(0, "first N training rows (0 = all); for tests and smoke runs")
     limit_eval: int = doc(0, "first N validation rows (0 = all)")
+    # Candidates of the baseline study (train/seeds.py, docs/results/baseline-seeds.md).
+    class_weights: str = doc("none", "none | sqrt-inverse (loss weight per class ~ 1/sqrt(freq))")
+    label_smoothing: float = 0.0
+    logit_bias: bool = doc(False, "fit a per-class logit bias on validation for macro F1 and "
+                           "store it in the classifier's bias (train/bias.py)")
 
     def __post_init__(self) -> None:
+        if self.class_weights not in {"none", "sqrt-inverse"}:
+            raise ConfigError(f"class_weights must be none or sqrt-inverse, not {self.class_weights!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("label_smoothing must be in [0, 1)")
         if self.amp not in {"none", "fp16", "bf16"}:
             raise ConfigError(f"amp must be none, fp16 or bf16, not {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
         if self.max_length < 3:
             raise ConfigError("max_length must be >= 3 ([CLS], one token, [SEP])")
+
+
+def class_weights(kind: str, labels: np.ndarray, device: str):
+    """Loss weights per class: None, or ~1/sqrt(frequency) normalised to mean 1."""
+    if kind == "none":
+        return None
+    import torch
+
+    from common.labels import NUM_LABELS
+
+    freq = np.bincount(labels, minlength=NUM_LABELS) / len(labels)
+    w = 1 / np.sqrt(np.maximum(freq, 1e-6))
+    return torch.tensor(w / w.mean(), dtype=torch.float32, device=device)
 
 
 def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
@@ -95,6 +117,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.amp)
+    weights = class_weights(cfg.class_weights, np.asarray(train.labels), device)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
 
     best_f1, best_state, history = -1.0, None, []
@@ -106,7 +129,9 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
         for step, b in enumerate(bar, start=1):
             feed = {k: torch.from_numpy(v).to(device) for k, v in train_enc.batch(b, names).items()}
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = model(**feed, labels=y_train[b].to(device)).loss
+                loss = torch.nn.functional.cross_entropy(
+                    model(**feed).logits.float(), y_train[b].to(device), weight=weights,
+                    label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch} step {step}; "
                                          "lower --lr or use --amp none")
@@ -130,6 +155,17 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
 
     assert best_state is not None
     model.load_state_dict(best_state)
+    bias_info = {}
+    if cfg.logit_bias:
+        from common.torch_infer import torch_logits
+        from train.bias import apply_logit_bias, fit_logit_bias
+
+        logits = torch_logits(model, val_enc, names, 128, device)
+        bias, before, after = fit_logit_bias(logits, np.asarray(val.labels))
+        apply_logit_bias(model, bias)
+        bias_info = {"logit_bias": bias.tolist(), "val_macro_f1_before_bias": before,
+                     "val_macro_f1_after_bias": after}
+        print(f"logit bias {np.round(bias, 2).tolist()}: validation macro F1 {before:.4f} -> {after:.4f}")
     model.to("cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -141,7 +177,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
         "train_rows": len(train), "validation_rows": len(val),
         "data": {"train": train.fingerprint, "validation": val.fingerprint},
         "best_epoch": best_epoch, "best_val_macro_f1": best_f1, "history": history,
-        "train_minutes": (time.time() - t0) / 60, "input_names": list(names),
+        "train_minutes": (time.time() - t0) / 60, "input_names": list(names), **bias_info,
     }
     (out_dir / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta

@@ -1,0 +1,140 @@
+"""Scale-out beyond one machine: Kubernetes manifests for the NGC model repository
+(`python -m deploy triton-repo`), written by `python -m deploy k8s`.
+
+- a KServe InferenceService on KServe's Triton runtime (modelFormat triton);
+- the plain Kubernetes equivalent: a Deployment of the Triton image with GPU requests and
+  readiness / liveness probes on Triton's health endpoints, a Service for HTTP, gRPC and metrics,
+  and a HorizontalPodAutoscaler (CPU utilisation by default; Triton's queue time per request
+  through a Prometheus adapter with --hpa-metric queue).
+The model name, ports, probe paths and max batch come from the same ServeConfig and Ports as
+`triton-repo` and the local server (never typed twice); the tests validate every manifest against
+the real Kubernetes schemas (kubernetes-validate) and the InferenceService against KServe's own
+Python models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import doc
+from common.errors import ConfigError
+from deploy.triton_repo import ServeConfig
+from deploy.triton_server import LIVE_PATH, METRICS_PATH, READY_PATH, Ports
+
+APP = "emotion-triton"
+
+
+@dataclass(frozen=True)
+class K8sConfig:
+    image: str = doc("emotion-triton:25.01", "the image of docker/Dockerfile.triton, pushed")
+    storage_uri: str = doc("pvc://emotion-models/model_repository",
+                           "where the model repository lives (KServe storageUri)")
+    pvc: str = doc("emotion-models", "PersistentVolumeClaim holding model_repository/ (Deployment)")
+    namespace: str = "default"
+    replicas: int = 1
+    max_replicas: int = 4
+    gpus: int = 1
+    cpu_target: int = doc(70, "HPA: average CPU utilisation (%) to scale at")
+    hpa_metric: str = doc("cpu", "cpu | queue (nv_inference_queue_duration_us via a Prometheus "
+                          "adapter)")
+    queue_target_us: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.hpa_metric not in {"cpu", "queue"}:
+            raise ConfigError("hpa_metric must be cpu or queue")
+        if not 1 <= self.replicas <= self.max_replicas:
+            raise ConfigError("need 1 <= replicas <= max_replicas")
+
+
+def triton_args(sc: ServeConfig, ports: Ports, repo: str) -> list[str]:
+    return [f"--model-repository={repo}", f"--http-port={ports.http}", f"--grpc-port={ports.grpc}",
+            f"--metrics-port={ports.metrics}", "--strict-readiness=true",
+            "--disable-auto-complete-config", "--exit-timeout-secs=30"]
+
+
+def container_ports(ports: Ports) -> list[dict[str, Any]]:
+    return [{"name": "http", "containerPort": ports.http, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": ports.grpc, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ports.metrics, "protocol": "TCP"}]
+
+
+def probe(path: str, delay: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, "initialDelaySeconds": delay,
+            "periodSeconds": 10, "failureThreshold": 6}
+
+
+def manifests(sc: ServeConfig, k: K8sConfig, ports: Ports | None = None) -> dict[str, dict[str, Any]]:
+    ports = ports or Ports()
+    labels = {"app": APP, "model": sc.model_name}
+    meta = {"name": APP, "namespace": k.namespace, "labels": labels}
+    gpu = {"nvidia.com/gpu": str(k.gpus)}
+    annotations = {"emotion/max-batch": str(sc.max_batch), "emotion/model": sc.model_name,
+                   "emotion/variant": f"{sc.backend}/{sc.variant}"}
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {**meta, "name": sc.model_name, "annotations": annotations},
+        "spec": {"predictor": {
+            "minReplicas": k.replicas, "maxReplicas": k.max_replicas,
+            "model": {"modelFormat": {"name": "triton"}, "storageUri": k.storage_uri,
+                      "args": ["--strict-readiness=true", "--disable-auto-complete-config"],
+                      "ports": [{"name": "h2c", "containerPort": ports.grpc, "protocol": "TCP"}],
+                      "resources": {"limits": gpu, "requests": gpu}}}},
+    }
+    container = {
+        "name": "tritonserver", "image": k.image,
+        "command": ["tritonserver"], "args": triton_args(sc, ports, "/models"),
+        "ports": container_ports(ports),
+        "readinessProbe": probe(READY_PATH, 10), "livenessProbe": probe(LIVE_PATH, 30),
+        "resources": {"limits": gpu, "requests": {**gpu, "cpu": "2", "memory": "4Gi"}},
+        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+    }
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {**meta, "annotations": annotations},
+        "spec": {"replicas": k.replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels,
+                                           "annotations": {"prometheus.io/scrape": "true",
+                                                           "prometheus.io/port": str(ports.metrics),
+                                                           "prometheus.io/path": METRICS_PATH}},
+                              "spec": {"containers": [container],
+                                       "volumes": [{"name": "models", "persistentVolumeClaim":
+                                                    {"claimName": k.pvc, "readOnly": True}}]}}},
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service", "metadata": meta,
+        "spec": {"selector": labels, "ports": [
+            {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"],
+             "protocol": "TCP"} for p in container_ports(ports)]},
+    }
+    metric: dict[str, Any]
+    if k.hpa_metric == "cpu":
+        metric = {"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": k.cpu_target}}}
+    else:  # Triton's cumulative queue time, averaged per pod by a Prometheus adapter
+        metric = {"type": "Pods", "pods": {"metric": {"name": "nv_inference_queue_duration_us"},
+                                           "target": {"type": "AverageValue",
+                                                      "averageValue": str(k.queue_target_us)}}}
+    hpa = {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
+                 "minReplicas": k.replicas, "maxReplicas": k.max_replicas, "metrics": [metric]},
+    }
+    return {"kserve-inferenceservice": isvc, "deployment": deployment, "service": service,
+            "hpa": hpa}
+
+
+def write_manifests(out: Path, sc: ServeConfig, k: K8sConfig,
+                    ports: Ports | None = None) -> list[Path]:
+    import yaml
+
+    from common.manifest import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, doc_ in manifests(sc, k, ports).items():
+        p = out / f"{name}.yaml"
+        write_text_atomic(p, yaml.safe_dump(doc_, sort_keys=False))
+        paths.append(p)
+    return paths

@@ -1,0 +1,178 @@
+"""Hugging Face folders of the built variants: `artifacts/hf/<variant>/` holds model.onnx (or the
+PyTorch weights, for the baseline), config.json with id2label/label2id, the tokenizer files,
+ort_config.json for quantized graphs and a generated README.md model card, so that
+`ORTModelForSequenceClassification.from_pretrained(folder)` (optimum) or
+`AutoModelForSequenceClassification.from_pretrained(folder)` and a transformers `pipeline` load it
+as they are.
+
+The card is generated from the artifact's manifest entry (the recipe: quantization settings,
+layers kept FP32) and, once `make report` has scored the variant, from its report (test macro F1,
+accuracy and per-class F1 at batch 1, size, latency with device and threads), in the layout the Hub
+reads (YAML metadata with model-index results). The report file is an input of the step, so a new
+report rewrites the card on the next `make engines` (`make report` does that itself).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import doc
+from common.labels import LABELS
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class HfConfig:
+    VERSION = 1
+    license: str = doc("apache-2.0", "license field of the model cards (the base model's)")
+    dataset: str = "dair-ai/emotion"
+
+
+def write_folder(out: Path, baseline: Path, onnx_path: Path | None, entry: dict[str, Any],
+                 report: dict[str, Any] | None, name: str, cfg: HfConfig) -> dict[str, Any]:
+    """One self-contained folder; returns what the manifest records."""
+    from common.checkpoint import read_recipe
+
+    out.mkdir(parents=True)
+    meta = read_recipe(baseline)
+    shutil.copy(baseline / "config.json", out / "config.json")
+    for f in TOKENIZER_FILES:
+        if (baseline / f).is_file():
+            shutil.copy(baseline / f, out / f)
+    # the pipeline truncates at model_max_length: make it the max length every variant was built for
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    tc["model_max_length"] = int(meta["max_length"])
+    (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
+    if onnx_path is None:
+        for f in WEIGHT_FILES:
+            if (baseline / f).is_file():
+                shutil.copy(baseline / f, out / f)
+    else:
+        shutil.copy(onnx_path, out / "model.onnx")
+        quant = ort_config(entry)
+        if quant:
+            (out / "ort_config.json").write_text(json.dumps(quant, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(name, meta, entry, report, cfg), encoding="utf-8")
+    return {"files": sorted(p.name for p in out.iterdir()), "card_has_results": report is not None}
+
+
+def ort_config(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """What was quantized and how, in the keys of optimum's ORTConfig.quantization where they
+    exist (informational: ORTModel runs the graph as it is)."""
+    if "static" in entry:
+        s = entry["static"]
+        return {"quantization": {
+            "is_static": True, "format": "QDQ", "mode": "QLinearOps",
+            "activations_dtype": "QUInt8" if s["activation_type"] == "u8" else "QInt8",
+            "activations_symmetric": s["symmetric"], "weights_dtype": "QInt8",
+            "weights_symmetric": True, "per_channel": True, "operators_to_quantize": ["MatMul", "Gather"],
+            "calibration": {"method": s["method"], "percentile": s["percentile"],
+                            "rows": s["calib_rows"]},
+            "placement": s["placement"], "blocks_fp32": s["fp32_blocks"]}}
+    if "qdq" in entry:
+        return {"quantization": {"is_static": True, "format": "QDQ", "source": "QAT",
+                                 "flavour": entry.get("flavour"), **entry.get("quantization", {})}}
+    if "quantized_ops" in entry:
+        return {"quantization": {"is_static": False, "format": "QOperator",
+                                 "weights_dtype": "QInt8", **entry.get("recipe", {}).get("fields", {})}}
+    if "optimum" in entry:
+        return {"quantization": entry["optimum"]}
+    return None
+
+
+def _yaml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid YAML scalar
+
+
+def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
+               report: dict[str, Any] | None, cfg: HfConfig) -> str:
+    base = meta.get("base_model", "?")
+    lines = ["---", f"license: {cfg.license}", "library_name: " +
+             ("transformers" if name == "baseline" else "optimum"),
+             "pipeline_tag: text-classification", f"datasets:\n- {cfg.dataset}",
+             "tags:\n- text-classification\n- emotion\n- onnx" +
+             ("\n- int8\n- quantized" if name not in {"baseline", "fp32", "fp32-fused"} else ""),
+             f"base_model: {_yaml_str(str(base))}"]
+    if report:
+        lines += ["model-index:", f"- name: {_yaml_str('emotion-' + name)}", "  results:",
+                  "  - task:", "      type: text-classification", "      name: Text Classification",
+                  "    dataset:", f"      name: {cfg.dataset}", f"      type: {cfg.dataset}",
+                  "      config: split", "      split: test", "    metrics:",
+                  f"    - type: f1\n      name: macro F1 (batch 1)\n      value: {report['macro_f1']:.4f}"
+                  "\n      args:\n        average: macro",
+                  f"    - type: accuracy\n      name: accuracy (batch 1)\n      value: {report['accuracy']:.4f}"]
+    lines += ["---", "", f"# emotion / {name}", "",
+              f"A 6-way emotion classifier ({', '.join(LABELS)}) fine-tuned from `{base}` on "
+              f"{cfg.dataset} (split configuration: train 16,000 / validation 2,000 / test 2,000), "
+              f"{'in PyTorch' if name == 'baseline' else 'as an ONNX graph for ONNX Runtime'}. "
+              f"Max length {meta['max_length']} tokens; inputs {', '.join(meta['input_names'])}.", "",
+              "## Use", "", "```python"]
+    if name == "baseline":
+        lines += ["from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
+                  "model = AutoModelForSequenceClassification.from_pretrained(path)"]
+    else:
+        lines += ["from optimum.onnxruntime import ORTModelForSequenceClassification",
+                  "from transformers import AutoTokenizer, pipeline",
+                  "model = ORTModelForSequenceClassification.from_pretrained(path)"]
+    lines += ["clf = pipeline(\"text-classification\", model=model, tokenizer=AutoTokenizer.from_pretrained(path),",
+              "               truncation=True)", "print(clf(\"i feel wonderful today\"))", "```", ""]
+    lines += ["## How it was made", ""] + recipe_lines(name, entry) + [""]
+    if report:
+        lat = report["latency_ms"]
+        dev = report["device"]
+        lines += ["## Results (test split)", "",
+                  f"Scored by `python -m evaluate` at batch 1 (each sentence on its own): macro F1 "
+                  f"**{report['macro_f1']:.4f}**, accuracy {report['accuracy']:.4f}; batched "
+                  f"(batch {report['batched']['batch_size']}) macro F1 {report['batched']['macro_f1']:.4f} "
+                  f"({report['batch_invariance']['differ']} predictions differ). Size "
+                  f"{report['size_mb']:.1f} MB. Batch-1 latency p50 {lat['p50']:.2f} ms, p95 "
+                  f"{lat['p95']:.2f} ms on {dev.get('name')} ({report['provider']}, "
+                  f"{report['threads']} threads).", "", "| class | precision | recall | F1 |",
+                  "|---|---|---|---|"]
+        lines += [f"| {c} | {report['per_class'][c]['precision']:.3f} | "
+                  f"{report['per_class'][c]['recall']:.3f} | {report['per_class'][c]['f1']:.3f} |"
+                  for c in LABELS]
+    else:
+        lines += ["## Results", "", "Not scored yet: `make report` scores it and rewrites this card."]
+    lines += ["", "## Rebuild", "", "```bash", "make engines DATA=<folder of the emotion jsonl files>"
+              + ("" if "packaged" in str(meta.get("config", {}).get("fields", {}).get("model", ""))
+                 else f"  # MODEL={meta.get('config', {}).get('fields', {}).get('model', base)}"),
+              "make report", "```", ""]
+    return "\n".join(lines)
+
+
+def recipe_lines(name: str, entry: dict[str, Any]) -> list[str]:
+    if name == "baseline":
+        f = entry.get("recipe", {}).get("fields", {})
+        return [f"Fine-tuned in FP32: {f.get('epochs')} epochs, AdamW lr {f.get('lr')}, batch "
+                f"{f.get('batch_size')}, seed {f.get('seed')}; the epoch with the best validation "
+                "macro F1 kept."]
+    if "static" in entry:
+        s = entry["static"]
+        return [f"Static INT8 (ONNX Runtime, QDQ) chosen by an accuracy-aware search on validation: "
+                f"{s['method']} calibration"
+                + (f" (percentile {s['percentile']})" if s["method"] == "percentile" else "")
+                + f" on {s['calib_rows']} validation rows, MatMul placement `{s['placement']}`, "
+                f"{'U8' if s['activation_type'] == 'u8' else 'S8'} activations "
+                f"({'symmetric' if s['symmetric'] else 'asymmetric'}), S8 per-channel weights.",
+                "Kept FP32: " + ", ".join(entry.get("kept_fp32_ops", []) + [
+                    f"block {b}" for b in s["fp32_blocks"]]) + "."]
+    q = entry.get("quantization")
+    if q and "quantized" in q:
+        return ["Quantization-aware training (fake-quant fine-tuning), exported with Q/DQ:"] + \
+            [f"- {x}" for x in q["quantized"]] + ["", "Kept FP32: " + ", ".join(q["fp32"]) + "."]
+    if "quantized_ops" in entry:
+        return ["ONNX Runtime dynamic INT8 (`quantize_dynamic`): INT8 weights, activations "
+                "quantized per batch at run time (predictions depend on the batch)."]
+    if "optimum" in entry:
+        return [f"Built by Optimum's own API as a reference row: {entry['optimum'].get('how')}."]
+    return ["The FP32 export of the fine-tuned model"
+            + (" after ONNX Runtime's transformers optimizer (fused attention, LayerNorm)."
+               if "fused_ops" in entry else ", validated against PyTorch.")]

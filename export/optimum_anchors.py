@@ -1,0 +1,126 @@
+"""Reference rows built by Optimum's own API from our FP32 ONNX, scored by the same evaluator:
+what a user gets in one line from `optimum-cli onnxruntime quantize --avx512_vnni`.
+
+- optimum-dynamic: ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False);
+- optimum-static: avx512_vnni(is_static=True), calibrated through Optimum's calibration API
+  (AutoCalibrationConfig.minmax, its default) on the same validation rows as our static PTQ;
+- and the baseline exported by Optimum's exporter (main_export), compared with our export
+  (max |delta logit| on validation sentences): the two exporters should agree.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import doc
+
+
+@dataclass(frozen=True)
+class OptimumConfig:
+    VERSION = 1
+    calibration: str = doc("minmax", "Optimum calibration for the static anchor: minmax | "
+                           "percentiles | entropy (AutoCalibrationConfig)")
+    n_compare: int = doc(256, "validation sentences the two exporters are compared on")
+
+
+def _model_dir(fp32: Path, baseline: Path, tmp: Path) -> Path:
+    d = tmp / "fp32"
+    d.mkdir()
+    shutil.copy(fp32, d / "model.onnx")
+    shutil.copy(baseline / "config.json", d / "config.json")
+    return d
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {p: md.version(p) for p in ("optimum", "optimum-onnx")}
+
+
+def build_dynamic(fp32: Path, baseline: Path, out: Path) -> dict[str, Any]:
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    with tempfile.TemporaryDirectory(prefix="optimum-") as tmp:
+        q = ORTQuantizer.from_pretrained(_model_dir(fp32, baseline, Path(tmp)))
+        qcfg = AutoQuantizationConfig.avx512_vnni(is_static=False)
+        path = q.quantize(quantization_config=qcfg, save_dir=Path(tmp) / "q")
+        shutil.copy(Path(path) / "model_quantized.onnx", out)
+    return {"optimum": {"how": "ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=False)",
+                        "config": qcfg.__dict__ | {"format": str(qcfg.format), "mode": str(qcfg.mode),
+                                                   "activations_dtype": str(qcfg.activations_dtype),
+                                                   "weights_dtype": str(qcfg.weights_dtype)},
+                        "versions": _versions()}}
+
+
+def build_static(fp32: Path, baseline: Path, out: Path, rows: list[int], data: str,
+                 cfg: OptimumConfig) -> dict[str, Any]:
+    """Calibrated on validation rows `rows` (ours), tokenized unpadded as a user would."""
+    from datasets import Dataset
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
+
+    from common.checkpoint import TextEncoder
+    from common.data import load_split
+
+    te = TextEncoder.from_checkpoint(baseline)
+    val = load_split(data, "validation")
+    enc = te.encode([val.texts[i] for i in rows])
+    columns: dict[str, list[list[int]]] = {n: [] for n in te.input_names}
+    for i in range(len(enc)):
+        feed = enc.batch([i], te.input_names)
+        for n in te.input_names:
+            columns[n].append(feed[n][0].tolist())
+    dataset = Dataset.from_dict(columns)
+    with tempfile.TemporaryDirectory(prefix="optimum-") as tmp:
+        q = ORTQuantizer.from_pretrained(_model_dir(fp32, baseline, Path(tmp)))
+        qcfg = AutoQuantizationConfig.avx512_vnni(is_static=True)
+        calib = getattr(AutoCalibrationConfig, cfg.calibration)(dataset)
+        ranges = q.fit(dataset=dataset, calibration_config=calib,
+                       onnx_augmented_model_name=str(Path(tmp) / "augmented.onnx"),
+                       operators_to_quantize=qcfg.operators_to_quantize)
+        path = q.quantize(quantization_config=qcfg, save_dir=Path(tmp) / "q",
+                          calibration_tensors_range=ranges)
+        shutil.copy(Path(path) / "model_quantized.onnx", out)
+    return {"optimum": {"how": "ORTQuantizer + AutoQuantizationConfig.avx512_vnni(is_static=True), "
+                               f"AutoCalibrationConfig.{cfg.calibration} on {len(rows)} validation "
+                               "rows (those our static PTQ calibrates on)",
+                        "operators_to_quantize": list(qcfg.operators_to_quantize),
+                        "per_channel": qcfg.per_channel, "versions": _versions()}}
+
+
+def export_and_compare(ours: Path, baseline: Path, out: Path, data: str,
+                       cfg: OptimumConfig) -> dict[str, Any]:
+    """Export the baseline with Optimum's exporter (to `out`) and compare its logits with our
+    graph's on validation sentences (batch 1 and padded batches)."""
+    from optimum.exporters.onnx import main_export
+
+    from common.checkpoint import TextEncoder
+    from common.data import load_split
+    from common.feeds import batches
+    from export.onnx_export import ort_fn
+
+    te = TextEncoder.from_checkpoint(baseline)
+    enc = te.encode(load_split(data, "validation").head(cfg.n_compare).texts)
+    with tempfile.TemporaryDirectory(prefix="optimum-export-") as tmp:
+        main_export(str(baseline), output=tmp, task="text-classification", opset=17,
+                    do_validation=False)
+        theirs = ort_fn(Path(tmp) / "model.onnx")
+        mine = ort_fn(ours)
+        import onnx
+
+        names = [i.name for i in onnx.load(str(Path(tmp) / "model.onnx"),
+                                           load_external_data=False).graph.input]
+        plans = [[i] for i in range(min(16, len(enc)))] + batches(len(enc), 32)
+        a = np.concatenate([mine(enc.batch(p, te.input_names)) for p in plans])
+        b = np.concatenate([theirs(enc.batch(p, names)) for p in plans])
+        shutil.copy(Path(tmp) / "model.onnx", out)
+    return {"optimum_exporter": {"max_abs_logit_diff": float(np.abs(a - b).max()),
+                                 "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()),
+                                 "n": int(len(a)), "their_inputs": names, "versions": _versions()}}

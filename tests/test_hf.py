@@ -1,0 +1,117 @@
+"""Hugging Face ecosystem: every built ONNX Runtime variant as a folder optimum's
+ORTModelForSequenceClassification and a transformers pipeline load (the real libraries), giving
+the OrtRunner's predictions; model cards whose numbers are the report's; Optimum's own exporter
+and quantizers as reference rows."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from common.data import load_split
+from common.manifest import Manifest
+from common.variants import HF_VARIANTS
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def pipeline_labels(folder, texts):
+    from transformers import AutoTokenizer, pipeline
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if (folder / "model.onnx").is_file():
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+
+        model = ORTModelForSequenceClassification.from_pretrained(folder)
+    else:
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+    clf = pipeline("text-classification", model=model, tokenizer=tok, truncation=True)
+    return [r["label"] for r in clf(list(texts), batch_size=1)]
+
+
+@pytest.mark.parametrize("variant", [v for v, _ in HF_VARIANTS])
+def test_folder_loads_in_optimum_and_pipeline_like_the_runner(tiny_artifacts, data_dir, variant):
+    from common.labels import LABELS
+    from deploy.service import EmotionService
+
+    folder = tiny_artifacts / "hf" / variant
+    assert Manifest(tiny_artifacts).built(f"hf-{variant}")
+    texts = load_split(data_dir, "test").texts  # 160 sentences (the whole test slice)
+    got = pipeline_labels(folder, texts)
+    backend, v = ("torch", "fp32") if variant == "baseline" else ("ort", variant)
+    svc = EmotionService(tiny_artifacts, backend, v, threads=1)
+    try:
+        want = [LABELS[i] for t in texts for i in svc.predict([t]).label_ids]
+    finally:
+        svc.close()
+    assert got == want  # 100% top-1 agreement, labels by name from config.json's id2label
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["id2label"] == {str(i): n for i, n in enumerate(LABELS)}
+    assert (folder / "README.md").is_file()
+    if variant in {"ptq", "qat", "dynamic", "ptq-s8", "qat-s8", "dynamic-fused",
+                   "optimum-dynamic", "optimum-static"}:
+        assert "quantization" in json.loads((folder / "ort_config.json").read_text())
+
+
+def card_front_matter(path) -> dict:
+    text = path.read_text()
+    m = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
+    assert m, text[:200]
+    return yaml.safe_load(m.group(1))
+
+
+def test_card_numbers_are_the_report_numbers(tiny_artifacts, tiny_model_dir, data_dir, tmp_path):
+    import shutil
+
+    from engines.pipeline import build_all
+    from evaluate.__main__ import main as evaluate_main
+    from tests.conftest import tiny_build_config
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    reports = tmp_path / "reports"
+    before = card_front_matter(art / "hf" / "ptq" / "README.md")
+    assert "model-index" not in before  # not scored yet: the card says so
+    assert "make report" in (art / "hf" / "ptq" / "README.md").read_text()
+    assert evaluate_main(["--backend", "ort", "--variant", "ptq", "--data", str(data_dir),
+                          "--artifacts", str(art), "--out", str(reports), "--threads", "1",
+                          "--latency-samples", "10", "--warmup", "1"]) == 0
+    b = build_all(tiny_build_config(tiny_model_dir, data_dir, art, stages=("hf",),
+                                    reports=str(reports)))
+    assert b.built == ["hf-ptq"]  # only the card whose report changed
+    report = json.loads((reports / "ort-ptq.json").read_text())
+    card = card_front_matter(art / "hf" / "ptq" / "README.md")
+    metrics = {m["type"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["f1"] == round(report["macro_f1"], 4)
+    assert metrics["accuracy"] == round(report["accuracy"], 4)
+    assert card["pipeline_tag"] == "text-classification" and card["datasets"] == ["dair-ai/emotion"]
+    body = (art / "hf" / "ptq" / "README.md").read_text()
+    for c, x in report["per_class"].items():
+        assert f"| {c} | {x['precision']:.3f} | {x['recall']:.3f} | {x['f1']:.3f} |" in body
+    assert f"p50 {report['latency_ms']['p50']:.2f} ms" in body and "make engines" in body
+    assert f"{report['size_mb']:.1f} MB" in body
+
+
+def test_optimum_reference_rows(tiny_artifacts):
+    from common.onnx_graph import op_counts
+
+    man = Manifest(tiny_artifacts)
+    ex = man.get("onnx-optimum-fp32")["optimum_exporter"]
+    assert ex["max_abs_logit_diff"] < 1e-3 and ex["top1_agreement"] == 1.0  # same graph maths
+    dyn = op_counts(tiny_artifacts / "onnx" / "optimum-dynamic.onnx")
+    assert "DynamicQuantizeLinear" in dyn or "MatMulInteger" in dyn
+    static = op_counts(tiny_artifacts / "onnx" / "optimum-static.onnx")
+    assert static.get("QuantizeLinear", 0) + static.get("QLinearMatMul", 0) > 0
+    s = man.get("onnx-optimum-static")["optimum"]
+    rows = man.get("onnx-ptq")["static"]["calib_rows"]
+    assert f"on {rows} validation rows" in s["how"]
+    # the same evaluator scores them
+    from deploy.registry import make_runner
+
+    with make_runner("ort", "optimum-static", tiny_artifacts, threads=1) as r:
+        x = {n: np.ones((2, 8), np.int64) for n in r.input_names}
+        assert np.isfinite(r.infer(x)).all()

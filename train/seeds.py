@@ -1,0 +1,163 @@
+"""The baseline's seed spread: train a recipe with several seeds, score validation and test macro
+F1 (FP32, PyTorch), and keep every run in one report, so "better" is judged against the spread.
+
+    python -m train.seeds --data ../shared/data/emotion --name today --seeds 42,1,2 [recipe flags]
+
+Candidates are chosen on validation only; the test numbers are reported beside them, never used
+to choose. A run that is already in the report (same name, recipe and seed) is not repeated, so
+the study can be extended run by run. Each trained model is also scored with a per-class logit
+bias fitted on its validation logits (train/bias.py), as the candidate `<name>+bias`, without
+training it again. Writes <out>/baseline-seeds.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import add_flags, from_flags, recipe
+from common.errors import cli
+from train.finetune import FinetuneConfig
+
+
+def score(ckpt: Path, data: str, limit_eval: int = 0) -> dict[str, Any]:
+    """Validation and test logits of a saved checkpoint (batches by length, FP32)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from common.checkpoint import TextEncoder
+    from common.data import load_split
+    from common.torch_infer import torch_logits
+
+    te = TextEncoder.from_checkpoint(ckpt)
+    model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    out = {}
+    for split in ("validation", "test"):
+        s = load_split(data, split)
+        s = s.head(limit_eval) if limit_eval else s
+        out[split] = (torch_logits(model, te.encode(s.texts), te.input_names, 128),
+                      np.asarray(s.labels))
+    return out
+
+
+def run_one(cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """Train once; the rows for the recipe and for the recipe + fitted logit bias."""
+    from common.metrics import classification_metrics
+    from train.bias import fit_logit_bias
+    from train.finetune import finetune
+
+    with tempfile.TemporaryDirectory(prefix="seed-") as tmp:
+        t0 = time.time()
+        meta = finetune(cfg, Path(tmp))
+        minutes = (time.time() - t0) / 60
+        logits = score(Path(tmp), cfg.data, cfg.limit_eval)
+    (vl, vy), (tl, ty) = logits["validation"], logits["test"]
+
+    def row(bias: np.ndarray | None) -> dict[str, Any]:
+        b = 0 if bias is None else bias
+        v = classification_metrics(vy, (vl + b).argmax(-1))
+        t = classification_metrics(ty, (tl + b).argmax(-1))
+        return {"seed": cfg.seed, "val_macro_f1": v["macro_f1"], "test_macro_f1": t["macro_f1"],
+                "test_accuracy": t["accuracy"], "best_epoch": meta["best_epoch"],
+                "test_per_class_f1": {k: x["f1"] for k, x in t["per_class"].items()},
+                "train_minutes": minutes, "logit_bias": None if bias is None else bias.tolist()}
+
+    rows = [row(None)]
+    if not cfg.logit_bias:  # the same model with a bias fitted on its validation logits
+        bias, _, _ = fit_logit_bias(vl, vy)
+        rows.append(row(bias))
+    return rows
+
+
+def _sd(a: np.ndarray) -> float:
+    return float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for name in dict.fromkeys(r["candidate"] for r in runs):
+        rs = [r for r in runs if r["candidate"] == name]
+        v = np.array([r["val_macro_f1"] for r in rs])
+        t = np.array([r["test_macro_f1"] for r in rs])
+        out.append({"candidate": name, "seeds": [r["seed"] for r in rs], "n": len(rs),
+                    "val_mean": float(v.mean()), "val_sd": _sd(v), "test_mean": float(t.mean()),
+                    "test_sd": _sd(t), "minutes_per_run": float(np.mean([r["train_minutes"] for r in rs])),
+                    "recipe": rs[0]["recipe"]})
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# Baseline seed study", "",
+             f"Model: `{report['model']}`; data: `{report['data']}`; device: {report['device']}. "
+             "Each candidate is trained with each seed (FP32, PyTorch, batch 32); macro F1 is "
+             "scored on the whole validation and test splits. Candidates are compared on "
+             "validation; test is reported, never used to choose. `+bias`: the same models with "
+             "a per-class logit bias fitted on validation for macro F1 (no retraining).", "",
+             "| candidate | seeds | validation macro F1 mean (sd) | test macro F1 mean (sd) | "
+             "minutes per run |", "|---|---|---|---|---|"]
+    for s in report["summary"]:
+        lines.append(f"| {s['candidate']} | {', '.join(map(str, s['seeds']))} | "
+                     f"{s['val_mean']:.4f} ({s['val_sd']:.4f}) | {s['test_mean']:.4f} "
+                     f"({s['test_sd']:.4f}) | {s['minutes_per_run']:.1f} |")
+    lines += ["", "## Every run", "", "| candidate | seed | best epoch | validation | test | "
+              "test accuracy | love F1 | surprise F1 |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        pc = r["test_per_class_f1"]
+        lines.append(f"| {r['candidate']} | {r['seed']} | {r['best_epoch']} | {r['val_macro_f1']:.4f} | "
+                     f"{r['test_macro_f1']:.4f} | {r['test_accuracy']:.4f} | {pc['love']:.3f} | "
+                     f"{pc['surprise']:.3f} |")
+    lines += ["", "## Recipes", ""]
+    for s in report["summary"]:
+        f = s["recipe"]["fields"]
+        shown = {k: v for k, v in f.items() if k not in {"model", "data", "limit_train", "limit_eval",
+                                                          "seed"}}
+        lines.append(f"- **{s['candidate']}**: `{json.dumps(shown, sort_keys=True)}`")
+    return "\n".join(lines) + "\n"
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    from common.env import cpu_device
+    from common.reports import write_report
+
+    p = argparse.ArgumentParser(prog="python -m train.seeds", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="the candidate's name in the report")
+    p.add_argument("--seeds", default="42,1,2")
+    p.add_argument("--out", default="docs/results")
+    add_flags(p, FinetuneConfig)
+    a = p.parse_args(argv)
+    base = from_flags(FinetuneConfig, a)
+    out = Path(a.out)
+    path = out / "baseline-seeds.json"
+    report = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    for seed in (int(s) for s in a.seeds.split(",")):
+        import dataclasses
+
+        cfg = dataclasses.replace(base, seed=seed)
+        r = recipe(cfg)
+        if any(x["candidate"] == a.name and x["recipe"] == r for x in report["runs"]):
+            print(f"[done] {a.name} seed {seed}")
+            continue
+        print(f"[train] {a.name} seed {seed}")
+        rows = run_one(cfg)
+        for row, name in zip(rows, (a.name, f"{a.name}+bias"), strict=False):
+            report["runs"] = [x for x in report["runs"]
+                              if not (x["candidate"] == name and x["seed"] == seed)]
+            report["runs"].append({"candidate": name, "recipe": r, **row})
+            print(f"  {name} seed {seed}: validation {row['val_macro_f1']:.4f}, test "
+                  f"{row['test_macro_f1']:.4f}")
+        report.update({"model": base.model, "data": base.data, "device": cpu_device()["name"],
+                       "summary": summarise(report["runs"])})
+        write_report(out, "baseline-seeds", report, markdown(report))  # after every run
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
