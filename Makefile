@@ -28,7 +28,8 @@ endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: setup engines evaluate report readme-results speedup serve triton-repo bench study test lint typecheck pytest clean
+.PHONY: setup engines evaluate report readme-results speedup serve triton-repo k8s bench study gpu-check \
+        baseline-seeds test lint typecheck pytest clean
 
 setup: $(SETUP)
 
@@ -50,20 +51,24 @@ evaluate: $(SETUP)
 	$(PY) -m evaluate --backend $(BACKEND) --variant $(VARIANT) --data $(DATA) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
 
-# Every built variant on every backend available here, then reports/comparison.{md,json,png}.
+# Every built variant on every backend available here, then reports/comparison.{md,json,png},
+# then the Hugging Face folders' model cards rewritten with these scores.
 report: $(SETUP)
 	$(PY) -m evaluate --all --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) \
 	    --threads $(THREADS) $(EVAL_ARGS)
+	$(PY) -m engines --stages hf --data $(DATA) $(MODEL_ARG) --artifacts $(ARTIFACTS) --reports $(REPORTS)
 
 # Variants of one backend timed in interleaved rounds (drift-free ratios) -> reports/speedup-<backend>.*
-SPEEDUP ?= fp32-fused,fp32,dynamic,dynamic-fused,ptq,qat
+SPEEDUP ?= fp32-fused,fp32,dynamic,dynamic-fused,ptq,qat,optimum-dynamic,optimum-static
 speedup: $(SETUP)
 	$(PY) -m evaluate --backend $(BACKEND) --speedup $(SPEEDUP) --data $(DATA) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
 
-# README's Results section, regenerated from reports/comparison.md (never typed by hand).
+# README's Results block and docs/results/ (committed), regenerated from reports/ (never typed by
+# hand), and the README's families x stages table from common/arch.py.
 readme-results: $(SETUP)
-	$(PY) -m evaluate --compare --out $(REPORTS) --readme README.md
+	$(PY) -m evaluate --compare --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) --readme README.md
+	$(PY) -m engines --families --readme README.md
 
 # A real Triton server for one variant (Ctrl-C / SIGTERM stops it); SERVE_ARGS for the rest.
 SERVE_ARGS ?=
@@ -80,10 +85,27 @@ bench: $(SETUP)
 	$(PY) -m deploy bench --backend $(BACKEND) --variant $(VARIANT) --artifacts $(ARTIFACTS) \
 	    --data $(DATA) --out $(REPORTS) --threads $(THREADS) $(SERVE_ARGS)
 
+# Kubernetes / KServe manifests for the NGC repository -> k8s/
+k8s: $(SETUP)
+	$(PY) -m deploy k8s --backend $(BACKEND) --variant $(VARIANT) --out k8s $(SERVE_ARGS)
+
+# The baseline's seed spread (issue 19): today's recipe and the candidates, 3 seeds each
+# -> docs/results/baseline-seeds.{json,md}. About 12 minutes per run on 2 cores.
+SEEDS ?= 42,1,2
+baseline-seeds: $(SETUP)
+	$(PY) -m train.seeds --name today --seeds $(SEEDS) --data $(DATA)
+	$(PY) -m train.seeds --name class-weights --class-weights sqrt-inverse --seeds $(SEEDS) --data $(DATA)
+
 # Quantization study of the classifier (our quantizers vs bitsandbytes) -> reports/study-classifier.*
 study: $(SETUP)
 	$(PY) -m study --task classifier --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) \
 	    --threads $(THREADS)
+
+# Every GPU row this machine can score (torch CUDA FP32/FP16, QLoRA on CUDA, ORT CUDA, TensorRT)
+# -> reports/gpu/, one line per row it skips; on a CPU machine one line saying there is no GPU.
+gpu-check: $(SETUP)
+	$(PY) -m evaluate --gpu-check --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS)/gpu \
+	    --threads $(THREADS) $(EVAL_ARGS)
 
 lint: $(SETUP)
 	$(PY) -m ruff check .

@@ -68,3 +68,16 @@ def find_variant(backend: str, variant: str) -> Variant:
             return v
     known = ", ".join(f"{v.backend}/{v.variant}" for v in VARIANTS)
     raise UnknownVariant(f"unknown variant {backend}/{variant}; known: {known}")
+
+
+def variants_table() -> str:
+    """Markdown: the README's variants table, generated from VARIANTS."""
+    lines = ["| `--backend/--variant` | what it runs | notes |", "|---|---|---|"]
+    for v in VARIANTS:
+        notes = []
+        if v.batch_dependent:
+            notes.append("batch-dependent")
+        if v.device == "cuda":
+            notes.append("GPU only")
+        lines.append(f"| `{v.backend}/{v.variant}` | {v.about} | {', '.join(notes)} |")
+    return "\n".join(lines)

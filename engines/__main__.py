@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from common.config import add_flags, from_flags
 from common.data import DEFAULT_DATASET
-from common.errors import cli
+from common.errors import ConfigError, cli
 from common.modelsource import DEFAULT_MODEL
 from engines.pipeline import STAGES, BuildConfig, build_all, plan_all
 
@@ -43,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be built, build nothing")
     p.add_argument("--families", action="store_true",
                    help="print the encoder families x stages table (Markdown) and exit")
+    p.add_argument("--readme", default=None,
+                   help="with --families: write the table into this README's families block")
     p.add_argument("--device", default=None, help="auto | cpu | cuda, for every training step")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the training steps")
     p.add_argument("--limit-train", type=int, default=None, help="first N training rows (smoke runs)")
@@ -71,13 +74,32 @@ def parse(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespac
                        force=a.force, **configs), a
 
 
+def replace_block(text: str, name: str, body: str) -> str:
+    """Replace what sits between <!-- {name}:start ... --> and <!-- {name}:end --> markers."""
+    import re
+
+    start, end = f"<!-- {name}:start", f"<!-- {name}:end -->"
+    m = re.search(re.escape(start) + r"[^\n]*\n", text)
+    if not m or end not in text:
+        raise ConfigError(f"the README has no {name} markers ({start} ... {end})")
+    return text[: m.end()] + body + "\n" + text[text.index(end):]
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
     if a.families:
         from common.arch import families_table
 
-        print(families_table())
+        if a.readme:
+            from common.manifest import write_text_atomic
+            from common.variants import variants_table
+
+            text = replace_block(Path(a.readme).read_text(), "families", families_table())
+            write_text_atomic(Path(a.readme), replace_block(text, "variants", variants_table()))
+            print(f"families and variants tables of {a.readme} updated")
+        else:
+            print(families_table())
         return 0
     if a.dry_run:
         for name, what in plan_all(cfg).items():

@@ -25,6 +25,8 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
     p.add_argument("--variant", default="fp32")
     p.add_argument("--all", action="store_true", help="every built variant, then the comparison")
     p.add_argument("--compare", action="store_true", help="only rebuild the comparison")
+    p.add_argument("--gpu-check", action="store_true",
+                   help="score every GPU row this machine can into --out (one line per skip)")
     p.add_argument("--speedup", default="",
                    help="comma list of variants of --backend to time in interleaved rounds "
                         "(speed-up vs the first, or --reference)")
@@ -43,8 +45,8 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
                    help="0 = every sentence of the split (--speedup: the first 2000)")
     p.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
     a = p.parse_args(argv)
-    if not (a.all or a.compare or a.backend):
-        p.error("give --backend (with --variant), or --all, or --compare")
+    if not (a.all or a.compare or a.backend or a.gpu_check):
+        p.error("give --backend (with --variant), or --all, or --compare, or --gpu-check")
     if a.speedup and not a.backend:
         p.error("--speedup needs --backend (ratios are taken within one backend)")
     cfg = EvalConfig(backend=a.backend or "", variant=a.variant, data=a.data, split=a.split,
@@ -125,6 +127,11 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
 @cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
+    if a.gpu_check:
+        from evaluate.gpu_check import run_gpu_check
+
+        run_gpu_check(cfg, Path(cfg.out))
+        return 0
     if a.all or a.compare:
         from evaluate.compare import write_comparison
 

@@ -152,3 +152,18 @@ def test_family_through_every_stage(built, family, data_dir, tmp_path):
             c.close()
     logits = np.load(tmp_path / "r" / rep["logits_file"])
     assert int(answer["label_id"].ravel()[0]) == int(logits[0].argmax())
+
+
+def test_readme_tables_are_the_generated_ones():
+    """The README's families x stages and variants tables are exactly what `make readme-results`
+    generates from common/arch.py and common/variants.py (never typed by hand)."""
+    from common.arch import families_table
+    from common.variants import variants_table
+    from tests.conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    for name, table in (("families", families_table()), ("variants", variants_table())):
+        block = text.split(f"<!-- {name}:start", 1)[1].split("\n", 1)[1].split(f"<!-- {name}:end")[0]
+        assert block.strip() == table.strip(), f"run `make readme-results` ({name})"
+    fused = [ln for ln in families_table().splitlines() if ln.startswith("| deberta-v2")][0]
+    assert "skipped: ONNX Runtime's transformers optimizer has no fusion" in fused
