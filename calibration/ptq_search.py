@@ -40,6 +40,7 @@ from calibration.ort_static import (
 )
 from common.calibset import CalibrationSet
 from common.config import doc
+from common.data import stratified_halves
 from common.errors import ConfigError
 
 
@@ -91,17 +92,6 @@ class StaticConfig:
                 for rows in sorted({min(r, available) for r in self.calib_rows}):
                     out.append(Recipe(m, p or 99.999, rows, "all", "u8", self.symmetric_activations))
         return out
-
-
-def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of halves A and B, each holding half of every class (seeded)."""
-    rng = np.random.default_rng(seed)
-    a, b = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.nonzero(labels == c)[0])
-        a.append(idx[: len(idx) // 2])
-        b.append(idx[len(idx) // 2:])
-    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
 
 def agreement(ref: np.ndarray, q: np.ndarray) -> dict[str, float]:

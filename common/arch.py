@@ -43,6 +43,9 @@ class Family:
     # it has no fusion for it (the fused FP32 and dynamic-fused variants are then skipped).
     ort_fusion: str | None
     ort_fusion_why_not: str = ""
+    # the TorchScript export holds If/Loop subgraphs (DeBERTa-v2's relative-position code):
+    # Optimum's static quantizer refuses such graphs ("not supported for models with subgraphs")
+    onnx_subgraphs: bool = False
     aliases: tuple[str, ...] = field(default=())
 
 
@@ -68,7 +71,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            # measured (onnxruntime 1.32): optimize_model(model_type="bert") fuses no Attention in a
            # DeBERTa-v2 export
            ort_fusion=None, ort_fusion_why_not="ONNX Runtime's transformers optimizer has no "
-           "fusion for DeBERTa's disentangled attention"),
+           "fusion for DeBERTa's disentangled attention", onnx_subgraphs=True),
 )}
 for _f in list(FAMILIES.values()):
     for _a in _f.aliases:
@@ -175,18 +178,24 @@ def lora_targets(model: Any, which: str) -> list[str]:
 # --- what each family gets from each stage (the README's families x stages table) -------------
 
 STAGE_COLUMNS = ("baseline + ONNX", "fused FP32 (ORT)", "dynamic INT8", "dynamic INT8 fused",
-                 "static PTQ", "QAT", "QLoRA", "TensorRT")
+                 "static PTQ", "QAT", "QLoRA", "Optimum rows", "TensorRT")
 
 
 def skipped_steps(model_type: str) -> dict[str, str]:
     """The `make engines` steps this family cannot build, with the one-line reason the pipeline
-    prints and records (machine-dependent skips, such as TensorRT, are not family facts)."""
+    prints and records; the steps made from them are skipped in turn (engines.pipeline names
+    their source). Machine-dependent skips, such as TensorRT, are not family facts."""
     fam = FAMILIES[model_type]
-    if fam.ort_fusion:
-        return {}
-    return {"onnx-fp32-fused": fam.ort_fusion_why_not,
-            "onnx-dynamic-fused": f"it is made from onnx-fp32-fused, which is skipped "
-                                  f"({fam.ort_fusion_why_not})"}
+    out = {}
+    if not fam.ort_fusion:
+        out["onnx-fp32-fused"] = fam.ort_fusion_why_not
+    if fam.onnx_subgraphs:
+        out["onnx-optimum-static"] = OPTIMUM_SUBGRAPHS
+    return out
+
+
+OPTIMUM_SUBGRAPHS = ("Optimum's static quantizer refuses graphs with subgraphs (this family's "
+                     "export has If nodes)")
 
 
 def stage_support(model_type: str) -> dict[str, str]:
@@ -196,6 +205,8 @@ def stage_support(model_type: str) -> dict[str, str]:
            "yes (every layer Linear; attention matmuls stay FP32: not two plain matmuls)")
     return {"baseline + ONNX": "yes", "fused FP32 (ORT)": fused, "dynamic INT8": "yes",
             "dynamic INT8 fused": fused, "static PTQ": "yes", "QAT": qat,
+            "Optimum rows": ("exporter and dynamic; static skipped: " + OPTIMUM_SUBGRAPHS
+                             if fam.onnx_subgraphs else "exporter, dynamic, static"),
             "QLoRA": "yes (NF4 base, LoRA on attention or attention+FFN)",
             "TensorRT": "where TensorRT and a GPU are (NGC image)"}
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.errors import UserError
 from common.labels import NUM_LABELS
@@ -150,3 +151,17 @@ def load_split(data: str | Path, split: str) -> Split:
 def dataset_fingerprint(data: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, str]:
     """sha256 per split, for manifests (loads and validates the splits)."""
     return {s: load_split(data, s).fingerprint for s in splits}
+
+
+def stratified_halves(labels: Any, seed: int) -> tuple[Any, Any]:
+    """Indices of halves A and B, each holding half of every class (seeded)."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.nonzero(labels == c)[0])
+        a.append(idx[: len(idx) // 2])
+        b.append(idx[len(idx) // 2:])
+    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))

@@ -304,6 +304,12 @@ def load_qat_model(ckpt: Path) -> Any:
     recipe = read_recipe(ckpt)
     model = AutoModelForSequenceClassification.from_pretrained(
         ckpt, attn_implementation="eager").eval()
-    insert_fake_quant(model, **recipe["quantizers"])
-    load_amax_state(model, json.loads((ckpt / AMAX_FILE).read_text()))
+    from common.manifest import ArtifactError
+
+    try:
+        insert_fake_quant(model, **recipe["quantizers"])
+        load_amax_state(model, json.loads((ckpt / AMAX_FILE).read_text()))
+    except (KeyError, TypeError, ValueError) as exc:  # written by other code
+        raise ArtifactError(f"{ckpt} was saved by another version of the QAT code ({exc}); "
+                            "rebuild it with `make engines`") from None
     return model

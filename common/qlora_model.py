@@ -112,7 +112,13 @@ def load_qlora(adapter_dir: Path, device: str = "cpu") -> tuple[Any, dict[str, A
     from peft import PeftModel
 
     from common.checkpoint import read_recipe
+    from common.manifest import ArtifactError
 
     recipe = read_recipe(Path(adapter_dir))
-    base = load_nf4_base(recipe["base_model"], Nf4Spec(**recipe["nf4"]), device)
+    try:
+        spec = Nf4Spec(**recipe["nf4"])
+    except (KeyError, TypeError) as exc:  # written by other code
+        raise ArtifactError(f"{adapter_dir} was saved by another version of the QLoRA code "
+                            f"({exc}); rebuild it with `make engines`") from None
+    base = load_nf4_base(recipe["base_model"], spec, device)
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), recipe

@@ -81,6 +81,11 @@ class Step:
     skip: str | None = None  # why this step cannot be built here (one line)
 
 
+def derived_skip(dep: str, why: str) -> str:
+    """The reason a step is skipped when an artifact it is made from is skipped."""
+    return f"it is made from {dep}, which is skipped ({why})"
+
+
 def fixed(rel: str) -> Callable[[dict[str, str]], str]:
     return lambda inputs: rel
 
@@ -110,7 +115,7 @@ class Builder:
             return step.skip
         for d in step.deps:
             if d in self.skipped:
-                return f"it is made from {d}, which is skipped ({self.skipped[d]})"
+                return derived_skip(d, self.skipped[d])
             if d not in self.in_run and not self.manifest.built(d):
                 return f"its input {d} is not built (add its stage to --stages)"
         return None

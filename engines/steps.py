@@ -44,6 +44,7 @@ def onnx_step(b: Builder) -> Step:
 
 
 def fused_step(b: Builder) -> Step:
+    from common.arch import skipped_steps
     from export.onnx_export import Validation, check_agreement, ort_fn, validation_inputs
     from export.ort_graphs import fuse_fp32
 
@@ -66,8 +67,6 @@ def fused_step(b: Builder) -> Step:
                                              f"{tmp}: fused FP32 graph disagrees with PyTorch",
                                              fu.atol, 1.0)
         return info
-
-    from common.arch import skipped_steps
 
     return Step("onnx-fp32-fused", fixed("onnx/fp32-fused.onnx"), fu, ("onnx-fp32", "baseline"),
                 dict, build, skip=skipped_steps(fam.model_type).get("onnx-fp32-fused"))
@@ -213,6 +212,7 @@ def qlora_step(b: Builder) -> Step:
 
 def optimum_steps(b: Builder) -> list[Step]:
     """Optimum's own exporter and one-line quantizers, as reference rows (export.optimum_anchors)."""
+    from common.arch import skipped_steps
     from export import optimum_anchors as oa
 
     c = b.cfg.optimum
@@ -234,7 +234,7 @@ def optimum_steps(b: Builder) -> list[Step]:
              lambda tmp: oa.build_dynamic(b.path("onnx-fp32"), b.path("baseline"), tmp)),
         Step("onnx-optimum-static", fixed("onnx/optimum-static.onnx"), c,
              ("baseline", "onnx-fp32", "calibration", "onnx-ptq"), validation_source(b.cfg.data),
-             static),
+             static, skip=skipped_steps(family(b).model_type).get("onnx-optimum-static")),
     ]
 
 
@@ -242,6 +242,7 @@ def hf_steps(b: Builder) -> list[Step]:
     """artifacts/hf/<variant>/: every built ONNX Runtime variant (and the baseline) as a folder
     optimum / transformers load, with its model card (export.hf)."""
     import hashlib
+    import json
 
     from common.variants import HF_VARIANTS
 
@@ -251,17 +252,26 @@ def hf_steps(b: Builder) -> list[Step]:
         report = Path(b.cfg.reports) / (f"ort-{variant}.json" if variant != "baseline"
                                         else "torch-fp32.json")
 
-        def sources(report: Path = report) -> dict[str, str]:
-            return {"report": hashlib.sha256(report.read_bytes()).hexdigest()
-                    if report.is_file() else "none"}
-
-        def build(tmp: Path, variant: str = variant, artifact: str = artifact,
-                  report: Path = report) -> dict[str, Any]:
+        def scored(report: Path = report, artifact: str = artifact) -> dict[str, Any] | None:
+            """The variant's report, if it scored this very artifact (not an older build or
+            another model's)."""
             import json
 
+            if not report.is_file() or not b.manifest.built(artifact):
+                return None
+            rep = json.loads(report.read_text())
+            return rep if rep.get("made_by", {}).get("sha256") == b.art(artifact) else None
+
+        def sources(scored=scored) -> dict[str, str]:
+            rep = scored()
+            return {"report": hashlib.sha256(json.dumps(rep, sort_keys=True).encode()).hexdigest()
+                    if rep else "none"}
+
+        def build(tmp: Path, variant: str = variant, artifact: str = artifact,
+                  scored=scored) -> dict[str, Any]:
             from export.hf import write_folder
 
-            rep = json.loads(report.read_text()) if report.is_file() else None
+            rep = scored()
             onnx = None if variant == "baseline" else b.path(artifact)
             return write_folder(tmp, b.path("baseline"), onnx, b.manifest.get(artifact), rep,
                                 variant, c)

@@ -76,6 +76,27 @@ def made_by_markdown(m: dict) -> list[str]:
                   *[f"| {k} | {v} |" for k, v in hp.items() if k not in {"data", "limit_train",
                                                                          "limit_eval", "device",
                                                                          "threads"}]]
+    search = m.get("search")
+    if search:
+        sp = search["calibration_seed_spread"]
+        lines += ["", "### Static-PTQ search (validation only)", "",
+                  f"Criterion: {search['criterion']}; acceptance: {search['acceptance']}. Halves: "
+                  f"A {search['halves']['a']} rows, B {search['halves']['b']} rows (seed "
+                  f"{search['halves']['split_seed']}); FP32 macro F1 on B "
+                  f"{search['val_b_macro_f1_fp32']:.4f}; FP32 batch-1 p50 "
+                  f"{search['fp32_latency_ms_b1']:.2f} ms in the same interleaved rounds.", "",
+                  "| recipe | KL (A) | top-1 (A) | drop on B (pt) | batch-1 ms | speed-up | size ratio "
+                  "| chosen |", "|---|---|---|---|---|---|---|---|"]
+        for r in search["tried"]:
+            lines.append(f"| {r['label']} | {r['kl']:.4f} | {100 * r['top1']:.2f}% | "
+                         f"{r['val_b_drop_pt']:+.2f} | {r.get('latency_ms_b1', float('nan')):.2f} | "
+                         f"{r.get('speedup_vs_fp32_b1', float('nan')):.2f} | "
+                         f"{r.get('size_ratio', float('nan')):.2f} | {'yes' if r.get('chosen') else ''} |")
+        lines += ["", "The chosen recipe rebuilt with other calibration-sample seeds: " +
+                  "; ".join(f"seed {x['seed']}: drop {x['val_b_drop_pt']:+.2f} pt, KL {x['kl']:.4f}"
+                            for x in sp["rows"]) +
+                  f" (drop on B over all seeds: mean {sp['val_b_drop_pt_mean']:+.2f}, sd "
+                  f"{sp['val_b_drop_pt_sd']:.2f} pt)."]
     if m.get("qdq"):
         lines += ["", "Q/DQ in the graph: " + ", ".join(f"{k} {v}" for k, v in m["qdq"].items()) + "."]
     if not (q or hp):

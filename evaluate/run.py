@@ -50,7 +50,8 @@ MADE_BY_KEYS = ("quantization", "qat", "qat_training", "qdq", "agreement_vs_fake
 def made_by(man: Manifest, backend: str, variant: str) -> dict[str, Any]:
     name = find_variant(backend, variant).artifact
     e = man.get(name)
-    return {"artifact": name, "recipe": e["recipe"], **{k: e[k] for k in MADE_BY_KEYS if k in e}}
+    return {"artifact": name, "sha256": e["sha256"], "recipe": e["recipe"],
+            **{k: e[k] for k in MADE_BY_KEYS if k in e}}
 
 
 def _finite(logits: np.ndarray, what: str) -> np.ndarray:

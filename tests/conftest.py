@@ -77,7 +77,7 @@ def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overri
           "dynamic": dataclasses.replace(d.dynamic, data=data, n_validate=48),
           # the tiny graph is mostly Q/DQ scales and structure: no size budget for it
           "static": dataclasses.replace(d.static, calib_rows=(32, 64), latency_rounds=2,
-                                        max_size_ratio=1.0),
+                                        max_size_ratio=1.0, spread_seeds=(1,)),
           "qat_export": dataclasses.replace(d.qat_export, data=data),
           "qlora": QloraConfig(model=model, data=data, epochs=1, lr=5e-4, batch_size=32,
                                max_length=64, seed=0),

@@ -58,26 +58,41 @@ def _pypi_reachable() -> bool:
         return False
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_pip_installs_resolve_for_the_image(dockerfile, tmp_path):
+def resolve_commands(dockerfile) -> list[tuple[list[str], list[str]]]:
+    """(pip --dry-run command, the Dockerfile's own words) for each pip install of the file."""
+    a = args_of(dockerfile)
+    out = []
+    for words in pip_installs(dockerfile):
+        # download.pytorch.org/whl/cpu holds the same torch versions as PyPI (+cpu local tags);
+        # resolving against PyPI checks the pin exists without that index.
+        kept = [w for i, w in enumerate(words) if w != "--index-url" and
+                (i == 0 or words[i - 1] != "--index-url")]
+        kept = [w for w in kept if w not in {"--no-cache-dir", "--quiet", "-q"}]
+        out.append(([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                     "--only-binary=:all:", "--python-version", a["PYTHON_VERSION"],
+                     "--disable-pip-version-check", "--quiet",
+                     *[x for p in PLATFORMS for x in ("--platform", p)], *kept], words))
+    return out
+
+
+def test_pip_installs_resolve_for_each_image(tmp_path):
+    """Every install of every Dockerfile, resolved concurrently (network-bound)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if not _pypi_reachable():
         pytest.skip("pypi.org is not reachable from here: the pins cannot be resolved")
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    a = args_of(dockerfile)
-    installs = pip_installs(dockerfile)
-    assert installs, dockerfile
-    for words in installs:
-        # download.pytorch.org/whl/cpu holds the same torch versions as PyPI (+cpu local tags);
-        # resolving against PyPI checks the pin exists without that index.
-        words = [w for i, w in enumerate(words) if w != "--index-url" and
-                 (i == 0 or words[i - 1] != "--index-url")]
-        words = [w for w in words if w not in {"--no-cache-dir", "--quiet", "-q"}]
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-               "--only-binary=:all:", "--python-version", a["PYTHON_VERSION"],
-               "--disable-pip-version-check", "--quiet",
-               *[x for p in PLATFORMS for x in ("--platform", p)], *words]
-        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, (dockerfile.name, words, r.stderr[-3000:])
+    jobs = [(f.name, words, cmd) for f in DOCKERFILES for cmd, words in resolve_commands(f)]
+    assert {name for name, _, _ in jobs} == {f.name for f in DOCKERFILES}
+
+    def run(cmd):
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(run, [cmd for _, _, cmd in jobs]))
+    failed = [(name, words, r.stderr[-2000:]) for (name, words, _), r in zip(jobs, results, strict=True)
+              if r.returncode != 0]
+    assert failed == []
 
 
 def test_a_pin_that_does_not_exist_fails(tmp_path):

@@ -48,6 +48,18 @@ def built(request, data_dir, tiny_model_dir, tiny_artifacts, tmp_path_factory):
     return get
 
 
+def with_dependents(roots: dict[str, str], art) -> dict[str, str]:
+    """The family's own skips, and the steps made from them (the pipeline's own deps)."""
+    from engines.pipeline import BuildConfig, Builder, derived_skip, steps_for
+
+    out = dict(roots)
+    for step in steps_for(Builder(BuildConfig(artifacts=str(art)))):
+        for d in step.deps:
+            if d in out and step.name not in out:
+                out[step.name] = derived_skip(d, out[d])
+    return out
+
+
 def test_matrix_covers_every_family_in_the_table():
     assert set(TESTED) == {f.model_type for f in FAMILIES.values()}
 
@@ -59,7 +71,7 @@ def test_family_through_every_stage(built, family, data_dir, tmp_path):
 
     model_dir, art, log = built(family)
     man = Manifest(art)
-    expected_skips = skipped_steps(family)
+    expected_skips = with_dependents(skipped_steps(family), art)
     family_skips = {k: v for k, v in man.entries.items()
                     if "skipped" in v and not k.startswith("trt-")}
     assert {k: v["skipped"] for k, v in family_skips.items()} == expected_skips
@@ -133,6 +145,10 @@ def test_family_through_every_stage(built, family, data_dir, tmp_path):
     assert rc == 0
     rep = json.loads((tmp_path / "r" / "ort-ptq.json").read_text())
     assert rep["n_examples"] == 24 and rep["batch_invariance"]["differ"] >= 0
+    md = (tmp_path / "r" / "ort-ptq.md").read_text()
+    # the PTQ report carries every recipe the search tried, and which one it chose
+    assert "### Static-PTQ search" in md and md.count("| yes |") == 1
+    assert len(rep["made_by"]["search"]["tried"]) >= 4
 
     # ... and a real Triton server answers one request with the evaluator's prediction
     import tritonclient.http as http

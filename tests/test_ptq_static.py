@@ -8,9 +8,9 @@ import pytest
 
 from calibration.calibset import CalibConfig, build_calibration_set
 from calibration.ort_static import block_of, quantizable_nodes
-from calibration.ptq_search import StaticConfig, agreement, search_static_ptq, stratified_halves
+from calibration.ptq_search import StaticConfig, agreement, search_static_ptq
 from common.calibset import CalibrationSet
-from common.data import load_split
+from common.data import load_split, stratified_halves
 from common.feeds import encode
 from common.manifest import Manifest, sha256_of
 from common.modelsource import load_tokenizer

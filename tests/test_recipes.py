@@ -18,7 +18,7 @@ CHANGES = {
     "fuse": ("atol", 3e-3, {"onnx-fp32-fused"}),
     "dynamic": ("min_top1", 0.9, {"onnx-dynamic", "onnx-dynamic-fused"}),
     "calib": ("size", 100, {"calibration"}),
-    "static": ("percentile", 99.99, {"onnx-ptq", "onnx-ptq-s8"}),
+    "static": ("tolerable_loss", 0.3, {"onnx-ptq", "onnx-ptq-s8"}),
     "qat": ("lr", 2e-4, {"qat"}),
     "qat_export": ("min_top1", 0.98, {"onnx-qat", "onnx-qat-s8"}),
     "qlora": ("rank", 8, {"qlora"}),
@@ -121,10 +121,10 @@ def test_every_config_is_reachable_from_python_m_engines():
     """Each field of each step's config has its flag, and the flag sets that field."""
     from engines.__main__ import PREFIXES, SHARED, parse
 
-    cfg, _ = parse(["--trt-profile-max-seq", "256", "--ptq-method", "minmax",
+    cfg, _ = parse(["--trt-profile-max-seq", "256", "--ptq-methods", "minmax",
                     "--calib-size", "512", "--no-qat-attention-matmuls", "--qlora-targets",
                     "attention", "--epochs", "3", "--data", "x/y"])
-    assert cfg.trt.profile.max_seq == 256 and cfg.static.method == "minmax"
+    assert cfg.trt.profile.max_seq == 256 and cfg.static.methods == ("minmax",)
     assert cfg.calib.size == 512 and cfg.qat.attention_matmuls is False
     assert cfg.qlora.targets == "attention" and cfg.finetune.epochs == 3
     assert cfg.finetune.data == cfg.qat.data == cfg.export.data == "x/y"
@@ -148,3 +148,21 @@ def test_every_config_is_reachable_from_python_m_engines():
                 assert f"{prefix}{f.name}".replace("-", "_") in flags, (name, f.name)
     with pytest.raises(ConfigError):
         parse(["--trt-profile-min-seq", "0"])
+
+
+def test_saved_models_written_by_other_code_are_refused_in_one_line(tiny_artifacts, tmp_path):
+    import json
+
+    from common.manifest import ArtifactError
+    from common.qat_model import load_qat_model
+
+    qat = tmp_path / "qat"
+    shutil.copytree(tiny_artifacts / "qat", qat)
+    r = json.loads((qat / "recipe.json").read_text())
+    r["quantizers"]["granularity"] = "per-block"  # a field this code does not know
+    (qat / "recipe.json").write_text(json.dumps(r))
+    with pytest.raises(ArtifactError, match="another version of the QAT code.*make engines"):
+        load_qat_model(qat)
+    (qat / "recipe.json").write_text("{broken")
+    with pytest.raises(ArtifactError, match="corrupt.*make engines"):
+        load_qat_model(qat)
