@@ -21,20 +21,22 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="fp32")
     p.add_argument("--model-name", default="emotion")
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--queue-delay-us", type=int, default=2000)
-    p.add_argument("--no-dynamic-batching", action="store_true")
-    p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="per model instance; 0 = every core")
+    # scheduling flags default to the device's measured preset (deploy.triton_repo)
+    p.add_argument("--queue-delay-us", type=int, default=None)
+    p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--instances", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="per model instance; 0 = every core")
     p.add_argument("--artifacts", default="artifacts")
 
 
-def _serve_config(a):
-    from deploy.triton_repo import ServeConfig
+def _serve_config(a, gpu: bool = False):
+    """The flags given, over the device's defaults (CPU: measured by `make bench`)."""
+    from deploy.triton_repo import CPU_DEFAULTS, GPU_DEFAULTS, ServeConfig
 
+    preset = GPU_DEFAULTS if gpu else CPU_DEFAULTS
+    chosen = {k: getattr(a, k) if getattr(a, k) is not None else v for k, v in preset.items()}
     return ServeConfig(backend=a.backend, variant=a.variant, model_name=a.model_name,
-                       max_batch=a.max_batch, queue_delay_us=a.queue_delay_us,
-                       dynamic_batching=not a.no_dynamic_batching, instances=a.instances,
-                       threads=a.threads)
+                       max_batch=a.max_batch, **chosen)
 
 
 def serve(a) -> int:
@@ -80,7 +82,8 @@ def serve(a) -> int:
 def triton_repo(a) -> int:
     from deploy.ngc_repo import write_ngc_repo
 
-    r = write_ngc_repo(Path(a.out), Path(a.artifacts), _serve_config(a), gpu=not a.cpu)
+    r = write_ngc_repo(Path(a.out), Path(a.artifacts), _serve_config(a, gpu=not a.cpu),
+                       gpu=not a.cpu)
     print(f"model repository -> {a.out}: {r['serves']}, tokenizer, postprocess; ensemble "
           f"'{r['ensemble']}' (start tritonserver with --disable-auto-complete-config, as "
           "docker/Dockerfile.triton does, so the configs are taken as written)")
@@ -91,7 +94,7 @@ def k8s(a) -> int:
     from common.config import from_flags
     from deploy.k8s import K8sConfig, write_manifests
 
-    paths = write_manifests(Path(a.out), _serve_config(a), from_flags(K8sConfig, a))
+    paths = write_manifests(Path(a.out), _serve_config(a, gpu=True), from_flags(K8sConfig, a))
     print(f"Kubernetes manifests -> {', '.join(str(p) for p in paths)} (for the repository of "
           "`python -m deploy triton-repo`; validate with `kubectl apply --dry-run=server -f`)")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.errors import ConfigError, UserError
 from common.labels import NUM_LABELS
@@ -26,6 +27,8 @@ PROJECT_ROOT = HERE.parent
 
 @dataclass(frozen=True)
 class ServeConfig:
+    """One served variant. The scheduling defaults are the CPU ones (CPU_DEFAULTS)."""
+
     backend: str = "ort"
     variant: str = "fp32"
     model_name: str = "emotion"
@@ -39,6 +42,16 @@ class ServeConfig:
         if self.max_batch < 1 or self.instances < 1 or self.queue_delay_us < 0:
             raise ConfigError("max_batch and instances must be >= 1, queue_delay_us >= 0")
         find_variant(self.backend, self.variant)  # unknown variants fail here, with the list
+
+
+# Scheduling defaults per device. CPU: what `make bench` recommended on this project's 2-core
+# machine (docs/serving.md has the sweep). GPU: not measured here (no GPU was lent); a GPU runs a
+# batch of 32 short sentences in about the time of one, so the batcher with a short window is
+# the usual choice there (Triton's model-analyzer finds the best one per GPU).
+CPU_DEFAULTS: dict[str, Any] = {
+    "dynamic_batching": True, "queue_delay_us": 2000, "instances": 1, "threads": 0}
+GPU_DEFAULTS: dict[str, Any] = {
+    "dynamic_batching": True, "queue_delay_us": 100, "instances": 1, "threads": 0}
 
 
 def triton_pb():

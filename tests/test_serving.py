@@ -344,8 +344,8 @@ def test_serving_a_batch_dependent_variant_with_the_batcher_warns(tiny_artifacts
     monkeypatch.setattr(deploy.triton_repo, "write_local_repo", no_server)
     for variant, warns in (("dynamic", True), ("ptq", False)):
         with pytest.raises(Stop):
-            cli.main(["serve", "--variant", variant, "--artifacts", str(tiny_artifacts),
-                      "--repo", str(tmp_path / "r")])
+            cli.main(["serve", "--variant", variant, "--dynamic-batching", "--artifacts",
+                      str(tiny_artifacts), "--repo", str(tmp_path / "r")])
         err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
         assert (len(err) == 1 and "batch-dependent" in err[0]) == warns
 
