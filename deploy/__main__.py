@@ -1,4 +1,4 @@
-"""python -m deploy serve       --backend ort --variant fp32 [--max-batch 32] [--queue-delay-us 2000]
+"""python -m deploy serve       --backend ort --variant fp32 [--max-batch 32] [--queue-delay-us 0]
                               [--instances 1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
 python -m deploy triton-repo --out model_repository/ [--backend ort --variant fp32] [--cpu]
 python -m deploy bench       [--backend ort --variant fp32] [--url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001]

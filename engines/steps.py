@@ -191,7 +191,8 @@ def qat_step(b: Builder) -> Step:
 def qat_onnx_step(b: Builder, flavour: str) -> Step:
     from export.qat_export import export_qat
 
-    c = dataclasses.replace(b.cfg.qat_export, flavour=flavour)
+    weights = "s8" if flavour == "s8" else b.cfg.qat_export.weights
+    c = dataclasses.replace(b.cfg.qat_export, flavour=flavour, weights=weights)
     name = "onnx-qat" if flavour == "u8" else "onnx-qat-s8"
     return Step(name, fixed(f"onnx/{name.removeprefix('onnx-')}.onnx"), c, ("qat",), dict,
                 lambda tmp: export_qat(b.path("qat"), tmp, c))

@@ -262,6 +262,9 @@ def readme_table(c: dict) -> str:
     return "\n".join(lines)
 
 
+PUBLISHED = "published.txt"  # what the last publish copied (so the next one replaces only that)
+
+
 def publish(reports_dir: Path, results_dir: Path) -> list[Path]:
     """Copy the comparison and the reports it links (Markdown and PNG only; no logits, no JSON
     dumps) into a committed folder, so the README's links work on a fresh clone."""
@@ -269,12 +272,17 @@ def publish(reports_dir: Path, results_dir: Path) -> list[Path]:
 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    for old in list(results_dir.glob("*.md")) + list(results_dir.glob("*.png")):
-        old.unlink()
+    # Only what the previous publish copied is replaced: other committed results (the baseline
+    # seed study, written by `python -m train.seeds`) live in the same folder.
+    listing = results_dir / PUBLISHED
+    if listing.is_file():
+        for name in listing.read_text(encoding="utf-8").split():
+            (results_dir / Path(name).name).unlink(missing_ok=True)
     copied = []
     for f in sorted(Path(reports_dir).iterdir()):
         if f.suffix in {".md", ".png"}:
             copied.append(Path(shutil.copy2(f, results_dir / f.name)))
+    listing.write_text("".join(f"{p.name}\n" for p in copied), encoding="utf-8")
     return copied
 
 

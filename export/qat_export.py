@@ -8,7 +8,9 @@ Q -> DQ). `fold_and_flavour` then
   INT8 (zero point 0, range [-128, 127]); the same grid is U8 with zero point 128, which is what
   ONNX Runtime's x86 kernels run fast (S8 activations measured 2-10x slower here), while TensorRT
   takes S8 with zero point 0 only. So "u8" (CPU) and "s8" (TensorRT) are one trained model;
-- in the CPU flavour, gathers the embedding rows from the INT8 table before dequantizing them
+- in the CPU flavour, writes the weights S8 or, on x86 CPUs without VNNI, U8 with zero point 128
+  (same grid; S8 weights saturate there: `common.env.int8_weights_for_this_cpu`), and gathers the
+  embedding rows from the INT8 table before dequantizing them
   (see `gather_before_dequantize`).
 Validation: the Q/DQ structure is counted against what the QAT config says is quantized, and the
 graph must agree (top-1) with the fake-quant PyTorch model on real test sentences.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,11 @@ import numpy as np
 
 from common.config import doc
 from common.data import DEFAULT_DATASET
+from common.env import int8_weights_for_this_cpu
 from common.errors import ConfigError, UserError
 
 FLAVOURS = ("u8", "s8")
+WEIGHT_TYPES = ("s8", "u8")
 U8_ZERO_POINT = "qat_activation_zero_point_u8"
 
 
@@ -73,12 +77,13 @@ def quantize_array(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) 
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def fold_and_flavour(src: Path, dst: Path, flavour: str) -> dict:
+def fold_and_flavour(src: Path, dst: Path, flavour: str, weights: str = "s8") -> dict:
     import onnx
     from onnx import numpy_helper
 
-    if flavour not in FLAVOURS:
-        raise ValueError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
+    if flavour not in FLAVOURS or weights not in WEIGHT_TYPES or (flavour, weights) == ("s8", "u8"):
+        raise ValueError(f"flavour must be one of {FLAVOURS} and weights one of {WEIGHT_TYPES} "
+                         f"(s8 only for the s8 flavour), not {flavour!r}/{weights!r}")
     m = onnx.load(str(src))
     g = m.graph
     inits = {i.name for i in g.initializer}
@@ -98,9 +103,16 @@ def fold_and_flavour(src: Path, dst: Path, flavour: str) -> dict:
         if q.input[0] in inits:  # a weight: fold Q into an INT8 initializer
             w, s, zp = vals[q.input[0]], vals[q.input[1]], vals[q.input[2]]
             name = f"{q.input[0]}_quantized"
-            new_inits.append(numpy_helper.from_array(quantize_array(w, s, zp, _axis(q)), name))
+            wq = quantize_array(w, s, zp, _axis(q))
+            if weights == "u8":  # the same grid shifted by 128 (every quantizer is symmetric)
+                wq = (wq.astype(np.int16) + 128).astype(np.uint8)
+                zp_name = f"{name}_zero_point_u8"
+                new_inits.append(numpy_helper.from_array(np.full(zp.shape, 128, np.uint8), zp_name))
+            new_inits.append(numpy_helper.from_array(wq, name))
             for d in dqs:
                 d.input[0] = name
+                if weights == "u8":
+                    d.input[2] = zp_name
             remove.append(q)
             folded += 1
         else:
@@ -116,7 +128,7 @@ def fold_and_flavour(src: Path, dst: Path, flavour: str) -> dict:
     onnx.checker.check_model(m)
     onnx.save(m, str(dst))
     return {"weights_folded": folded, "activation_qdq": activations, "flavour": flavour,
-            "gathers_before_dequantize": swapped}
+            "weights": weights, "gathers_before_dequantize": swapped}
 
 
 def gather_before_dequantize(graph) -> int:
@@ -198,7 +210,7 @@ def qdq_structure(path: Path) -> dict:
 
     def int8_gather(n) -> bool:  # Gather(INT8 table) -> DQ, the CPU flavour's embedding form
         return (n.op_type == "Gather" and n.input[0] in inits
-                and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+                and inits[n.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
                 and any(c.op_type == "DequantizeLinear" and n.output[0] in c.input for c in g.node))
 
     matmuls = [n for n in g.node if n.op_type == "MatMul"]
@@ -223,12 +235,13 @@ def qdq_structure(path: Path) -> dict:
 
 
 def expected_structure(linears: int, attention_layers: int, embeddings: bool,
-                       flavour: str) -> dict[str, Any]:
+                       flavour: str, weights: str = "s8") -> dict[str, Any]:
     """What the graph must hold, from what insert_fake_quant says it quantized."""
     return {"matmul_quantized": linears + 2 * attention_layers,
             "matmul_weight_quantized": linears,
             "weight_dq_per_channel": linears, "weight_dq_axes": [1],
-            "gather_quantized": 1 if embeddings else 0, "weight_dtype": ["INT8"],
+            "gather_quantized": 1 if embeddings else 0,
+            "weight_dtype": ["UINT8" if weights == "u8" else "INT8"],
             "activation_zero_point_types": ["UINT8" if flavour == "u8" else "INT8"]}
 
 
@@ -244,9 +257,13 @@ def check_structure(got: dict[str, Any], want: dict[str, Any], path: Path) -> No
 
 @dataclass(frozen=True)
 class QatExportConfig:
-    VERSION = 1
+    VERSION = 2
     flavour: str = doc("u8", "u8: U8 activations for ONNX Runtime on CPU; s8: for TensorRT")
     opset: int = 17
+    # Resolved when the config is made, so the recipe (and the manifest) names the weight type:
+    # the same build on a CPU of the other kind is stale and rebuilt, not reused.
+    weights: str = field(default_factory=int8_weights_for_this_cpu, metadata={
+        "help": "u8 flavour's weight type: s8, or u8 on x86 without VNNI (default: this CPU's)"})
     min_top1: float = doc(0.99, "build fails below this top-1 agreement with fake-quant PyTorch")
     n_validate: int = 512
     data: str = DEFAULT_DATASET
@@ -254,6 +271,10 @@ class QatExportConfig:
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise ConfigError(f"flavour must be one of {FLAVOURS}, not {self.flavour!r}")
+        if self.weights not in WEIGHT_TYPES:
+            raise ConfigError(f"weights must be one of {WEIGHT_TYPES}, not {self.weights!r}")
+        if self.flavour == "s8" and self.weights != "s8":
+            raise ConfigError("the s8 (TensorRT) flavour takes S8 weights only")
 
 
 def export_qat(ckpt: Path, out_path: Path, cfg: QatExportConfig) -> dict[str, Any]:
@@ -280,12 +301,12 @@ def export_qat(ckpt: Path, out_path: Path, cfg: QatExportConfig) -> dict[str, An
         with export_mode(model):
             torch_to_onnx(model, AutoTokenizer.from_pretrained(ckpt), names, raw, cfg.opset,
                           recipe["max_length"])
-        folded = fold_and_flavour(raw, out_path, cfg.flavour)
+        folded = fold_and_flavour(raw, out_path, cfg.flavour, cfg.weights)
     onnx.checker.check_model(str(out_path))
     got = qdq_structure(out_path)
     inserted = recipe["inserted"]
     want = expected_structure(inserted["linear"], inserted["attention"],
-                              bool(inserted["embedding"]), cfg.flavour)
+                              bool(inserted["embedding"]), cfg.flavour, cfg.weights)
     check_structure(got, want, out_path)
     enc, _ = validation_inputs(ckpt, Validation(cfg.n_validate, cfg.data))
     agreement = check_agreement(torch_fn(model), ort_fn(out_path), enc, names,
@@ -298,5 +319,5 @@ def export_qat(ckpt: Path, out_path: Path, cfg: QatExportConfig) -> dict[str, An
                                        "val_macro_f1_before_qat", "best_val_macro_f1",
                                        "frozen_params", "train_minutes")}
     return {"qdq": got, "expected_qdq": want, "fold": folded, "agreement_vs_fakequant": agreement,
-            "flavour": cfg.flavour, "quantization": recipe["quantization"],
+            "flavour": cfg.flavour, "weights": cfg.weights, "quantization": recipe["quantization"],
             "qat": recipe["config"]["fields"], "qat_training": training}

@@ -89,6 +89,8 @@ def test_readme_results_block_is_generated(reports, tmp_path):
     readme.write_text(f"# x\n\n## Results\n{RESULTS_START}\nold\n{RESULTS_END}\n\n## Methods\n")
     (tmp_path / "docs" / "results").mkdir(parents=True)
     (tmp_path / "docs" / "results" / "stale.md").write_text("from an earlier run")
+    (tmp_path / "docs" / "results" / "published.txt").write_text("stale.md\n")
+    (tmp_path / "docs" / "results" / "baseline-seeds.md").write_text("not published by compare")
     update_readme(readme, reports / "comparison.md", tmp_path / "docs" / "results")
     text = readme.read_text()
     assert "old" not in text and "| ort/dynamic |" in text and text.endswith("## Methods\n")
@@ -98,6 +100,7 @@ def test_readme_results_block_is_generated(reports, tmp_path):
                          for link in links)
     published = {p.name for p in (tmp_path / "docs" / "results").iterdir()}
     assert "stale.md" not in published and "comparison.md" in published
+    assert "baseline-seeds.md" in published  # not one of compare's: left alone
     assert not any(n.endswith((".npy", ".json")) for n in published)
     # the links inside the published comparison resolve next to it
     md = (tmp_path / "docs" / "results" / "comparison.md").read_text()

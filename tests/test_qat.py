@@ -10,6 +10,8 @@ from transformers import AutoModelForSequenceClassification
 
 from common.calibset import CalibrationSet
 from common.data import load_split
+from common.env import int8_weights_for_this_cpu
+from common.errors import ConfigError
 from common.feeds import encode
 from common.manifest import Manifest
 from common.modelsource import load_tokenizer
@@ -155,28 +157,36 @@ def test_exported_qdq_counts_match_config(tiny_artifacts, variant, zp_type):
     # 2 layers: 12 Linear MatMuls (activation + per-channel INT8 weight) + 4 attention MatMuls
     assert got["matmul_quantized"] == 16 and got["matmul_weight_quantized"] == 12
     assert got["weight_dq_per_channel"] == 12 and got["weight_dq_axes"] == [1]
-    assert got["gather_quantized"] == 1 and got["weight_dtype"] == ["INT8"]
+    e = Manifest(tiny_artifacts).get(f"onnx-{variant}")
+    # the CPU flavour's weights follow the build machine (U8 on x86 without VNNI), TensorRT's: S8
+    weights = int8_weights_for_this_cpu() if variant == "qat" else "s8"
+    assert e["weights"] == weights and e["recipe"]["fields"]["weights"] == weights
+    assert got["gather_quantized"] == 1 and got["weight_dtype"] == [{"s8": "INT8", "u8": "UINT8"}[weights]]
     assert list(got["activation_zero_point_types"]) == [zp_type]
     m = onnx.load(str(path))
     assert m.opset_import[0].version >= 13
     # CPU flavour: embedding rows are gathered from the INT8 table, then dequantized
-    int8 = {i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    int8 = {i.name for i in m.graph.initializer
+            if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
     assert any(n.op_type == "Gather" and n.input[0] in int8 for n in m.graph.node) == (variant == "qat")
     # no FP32 copy of a quantized weight is left in the file
     fp32_2d = [i.name for i in m.graph.initializer
                if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and "encoder" in i.name]
     assert fp32_2d == []
-    e = Manifest(tiny_artifacts).get(f"onnx-{variant}")
     assert e["agreement_vs_fakequant"]["top1_agreement"] >= 0.99
 
 
 def test_structure_check_fails_when_config_differs(tiny_artifacts):
     got = qdq_structure(tiny_artifacts / "onnx" / "qat.onnx")
+    w = int8_weights_for_this_cpu()
     with pytest.raises(QdqStructureError, match="matmul_quantized"):
-        check_structure(got, expected_structure(12, 0, True, "u8"), tiny_artifacts)
+        check_structure(got, expected_structure(12, 0, True, "u8", w), tiny_artifacts)
     with pytest.raises(QdqStructureError, match="activation_zero_point_types"):
-        check_structure(got, expected_structure(12, 2, True, "s8"), tiny_artifacts)
-    check_structure(got, expected_structure(12, 2, True, "u8"), tiny_artifacts)
+        check_structure(got, expected_structure(12, 2, True, "s8", w), tiny_artifacts)
+    with pytest.raises(QdqStructureError, match="weight_dtype"):
+        check_structure(got, expected_structure(12, 2, True, "u8", "s8" if w == "u8" else "u8"),
+                        tiny_artifacts)
+    check_structure(got, expected_structure(12, 2, True, "u8", w), tiny_artifacts)
 
 
 def test_ort_runs_qat_graph_and_agrees_with_fake_quant_torch(tiny_artifacts, data_dir):
@@ -227,11 +237,14 @@ def test_fold_keeps_the_numbers(tmp_path):
     def run(p):
         return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)
 
-    for flavour, swapped in (("u8", 1), ("s8", 0)):
-        dst = tmp_path / f"{flavour}.onnx"
-        info = fold_and_flavour(src, dst, flavour)
+    for flavour, weights, swapped in (("u8", "s8", 1), ("u8", "u8", 1), ("s8", "s8", 0)):
+        dst = tmp_path / f"{flavour}-{weights}.onnx"
+        info = fold_and_flavour(src, dst, flavour, weights)
         assert info == {"weights_folded": 2, "activation_qdq": 1, "flavour": flavour,
-                        "gathers_before_dequantize": swapped}
+                        "weights": weights, "gathers_before_dequantize": swapped}
+        dtype = {"s8": onnx.TensorProto.INT8, "u8": onnx.TensorProto.UINT8}[weights]
+        folded = [i for i in onnx.load(str(dst)).graph.initializer if i.name.endswith("_quantized")]
+        assert len(folded) == 2 and {i.data_type for i in folded} == {dtype}
         for got, want in zip(run(dst), run(src), strict=True):
             np.testing.assert_allclose(got, want, atol=1e-6)
         out = onnx.load(str(dst)).graph
@@ -239,6 +252,20 @@ def test_fold_keeps_the_numbers(tmp_path):
         gather = next(n for n in out.node if n.op_type == "Gather")
         # u8: the Gather reads the INT8 table itself; s8: it reads the dequantized table
         assert (gather.input[0] == "table_quantized") == (flavour == "u8")
+    with pytest.raises(ValueError, match="s8 only"):
+        fold_and_flavour(src, tmp_path / "bad.onnx", "s8", "u8")
+
+
+def test_qat_export_weight_type_is_checked_and_in_the_recipe():
+    from common.config import recipe
+    from export.qat_export import QatExportConfig
+
+    assert QatExportConfig().weights == int8_weights_for_this_cpu()
+    assert recipe(QatExportConfig(weights="u8"))["fields"]["weights"] == "u8"
+    with pytest.raises(ConfigError, match="S8 weights only"):
+        QatExportConfig(flavour="s8", weights="u8")
+    with pytest.raises(ConfigError, match="weights must be"):
+        QatExportConfig(weights="int4")
 
 
 def test_evaluate_ort_qat_reports_how_it_was_made(tiny_artifacts, data_dir, tmp_path):
