@@ -29,6 +29,7 @@ import numpy as np
 from common.data import DEFAULT_DATASET, load_split
 from common.env import cpu_device, versions
 from common.errors import ConfigError
+from deploy.registry import default_threads
 from deploy.triton_repo import ServeConfig, write_local_repo
 
 
@@ -249,13 +250,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     texts = list(test.texts[: cfg.agreement_rows] if cfg.agreement_rows else test.texts)
     model = cfg.serve.model_name
     points = [cfg.serve] if cfg.url else cfg.points()
-    refs = {t: in_process(cfg, texts, t) for t in sorted({p.threads or os.cpu_count() or 1
+    refs = {t: in_process(cfg, texts, t) for t in sorted({p.threads or default_threads()
                                                            for p in points})}
     sweep: list[dict[str, Any]] = []
     agree = None
 
     def measure(sc: ServeConfig, http_url: str, grpc_url: str, pgid: int | None) -> None:
-        ref = refs[sc.threads or os.cpu_count() or 1]
+        ref = refs[sc.threads or default_threads()]
         for protocol in cfg.protocols:
             for conc in cfg.concurrency:
                 url = http_url if protocol == "http" else grpc_url
@@ -296,7 +297,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             write_local_repo(repo, chosen, Path(cfg.artifacts))
             with TritonServer(repo, free_ports(), Path(tmp) / "server.log") as s:
                 agree = agreement(s.url, model, texts,
-                                  refs[chosen.threads or os.cpu_count() or 1]["predictions"],
+                                  refs[chosen.threads or default_threads()]["predictions"],
                                   cfg.serve.max_batch)
     variant = find_variant(cfg.serve.backend, cfg.serve.variant)
     agree["batch_dependent"] = variant.batch_dependent

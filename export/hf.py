@@ -98,7 +98,7 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
              ("transformers" if name == "baseline" else "optimum"),
              "pipeline_tag: text-classification", f"datasets:\n- {cfg.dataset}",
              "tags:\n- text-classification\n- emotion\n- onnx" +
-             ("\n- int8\n- quantized" if name not in {"baseline", "fp32", "fp32-fused"} else ""),
+             ("\n- int8\n- quantized" if name not in {"baseline", "fp32", "fp32-fused", "optimum-fp32"} else ""),
              f"base_model: {_yaml_str(str(base))}"]
     if report:
         lines += ["model-index:", f"- name: {_yaml_str('emotion-' + name)}", "  results:",

@@ -104,10 +104,11 @@ def fold_and_flavour(src: Path, dst: Path, flavour: str, weights: str = "s8") ->
             w, s, zp = vals[q.input[0]], vals[q.input[1]], vals[q.input[2]]
             name = f"{q.input[0]}_quantized"
             wq = quantize_array(w, s, zp, _axis(q))
-            if weights == "u8":  # the same grid shifted by 128 (every quantizer is symmetric)
+            if weights == "u8":  # the same grid shifted by 128, zero point with it
                 wq = (wq.astype(np.int16) + 128).astype(np.uint8)
                 zp_name = f"{name}_zero_point_u8"
-                new_inits.append(numpy_helper.from_array(np.full(zp.shape, 128, np.uint8), zp_name))
+                zp_u8 = (zp.astype(np.int16) + 128).astype(np.uint8)
+                new_inits.append(numpy_helper.from_array(zp_u8, zp_name))
             new_inits.append(numpy_helper.from_array(wq, name))
             for d in dqs:
                 d.input[0] = name

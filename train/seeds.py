@@ -89,7 +89,10 @@ def run_one(cfg: FinetuneConfig, logits_to: Path | None = None) -> list[dict[str
                 "train_minutes": minutes, "logit_bias": None if bias is None else bias.tolist()}
 
     rows = [row(None)]
-    if not cfg.logit_bias:  # the same model with a bias fitted on its validation logits
+    if cfg.logit_bias:  # finetune fitted the bias on all of validation: score it cross-fitted
+        rows[0]["val_macro_f1_in_sample"] = rows[0]["val_macro_f1"]
+        rows[0]["val_macro_f1"] = crossfit_bias_f1(vl - np.asarray(meta["logit_bias"]), vy)
+    else:  # the same model with a bias fitted on its validation logits
         bias, _, _ = fit_logit_bias(vl, vy)
         rows.append(row(bias))
         rows[-1]["val_macro_f1_in_sample"] = rows[-1]["val_macro_f1"]
