@@ -114,8 +114,10 @@ class Builder:
         if step.skip:
             return step.skip
         for d in step.deps:
-            if d in self.skipped:
-                return derived_skip(d, self.skipped[d])
+            # skipped in this run, or (outside the run) skipped by an earlier one: say why
+            why = self.skipped.get(d) or (None if d in self.in_run else self.manifest.skipped(d))
+            if why:
+                return derived_skip(d, why)
             if d not in self.in_run and not self.manifest.built(d):
                 return f"its input {d} is not built (add its stage to --stages)"
         return None

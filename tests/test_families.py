@@ -60,6 +60,25 @@ def with_dependents(roots: dict[str, str], art) -> dict[str, str]:
     return out
 
 
+def test_a_later_stage_keeps_the_reason_of_an_earlier_skip(built, data_dir):
+    """`make report` runs `--stages hf` alone: a step made from an artifact an earlier run skipped
+    keeps the derived reason, not "not built (add its stage)"."""
+    import contextlib
+    import io
+
+    from engines.pipeline import build_all
+    from tests.conftest import tiny_build_config
+
+    family = next(f for f in TESTED if skipped_steps(f))
+    model_dir, art, _ = built(family)
+    before = {k: v["skipped"] for k, v in Manifest(art).entries.items() if "skipped" in v}
+    assert any(k.startswith("hf-") for k in before)
+    with contextlib.redirect_stdout(io.StringIO()):
+        build_all(tiny_build_config(model_dir, data_dir, art, stages=("hf",)))
+    after = {k: v["skipped"] for k, v in Manifest(art).entries.items() if "skipped" in v}
+    assert after == before
+
+
 def test_matrix_covers_every_family_in_the_table():
     assert set(TESTED) == {f.model_type for f in FAMILIES.values()}
 
