@@ -84,9 +84,7 @@ class ActQuant(nn.Module):
             if self.method == "max":
                 self._stats.append(float(a.max()))
             else:
-                if a.numel() > 1 << 24:  # torch.quantile's input limit; a strided sample suffices
-                    a = a[:: math.ceil(a.numel() / (1 << 24))]
-                self._stats.append(float(torch.quantile(a, self.percentile / 100)))
+                self._stats.append(upper_quantile(a, self.percentile / 100))
             return x
         if not self.calibrated:
             raise RuntimeError("ActQuant used before calibration: run train.qat.calibrate() first")
@@ -95,6 +93,24 @@ class ActQuant(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method}, amax={float(self.amax):.4g}"
+
+
+def upper_quantile(a: torch.Tensor, q: float) -> float:
+    """torch.quantile(a, q) (linear interpolation) for a q near 1, from the top-k values only.
+
+    torch.quantile sorts the whole tensor (and refuses more than 2^24 elements); the two order
+    statistics it interpolates lie in the top n - floor(q (n-1)) values, which topk finds without a
+    full sort: measured 0.05 s vs 0.41 s on a 3M-element activation, which made the calibration of
+    QAT's 60 quantizers minutes long. The position is computed in float64 (torch.quantile's is
+    float32, off by up to 1e-4 relative on millions of elements)."""
+    a = a.flatten()
+    n = a.numel()
+    pos = q * (n - 1)
+    lo = math.floor(pos)
+    top = torch.topk(a, n - lo).values  # descending: top[-1] is the lo-th smallest value
+    v_lo = top[-1]
+    v_hi = top[-2] if n - lo >= 2 else v_lo
+    return float(v_lo + (pos - lo) * (v_hi - v_lo))
 
 
 def fake_quant_tensor(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -151,6 +167,12 @@ class FakeQuantEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         w = self.emb.weight
         scale = self.frozen if self.frozen is not None else weight_scale(w, None)
+        if not torch.onnx.is_in_onnx_export():
+            # Training and eval: quantizing the gathered rows with the table's scale is exactly
+            # quantizing the table, then gathering (per-tensor scale; the straight-through
+            # gradient reaches the same rows) without touching the table's other 30k rows twice
+            # per step.
+            return fake_quant_tensor(nn.functional.embedding(ids, w, self.emb.padding_idx), scale)
         rows = nn.functional.embedding(ids, fake_quant_tensor(w, scale), self.emb.padding_idx)
         # Numerically a no-op (the rows are on the grid already); it makes the exported graph read
         # DQ(int8 table) -> Gather -> Q -> DQ, which ONNX Runtime turns into an INT8 gather.

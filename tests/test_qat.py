@@ -20,10 +20,12 @@ from common.qat_model import (
     FakeQuantEmbedding,
     FakeQuantLinear,
     act_quantizers,
+    fake_quant_tensor,
     fake_quant_weight,
     insert_fake_quant,
     load_qat_model,
     remove_fake_quant,
+    upper_quantile,
 )
 from common.torch_infer import torch_fn
 from deploy.registry import make_runner
@@ -34,6 +36,8 @@ from export.qat_export import (
     fold_and_flavour,
     qdq_structure,
 )
+from train.finetune import class_weights
+from train.loop import train_step
 from train.qat import calibrate
 
 
@@ -283,3 +287,54 @@ def test_evaluate_ort_qat_reports_how_it_was_made(tiny_artifacts, data_dir, tmp_
     for text in ("How this variant was made", "Kept FP32: LayerNorm", "per output channel",
                  "| lr | 0.0001 |", "| max_length | 64 |", "| freeze_layers | 0 |"):
         assert text in md, text
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 123_457])
+@pytest.mark.parametrize("q", [0.0, 0.5, 0.9999, 0.99999, 1.0])
+def test_upper_quantile_equals_torch_quantile(n, q):
+    a = torch.rand(n, generator=torch.Generator().manual_seed(n)) * 10
+    ref = float(torch.quantile(a.double(), q))  # float64: torch's own position is exact there
+    assert upper_quantile(a, q) == pytest.approx(ref, rel=1e-6, abs=1e-6)
+
+
+def test_embedding_fake_quant_of_rows_equals_quantized_table():
+    """The training path quantizes gathered rows; the export path the whole table: same values
+    and the same gradient on the same rows."""
+    emb = torch.nn.Embedding(50, 8, padding_idx=0)
+    ids = torch.tensor([[3, 7, 7, 0], [49, 1, 2, 3]])
+    fq = FakeQuantEmbedding(emb)
+    rows = fq(ids)
+    rows.square().sum().backward()
+    g_rows = emb.weight.grad.clone()
+    emb.weight.grad = None
+    scale = emb.weight.detach().abs().max().clamp(min=1e-8) / 127
+    table = fake_quant_tensor(emb.weight, scale)
+    ref = torch.nn.functional.embedding(ids, table, 0)
+    ref.square().sum().backward()
+    assert torch.equal(rows, ref)
+    assert torch.allclose(g_rows, emb.weight.grad) and g_rows[0].abs().sum() == 0
+
+
+def test_qat_loss_carries_the_baselines_class_weights(tiny_artifacts, data_dir):
+    """train_step with weights computes the weighted cross-entropy the baseline trained with."""
+    model, _ = _calibrated(tiny_artifacts)
+    feed = _feed(tiny_artifacts, data_dir, 16)
+    labels = torch.tensor(load_split(data_dir, "test").labels[:16])
+    w = class_weights("sqrt-inverse", np.asarray(load_split(data_dir, "train").labels), "cpu")
+    assert w is not None and w.mean().item() == pytest.approx(1.0) and w.max() > 1.5 * w.min()
+    model.eval()  # no dropout: the loss is a function of the weights only
+    with torch.no_grad():
+        logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=w).item()
+    plain = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert expected != pytest.approx(plain)
+
+    class NoStep:
+        def step(self):
+            pass
+
+        def zero_grad(self, set_to_none=True):
+            pass
+
+    loss = train_step(model, feed, labels, "cpu", NoStep(), NoStep(), list(model.parameters()), "t", w)
+    assert loss == pytest.approx(expected, rel=1e-5)

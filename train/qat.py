@@ -23,6 +23,7 @@ from common.config import doc, recipe, run_only
 from common.errors import ConfigError
 from common.feeds import encode
 from train.loop import (
+    adamw,
     bucketed_batches,
     resolve_device,
     seed_everything,
@@ -34,7 +35,8 @@ from train.loop import (
 
 @dataclass(frozen=True)
 class QatConfig:
-    VERSION = 2
+    # 3: the loss carries the baseline recipe's class weights; fused AdamW
+    VERSION = 3
     data: str = "dair-ai/emotion"
     # Quantizers (INT8 symmetric everywhere; weights per channel, activations per tensor).
     calib_method: str = doc("percentile", "max | percentile (of |x|, mean over calibration batches)")
@@ -140,6 +142,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     from common.calibset import CalibrationSet
     from common.checkpoint import read_recipe
     from common.qat_model import AMAX_FILE, amax_state, insert_fake_quant, remove_fake_quant
+    from train.finetune import class_weights
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -172,8 +175,11 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], cfg.lr, device)
+    # QAT continues the baseline's training, so it keeps the baseline's loss (class weights)
+    weights = class_weights(meta.get("config", {}).get("class_weights", "none"),
+                            np.asarray(train.labels), device)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
 
     t0 = time.time()
@@ -192,7 +198,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     for step, b in enumerate(bar, start=1):
         model.train()
         loss = train_step(model, train_enc.batch(b, names), y_train[b], device, opt, sched, params,
-                          f"QAT step {step} (lower --qat-lr)")
+                          f"QAT step {step} (lower --qat-lr)", weights)
         running = 0.98 * running + 0.02 * loss if step > 1 else loss
         bar.set_postfix(loss=f"{running:.4f}")
         if step % cfg.eval_every == 0 or step == total:
