@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from common.data import DEFAULT_DATASET
-from common.errors import cli
+from common.errors import ConfigError, cli
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--instances", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="per model instance; 0 = every core")
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX Runtime's intra-op threads spin-wait between requests (ort only)")
     p.add_argument("--artifacts", default="artifacts")
 
 
@@ -34,6 +36,9 @@ def _serve_config(a, gpu: bool = False):
     from deploy.triton_repo import CPU_DEFAULTS, GPU_DEFAULTS, ServeConfig
 
     preset = GPU_DEFAULTS if gpu else CPU_DEFAULTS
+    if a.spin is not None and a.backend != "ort":
+        raise ConfigError(f"--spin / --no-spin is an ONNX Runtime setting; backend {a.backend} "
+                          "has none")
     chosen = {k: getattr(a, k) if getattr(a, k) is not None else v for k, v in preset.items()}
     return ServeConfig(backend=a.backend, variant=a.variant, model_name=a.model_name,
                        max_batch=a.max_batch, **chosen)
@@ -100,6 +105,13 @@ def k8s(a) -> int:
     return 0
 
 
+def _spins(text: str) -> tuple[bool, ...]:
+    words = [w for w in text.split(",") if w]
+    if not words or set(words) - {"on", "off"}:
+        raise ConfigError(f"--spins takes on and/or off (comma-separated), not {text!r}")
+    return tuple(w == "on" for w in dict.fromkeys(words))
+
+
 def bench(a) -> int:
     from deploy.bench import BenchConfig, run_bench, write_bench_report
 
@@ -108,7 +120,8 @@ def bench(a) -> int:
                       seconds_per_point=a.seconds, url=a.url, grpc_url=a.grpc_url, data=a.data,
                       artifacts=a.artifacts, out=a.out, agreement_rows=a.agreement_rows,
                       queue_delays_us=tuple(int(x) for x in a.queue_delays.split(",") if x),
-                      layouts=tuple(x for x in a.layouts.split(",") if x))
+                      layouts=tuple(x for x in a.layouts.split(",") if x),
+                      spins=_spins(a.spins))
     r = run_bench(cfg)
     paths = write_bench_report(r, Path(a.out))
     print(f"serving benchmark -> {paths['md']}; goals: {r['goals']}")
@@ -147,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--concurrency", default="1,16")
     b.add_argument("--queue-delays", default="0,100,500,2000", help="us, dynamic batcher on")
     b.add_argument("--layouts", default="1x2,2x1", help="instances x threads per instance")
+    b.add_argument("--spins", default="on,off",
+                   help="ONNX Runtime thread spinning swept where an instance has >1 thread")
     b.add_argument("--protocols", default="http,grpc")
     b.add_argument("--requests", type=int, default=500, help="per sweep point")
     b.add_argument("--seconds", type=float, default=30.0, help="per sweep point")

@@ -38,6 +38,9 @@ class BenchConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     queue_delays_us: tuple[int, ...] = (0, 100, 500, 2000)
     layouts: tuple[str, ...] = ("1x2", "2x1")  # instances x threads per instance
+    # ONNX Runtime's intra-op threads spinning (its default) or sleeping between runs: swept where
+    # an instance has more than one thread (one thread has no pool to spin) and the backend is ort
+    spins: tuple[bool, ...] = (True, False)
     concurrency: tuple[int, ...] = (1, 16)
     protocols: tuple[str, ...] = ("http", "grpc")
     requests_per_point: int = 400
@@ -61,22 +64,30 @@ class BenchConfig:
                 raise ConfigError(f"layout {lay!r} is not <instances>x<threads>, e.g. 2x1")
         if 1 not in self.concurrency:
             raise ConfigError("the sweep needs 1 client (the latency reference)")
+        if not self.spins:
+            raise ConfigError("spins needs at least one of on / off")
 
     def points(self) -> list[ServeConfig]:
         """The server configurations of the sweep, batcher off first."""
         out = []
         for lay in self.layouts:
             inst, thr = (int(p) for p in lay.split("x"))
-            base = dataclasses.replace(self.serve, instances=inst, threads=thr)
-            out.append(dataclasses.replace(base, dynamic_batching=False))
-            out += [dataclasses.replace(base, dynamic_batching=True, queue_delay_us=d)
-                    for d in self.queue_delays_us]
+            spins = self.spins if thr > 1 and self.serve.backend == "ort" else (True,)
+            for spin in spins:
+                base = dataclasses.replace(self.serve, instances=inst, threads=thr, spin=spin)
+                out.append(dataclasses.replace(base, dynamic_batching=False))
+                out += [dataclasses.replace(base, dynamic_batching=True, queue_delay_us=d)
+                        for d in self.queue_delays_us]
         return out
 
 
 def label(sc: ServeConfig) -> str:
     b = f"batcher {sc.queue_delay_us} us" if sc.dynamic_batching else "no batcher"
-    return f"{sc.instances}x{sc.threads}, {b}"
+    return f"{sc.instances}x{sc.threads}{'' if sc.ort_spin else ' no spin'}, {b}"
+
+
+def _ref_key(sc: ServeConfig) -> tuple[int, bool]:
+    return sc.threads or default_threads(), sc.ort_spin
 
 
 def _client(protocol: str, url: str):
@@ -99,6 +110,27 @@ def server_batches(client, model: str) -> tuple[int, int]:
     """(inference_count, execution_count) from Triton's statistics API (HTTP client)."""
     s = client.get_inference_statistics(model)["model_stats"][0]
     return int(s["inference_count"]), int(s["execution_count"])
+
+
+# Triton's per-request durations (statistics extension): success = arrival to response sent;
+# queue = waiting for an instance; compute_input / compute_output = moving tensors to / from the
+# Python-backend stub; compute_infer = our execute() (decode, tokenize, Runner, softmax).
+PHASES = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+def server_phases(client, model: str) -> dict[str, tuple[int, int]]:
+    """Cumulative (count, ns) per phase of Triton's inference statistics."""
+    s = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+    return {p: (int(s[p]["count"]), int(s[p]["ns"])) for p in PHASES}
+
+
+def phase_ms(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict:
+    """Mean milliseconds per request of each phase between two statistics reads."""
+    out = {}
+    for p in PHASES:
+        n = after[p][0] - before[p][0]
+        out[p] = (after[p][1] - before[p][1]) / n / 1e6 if n else None
+    return out
 
 
 def group_cpu_seconds(pgid: int | None) -> float:
@@ -153,6 +185,7 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
 
     stats = http.InferenceServerClient(stats_url)
     before = server_batches(stats, model)
+    phases0 = server_phases(stats, model)
     cpu0 = group_cpu_seconds(pgid)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
@@ -163,6 +196,7 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
     wall = time.perf_counter() - t0
     cpu = group_cpu_seconds(pgid) - cpu0
     after = server_batches(stats, model)
+    phases = phase_ms(phases0, server_phases(stats, model))
     stats.close()
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
     d_inf, d_exec = after[0] - before[0], after[1] - before[1]
@@ -173,15 +207,17 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
             "latency_ms": {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
                            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())},
             "mean_server_batch": d_inf / d_exec if d_exec else None,
+            "server_phase_ms": phases,
             "server_cpu_ms_per_request": 1e3 * cpu / n if n else None}
 
 
-def in_process(cfg: BenchConfig, texts: list[str], threads: int) -> dict[str, Any]:
+def in_process(cfg: BenchConfig, texts: list[str], threads: int, spin: bool = True) -> dict[str, Any]:
     """Batch-1 predictions of every text, and the CPU time and p50 of one inference on the first
-    `overhead_sentences`, in this process with `threads` threads (the server's reference)."""
+    `overhead_sentences`, in this process with `threads` threads and the server's spin setting
+    (the server's reference)."""
     from deploy.service import EmotionService
 
-    svc = EmotionService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, threads)
+    svc = EmotionService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, threads, spin=spin)
     try:
         preds = np.array([svc.predict([t]).label_ids[0] for t in texts])
         sample = texts[: cfg.overhead_sentences]
@@ -195,8 +231,9 @@ def in_process(cfg: BenchConfig, texts: list[str], threads: int) -> dict[str, An
         cpu = time.process_time() - cpu0
     finally:
         svc.close()
-    return {"predictions": preds, "threads": threads, "n": len(sample),
-            "p50_ms": 1e3 * float(np.median(lat)), "cpu_ms_per_inference": 1e3 * cpu / len(sample),
+    return {"predictions": preds, "threads": threads, "spin": spin, "n": len(sample),
+            "p50_ms": 1e3 * float(np.median(lat)), "mean_ms": 1e3 * float(np.mean(lat)),
+            "cpu_ms_per_inference": 1e3 * cpu / len(sample),
             "note": "EmotionService.predict (tokenize + Runner.infer + softmax) at batch 1"}
 
 
@@ -219,14 +256,17 @@ def agreement(url: str, model: str, texts: list[str], reference: np.ndarray, chu
 
 def recommend(rows: list[dict[str, Any]], protocol: str = "http") -> dict[str, Any] | None:
     """Best 16-client throughput among configurations whose 1-client p50 is within 1 ms of the
-    batcher-off configuration with the most threads per instance."""
+    batcher-off configuration with the most threads per instance (spinning, ONNX Runtime's
+    default, where both were swept)."""
     def at(point: str, c: int) -> dict | None:
         return next((r for r in rows if r["server"] == point and r["concurrency"] == c
                      and r["protocol"] == protocol), None)
 
-    offs = sorted({r["server"] for r in rows if "no batcher" in r["server"]},
-                  key=lambda p: -int(p.split(",")[0].split("x")[1]))
-    if not offs or at(offs[0], 1) is None:
+    offs = [r["server"] for r in sorted(
+        (r for r in rows if not r["dynamic_batching"] and r["concurrency"] == 1
+         and r["protocol"] == protocol),
+        key=lambda r: (-r["threads"], not r.get("spin", True)))]
+    if not offs:
         return None
     ref = at(offs[0], 1)["latency_ms"]["p50"]  # type: ignore[index]
     top = max(r["concurrency"] for r in rows)
@@ -250,13 +290,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     texts = list(test.texts[: cfg.agreement_rows] if cfg.agreement_rows else test.texts)
     model = cfg.serve.model_name
     points = [cfg.serve] if cfg.url else cfg.points()
-    refs = {t: in_process(cfg, texts, t) for t in sorted({p.threads or default_threads()
-                                                           for p in points})}
+    refs = {k: in_process(cfg, texts, *k) for k in sorted({_ref_key(p) for p in points})}
     sweep: list[dict[str, Any]] = []
     agree = None
 
     def measure(sc: ServeConfig, http_url: str, grpc_url: str, pgid: int | None) -> None:
-        ref = refs[sc.threads or default_threads()]
+        ref = refs[_ref_key(sc)]
         for protocol in cfg.protocols:
             for conc in cfg.concurrency:
                 url = http_url if protocol == "http" else grpc_url
@@ -264,9 +303,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                                   cfg.requests_per_point, cfg.seconds_per_point, pgid)
                 row.update({"server": label(sc), "dynamic_batching": sc.dynamic_batching,
                             "queue_delay_us": sc.queue_delay_us, "instances": sc.instances,
-                            "threads": sc.threads})
+                            "threads": sc.threads, "spin": sc.ort_spin})
                 if conc == 1:
                     row["p50_overhead_ms"] = row["latency_ms"]["p50"] - ref["p50_ms"]
+                    row["in_process_mean_ms"] = ref["mean_ms"]
                 if row["server_cpu_ms_per_request"] is not None:
                     row["server_cpu_over_in_process"] = (row["server_cpu_ms_per_request"] /
                                                          ref["cpu_ms_per_inference"])
@@ -296,8 +336,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             repo = Path(tmp) / "repo"
             write_local_repo(repo, chosen, Path(cfg.artifacts))
             with TritonServer(repo, free_ports(), Path(tmp) / "server.log") as s:
-                agree = agreement(s.url, model, texts,
-                                  refs[chosen.threads or default_threads()]["predictions"],
+                agree = agreement(s.url, model, texts, refs[_ref_key(chosen)]["predictions"],
                                   cfg.serve.max_batch)
     variant = find_variant(cfg.serve.backend, cfg.serve.variant)
     agree["batch_dependent"] = variant.batch_dependent
@@ -305,7 +344,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "server": "tritonserver 2.51 (nvidia-pytriton 0.7.0 bundle), Python-backend model "
                       "running the variant's Runner",
             "config": asdict(cfg), "sweep": sweep, "recommended": best,
-            "in_process": {k: {x: v for x, v in r.items() if x != "predictions"}
+            "in_process": {f"{k[0]}{'' if k[1] else ' no spin'}":
+                           {x: v for x, v in r.items() if x != "predictions"}
                            for k, r in refs.items()},
             "agreement": agree, "goals": goals(sweep, agree, best), "versions": versions()}
 
@@ -315,9 +355,12 @@ def goals(sweep: list[dict[str, Any]], agree: dict[str, Any] | None,
     out: dict[str, Any] = {"failed_total": sum(r["failed"] for r in sweep),
                            "requests_total": sum(r["requests"] for r in sweep)}
     rows = [r for r in sweep if best is None or r["server"] == best["server"]]
-    one = [r for r in rows if r["concurrency"] == 1 and r["protocol"] == "http"]
-    if one and "p50_overhead_ms" in one[0]:
-        out["p50_overhead_ms_1_client"] = one[0]["p50_overhead_ms"]
+    by_protocol = {r["protocol"]: r["p50_overhead_ms"] for r in rows
+                   if r["concurrency"] == 1 and "p50_overhead_ms" in r}
+    if by_protocol:
+        # the headline is HTTP's (KServe's REST path) where it was measured
+        out["p50_overhead_ms_1_client"] = by_protocol.get("http", next(iter(by_protocol.values())))
+        out["p50_overhead_ms_1_client_by_protocol"] = by_protocol
     ratios = [r["server_cpu_over_in_process"] for r in rows if r.get("server_cpu_over_in_process")]
     if ratios:
         out["server_cpu_over_in_process_max"] = max(ratios)

@@ -38,8 +38,10 @@ def markdown(r: dict, png: str) -> str:
                      f"{_f(s.get('server_cpu_over_in_process'), '.2f')} | "
                      f"{_f(s.get('p50_overhead_ms'), '+.2f')} |")
     lines += ["", "In-process reference (batch 1): " + "; ".join(
-        f"{k} thread(s): p50 {v['p50_ms']:.2f} ms, CPU {v['cpu_ms_per_inference']:.2f} ms per "
-        f"inference over {v['n']} sentences" for k, v in r["in_process"].items()), ""]
+        f"{v['threads']} thread(s){'' if v.get('spin', True) else ' (no spin)'}: p50 "
+        f"{v['p50_ms']:.2f} ms, CPU {v['cpu_ms_per_inference']:.2f} ms per inference over "
+        f"{v['n']} sentences" for v in r["in_process"].values()), ""]
+    lines += overhead_table(r["sweep"])
     if best:
         lines += ["## Recommended configuration", "",
                   f"**{best['server']}**: {best['rule']} (reference p50 "
@@ -53,8 +55,10 @@ def markdown(r: dict, png: str) -> str:
                      f"configuration, worst point): {g['server_cpu_over_in_process_max']:.2f}x "
                      "(goal <= 1.3x)")
     if "p50_overhead_ms_1_client" in g:
-        lines.append(f"- 1-client p50 minus in-process batch-1 p50: "
-                     f"{g['p50_overhead_ms_1_client']:+.2f} ms (goal <= 1 ms)")
+        per = g.get("p50_overhead_ms_1_client_by_protocol") or {}
+        lines.append("- 1-client p50 minus in-process batch-1 p50: " + (", ".join(
+            f"{ {'http': 'HTTP', 'grpc': 'gRPC'}.get(p, p)} {v:+.2f} ms" for p, v in per.items()) if per else
+            f"{g['p50_overhead_ms_1_client']:+.2f} ms") + " (goal <= 1 ms)")
     if a:
         dep = (" The variant is batch-dependent (dynamic INT8): behind the batcher an answer can "
                "depend on the requests batched with it, so differences are expected."
@@ -64,6 +68,32 @@ def markdown(r: dict, png: str) -> str:
                      f"{a['top1_pct']:.2f}% ({a['differ']} differ; goal 100%).{dep}")
     lines += ["", f"![sweep]({png})", ""]
     return "\n".join(lines)
+
+
+def overhead_table(sweep: list[dict[str, Any]]) -> list[str]:
+    """Where one client's request time goes (means, ms): the client's round trip, Triton's time
+    from arrival to response, its phases, and the in-process service call on the same sentences."""
+    rows = [s for s in sweep if s["concurrency"] == 1 and s.get("server_phase_ms")
+            and s.get("in_process_mean_ms") is not None]
+    if not rows:
+        return []
+    out = ["## Where a 1-client request's time goes (means, ms)", "",
+           "client: tritonclient round trip; in Triton: arrival to response sent (statistics "
+           "API), split into queue, input (tensors to the Python-backend stub), execute (our "
+           "execute(): decode, tokenize, Runner, softmax) and output; in-process: the same "
+           "service call without a server. client - Triton = HTTP/gRPC, (de)serialisation and "
+           "the client's own CPU; execute - in-process = the stub's cost inside execute().", "",
+           "| server | protocol | client | in Triton | queue | input | execute | output | "
+           "in-process | client - Triton | execute - in-process |", "|" + "---|" * 11]
+    for s in rows:
+        ph, mean, ref = s["server_phase_ms"], s["latency_ms"]["mean"], s["in_process_mean_ms"]
+        total, execute = ph.get("success"), ph.get("compute_infer")
+        out.append(f"| {s['server']} | {s['protocol']} | {mean:.2f} | {_f(total, '.2f')} | "
+                   f"{_f(ph.get('queue'), '.2f')} | {_f(ph.get('compute_input'), '.2f')} | "
+                   f"{_f(execute, '.2f')} | {_f(ph.get('compute_output'), '.2f')} | {ref:.2f} | "
+                   f"{_f(None if total is None else mean - total, '+.2f')} | "
+                   f"{_f(None if execute is None else execute - ref, '+.2f')} |")
+    return out + [""]
 
 
 def plot(r: dict, path: Path) -> None:

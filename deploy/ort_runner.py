@@ -34,10 +34,15 @@ class OrtRunner(BaseRunner):
     backend = "ort"
 
     def __init__(self, path: Path, input_names: tuple[str, ...] | None = None, threads: int = 1,
-                 provider: str = "cpu", variant: str = "fp32", extra_files: tuple[Path, ...] = ()):
+                 provider: str = "cpu", variant: str = "fp32", extra_files: tuple[Path, ...] = (),
+                 spin: bool = True):
         super().__init__(variant, input_names or (), threads)
         self.path = Path(path)
         self.provider = provider
+        # ONNX Runtime's intra-op threads spin-wait for the next run by default: lowest latency
+        # when the process owns its cores, burnt CPU (counted as the server's) when it shares
+        # them with an HTTP server and its clients; False lets them sleep.
+        self.spin = spin
         self.extra_files = extra_files
         self.session: Any = None
 
@@ -51,6 +56,7 @@ class OrtRunner(BaseRunner):
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         providers = [want] if want == "CPUExecutionProvider" else [want, "CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers)

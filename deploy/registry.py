@@ -28,8 +28,11 @@ def default_threads() -> int:
 
 
 def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int | None = None,
-                device: str = "cpu") -> Runner:
+                device: str = "cpu", spin: bool = True) -> Runner:
+    """spin=False: ONNX Runtime's intra-op threads sleep between runs (ort backend only)."""
     artifacts = Path(artifacts)
+    if not spin and backend != "ort":
+        raise RunnerError(f"spin=False is an ONNX Runtime setting; {backend}/{variant} has none")
     spec = find_variant(backend, variant)
     threads = threads or default_threads()
     if backend == "trt":  # say what is missing here before saying what is not built
@@ -56,7 +59,7 @@ def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int 
     if backend == "ort":
         from deploy.ort_runner import OrtRunner
 
-        return OrtRunner(path, names, threads, provider=device, variant=variant)
+        return OrtRunner(path, names, threads, provider=device, variant=variant, spin=spin)
     if backend == "qlora":
         from deploy.qlora_runner import QloraRunner
 

@@ -65,13 +65,13 @@ class EmotionService:
     Triton gives each model instance its own process."""
 
     def __init__(self, artifacts: str | Path, backend: str, variant: str, threads: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", spin: bool = True):
         from common.checkpoint import baseline_encoder
         from deploy.registry import make_runner
 
         artifacts = Path(artifacts)
         self.encoder = baseline_encoder(artifacts)
-        self.runner = make_runner(backend, variant, artifacts, threads or None, device)
+        self.runner = make_runner(backend, variant, artifacts, threads or None, device, spin)
         self.runner.load()
 
     def predict(self, texts: Sequence[str]) -> Prediction:

@@ -6,7 +6,7 @@ gets HTTP 500 with a Python traceback. The Python backend answers each request s
 bad request gets its own 400 (TritonError.INVALID_ARG) with our message, and the good requests
 batched beside it are still served.
 
-Parameters (config.pbtxt): project_root, artifacts, backend, variant, threads.
+Parameters (config.pbtxt): project_root, artifacts, backend, variant, threads, spin.
 """
 
 import json
@@ -25,7 +25,8 @@ class TritonPythonModel:
         from deploy.service import EmotionService, decode_texts
 
         self.input_error, self.decode = InputError, decode_texts
-        self.service = EmotionService(p["artifacts"], p["backend"], p["variant"], int(p["threads"]))
+        self.service = EmotionService(p["artifacts"], p["backend"], p["variant"], int(p["threads"]),
+                                      spin=p.get("spin", "1") == "1")
 
     def execute(self, requests):
         responses = [None] * len(requests)

@@ -37,23 +37,32 @@ class ServeConfig:
     dynamic_batching: bool = True
     instances: int = 1
     threads: int = 0  # per instance; 0 = every core
+    # ONNX Runtime's intra-op threads spin-wait between runs (ORT's default) or sleep; the ort
+    # backend only, other backends have no such setting and ignore it
+    spin: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.instances < 1 or self.queue_delay_us < 0:
             raise ConfigError("max_batch and instances must be >= 1, queue_delay_us >= 0")
+
+    @property
+    def ort_spin(self) -> bool:
+        """The spin setting the served Runner gets (True, ORT's default, for other backends)."""
+        return self.spin or self.backend != "ort"
         find_variant(self.backend, self.variant)  # unknown variants fail here, with the list
 
 
 # Scheduling defaults per device. CPU: what `make bench BACKEND=ort VARIANT=ptq` recommended on
 # 2026-12-01 (2-core AMD EPYC, AVX2): 1 instance x 2 threads with the batcher and no queue delay
-# (Triton batches only what is already waiting): 1-client p50 7.6 ms vs 8.6 ms without the
-# batcher, 153 vs 117 req/s at 16 HTTP clients (docs/serving.md has the sweep). GPU: not measured
+# (Triton batches only what is already waiting), ONNX Runtime's threads not spinning: 1-client
+# p50 8.6 ms vs 10.3 ms without the batcher with spinning threads, 158 vs 107 req/s at 16 HTTP
+# clients, server CPU 11-12 vs 17-20 ms per request (docs/serving.md has the sweep). GPU: not measured
 # here (no GPU was lent); a GPU runs a batch of 32 short sentences in about the time of one, so
 # the batcher with a short window is the usual choice there (model-analyzer finds the best one).
 CPU_DEFAULTS: dict[str, Any] = {
-    "dynamic_batching": True, "queue_delay_us": 0, "instances": 1, "threads": 0}
+    "dynamic_batching": True, "queue_delay_us": 0, "instances": 1, "threads": 0, "spin": False}
 GPU_DEFAULTS: dict[str, Any] = {
-    "dynamic_batching": True, "queue_delay_us": 100, "instances": 1, "threads": 0}
+    "dynamic_batching": True, "queue_delay_us": 100, "instances": 1, "threads": 0, "spin": True}
 
 
 def triton_pb():
@@ -106,7 +115,8 @@ def write_local_repo(repo: Path, sc: ServeConfig, artifacts: Path) -> Path:
     batching(cfg, sc)
     cfg.instance_group.add(count=sc.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     params = {"project_root": str(PROJECT_ROOT), "artifacts": str(Path(artifacts).resolve()),
-              "backend": sc.backend, "variant": sc.variant, "threads": str(sc.threads)}
+              "backend": sc.backend, "variant": sc.variant, "threads": str(sc.threads),
+              "spin": "1" if sc.ort_spin else "0"}
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     folder = repo / sc.model_name

@@ -71,3 +71,20 @@ def test_seed_study_runs_reports_and_resumes(tiny_model_dir, data_dir, tmp_path,
     capsys.readouterr()
     assert main(argv) == 0  # the same runs again: nothing is retrained
     assert capsys.readouterr().out.count("[done]") == 2
+    # the same name with another recipe would mix two recipes in one spread: refused, nothing lost
+    before = (tmp_path / "baseline-seeds.json").read_text()
+    assert main([*argv, "--class-weights", "none"]) == 2
+    assert "trained with another recipe" in capsys.readouterr().err
+    assert (tmp_path / "baseline-seeds.json").read_text() == before
+
+
+def test_the_default_recipe_is_marked_and_only_it():
+    """The report marks the candidate whose recipe make engines trains (data, model, seed aside)."""
+    from common.config import recipe
+    from train.finetune import FinetuneConfig
+    from train.seeds import is_default
+
+    assert FinetuneConfig().class_weights == "sqrt-inverse"
+    assert is_default(recipe(FinetuneConfig(seed=3, data="somewhere", limit_train=10)))
+    assert not is_default(recipe(FinetuneConfig(class_weights="none")))
+    assert not is_default(recipe(FinetuneConfig(epochs=3)))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from common.data import load_split
+from common.errors import ConfigError
 from common.feeds import InputError
 from common.manifest import ArtifactError
 from deploy.service import EmotionService, decode_texts
@@ -290,14 +291,17 @@ def test_bench_sweeps_server_configs_measures_overhead_and_recommends(tiny_artif
     from evaluate.compare import write_comparison
 
     cfg = BenchConfig(serve=ServeConfig(max_batch=MAX_BATCH, threads=1), queue_delays_us=(0, 2000),
-                      layouts=("1x1",), concurrency=(1, 8), protocols=("http",),
-                      requests_per_point=24, seconds_per_point=20, overhead_sentences=40,
-                      data=str(data_dir), artifacts=str(tiny_artifacts), out=str(tmp_path),
-                      agreement_rows=64)
-    assert [label(p) for p in cfg.points()] == ["1x1, no batcher", "1x1, batcher 0 us",
-                                                "1x1, batcher 2000 us"]
+                      layouts=("1x2",), spins=(True, False), concurrency=(1, 8),
+                      protocols=("http",), requests_per_point=24, seconds_per_point=20,
+                      overhead_sentences=40, data=str(data_dir), artifacts=str(tiny_artifacts),
+                      out=str(tmp_path), agreement_rows=64)
+    assert [label(p) for p in cfg.points()] == [
+        "1x2, no batcher", "1x2, batcher 0 us", "1x2, batcher 2000 us", "1x2 no spin, no batcher",
+        "1x2 no spin, batcher 0 us", "1x2 no spin, batcher 2000 us"]
     r = run_bench(cfg)
-    assert len(r["sweep"]) == 3 * 2  # server configs x clients
+    assert len(r["sweep"]) == 6 * 2  # server configs x clients
+    # each server point is compared with an in-process runner of the same threads and spin
+    assert {(v["threads"], v["spin"]) for v in r["in_process"].values()} == {(2, True), (2, False)}
     for row in r["sweep"]:
         assert row["requests"] == 24 and row["failed"] == 0 and row["throughput_rps"] > 0
         assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
@@ -307,10 +311,17 @@ def test_bench_sweeps_server_configs_measures_overhead_and_recommends(tiny_artif
             assert row["mean_server_batch"] == 1.0  # no batching without the dynamic batcher
         if row["concurrency"] == 1:
             assert "p50_overhead_ms" in row
+        # Triton's own per-request phases: each positive, and together inside the request time
+        ph = row["server_phase_ms"]
+        assert all(ph[k] > 0 for k in ("success", "compute_input", "compute_infer", "compute_output"))
+        assert ph["queue"] + ph["compute_input"] + ph["compute_infer"] + ph["compute_output"] \
+            <= ph["success"] * 1.01
+        assert ph["success"] < row["latency_ms"]["mean"]  # the client waits for more than that
     assert max(x["mean_server_batch"] for x in r["sweep"] if x["dynamic_batching"]) > 1.0
     best = r["recommended"]
     off_p50 = next(x["latency_ms"]["p50"] for x in r["sweep"]
-                   if x["server"] == "1x1, no batcher" and x["concurrency"] == 1)
+                   if x["server"] == "1x2, no batcher" and x["concurrency"] == 1)
+    assert best["reference"] == "1x2, no batcher"  # spinning (ORT's default) is the reference
     cands = {x["server"] for x in r["sweep"] if x["concurrency"] == 1
              and x["latency_ms"]["p50"] <= off_p50 + 1.0}
     assert best["server"] in cands and best["throughput_rps"] == max(
@@ -323,7 +334,8 @@ def test_bench_sweeps_server_configs_measures_overhead_and_recommends(tiny_artif
         assert key in saved
     md = paths["md"].read_text()
     assert paths["png"].stat().st_size > 0 and "## Recommended configuration" in md
-    assert "| 1x1, batcher 2000 us | http | 8 |" in md
+    assert "| 1x2 no spin, batcher 2000 us | http | 8 |" in md and "2 thread(s) (no spin)" in md
+    assert "| 1x2 no spin, no batcher | http | " in md.split("request's time goes")[1]
     comparison = write_comparison(tmp_path, [])
     assert "[serve-ort-fp32.md](serve-ort-fp32.md)" in comparison["md"].read_text()
 
@@ -367,3 +379,44 @@ def test_other_backends_serve_the_same_contract(tiny_artifacts, data_dir, tmp_pa
             c.close()
     assert np.array_equal(got["label_id"].reshape(-1), ref.label_ids)
     np.testing.assert_allclose(got["probs"], ref.probs, atol=1e-4)
+
+
+def test_spin_setting_reaches_the_ort_session_and_only_ort_takes_it(tiny_artifacts, tmp_path, data_dir):
+    """spin=False is ONNX Runtime's allow_spinning=0 in the real session, predicts the same, is
+    written into the served model's parameters, and is refused for backends without it."""
+    from deploy.bench import BenchConfig, label
+    from deploy.registry import make_runner
+    from deploy.runner import RunnerError
+    from deploy.service import EmotionService
+
+    texts = load_split(data_dir, "test").texts[:16]
+    preds = {}
+    for spin in (True, False):
+        svc = EmotionService(tiny_artifacts, "ort", "fp32", threads=2, spin=spin)
+        opts = svc.runner.session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
+        preds[spin] = svc.predict(texts).probs
+        svc.close()
+    np.testing.assert_allclose(preds[True], preds[False], atol=1e-6)
+    with pytest.raises(RunnerError, match="ONNX Runtime setting"):
+        make_runner("torch", "fp32", tiny_artifacts, spin=False)
+    import argparse
+
+    from deploy.__main__ import _serve_args, _serve_config
+
+    p = argparse.ArgumentParser()
+    _serve_args(p)
+    with pytest.raises(ConfigError, match="ONNX Runtime setting"):
+        _serve_config(p.parse_args(["--backend", "torch", "--no-spin"]))
+    assert _serve_config(p.parse_args([])).spin is False  # the measured CPU default for ort
+    assert _serve_config(p.parse_args(["--spin"])).spin is True
+    cfg = write_local_repo(tmp_path / "repo", ServeConfig(spin=False), tiny_artifacts)
+    assert 'key: "spin"\n  value {\n    string_value: "0"' in cfg.read_text()
+    # other backends have no spin setting: their Runner is built with the default
+    cfg = write_local_repo(tmp_path / "repo2", ServeConfig(backend="torch", spin=False), tiny_artifacts)
+    assert 'key: "spin"\n  value {\n    string_value: "1"' in cfg.read_text()
+    # one thread per instance has no intra-op pool to spin: not swept twice
+    bc = BenchConfig(layouts=("1x2", "2x1"), queue_delays_us=(0,))
+    assert [label(p) for p in bc.points()] == ["1x2, no batcher", "1x2, batcher 0 us",
+                                               "1x2 no spin, no batcher", "1x2 no spin, batcher 0 us",
+                                               "2x1, no batcher", "2x1, batcher 0 us"]

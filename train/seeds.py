@@ -1,7 +1,7 @@
 """The baseline's seed spread: train a recipe with several seeds, score validation and test macro
 F1 (FP32, PyTorch), and keep every run in one report, so "better" is judged against the spread.
 
-    python -m train.seeds --data ../shared/data/emotion --name today --seeds 42,1,2 [recipe flags]
+    python -m train.seeds --data ../shared/data/emotion --name class-weights --seeds 42,1,2 [recipe flags]
 
 Candidates are chosen on validation only; the test numbers are reported beside them, never used
 to choose. A run that is already in the report (same name, recipe and seed) is not repeated, so
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.config import add_flags, from_flags, recipe
-from common.errors import cli
+from common.errors import ConfigError, cli
 from train.finetune import FinetuneConfig
 
 
@@ -117,6 +117,17 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_NOT_RECIPE = {"model", "data", "limit_train", "limit_eval", "seed"}
+
+
+def is_default(r: dict[str, Any]) -> bool:
+    """Whether a run's recipe is FinetuneConfig's default (model, data and seed aside)."""
+    d = recipe(FinetuneConfig())
+    return (r["type"] == d["type"] and r["version"] == d["version"]
+            and {k: v for k, v in r["fields"].items() if k not in _NOT_RECIPE}
+            == {k: v for k, v in d["fields"].items() if k not in _NOT_RECIPE})
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Baseline seed study", "",
              f"Model: `{report['model']}`; data: `{report['data']}`; device: {report['device']}. "
@@ -125,11 +136,15 @@ def markdown(report: dict[str, Any]) -> str:
              "validation; test is reported, never used to choose. `+bias`: the same models with "
              "a per-class logit bias fitted on validation for macro F1 (no retraining); its "
              "validation score is cross-fitted (the bias fitted on one stratified half scores "
-             "the other), its test score uses the bias fitted on all of validation.", "",
+             "the other), its test score uses the bias fitted on all of validation. **default**: "
+             "the recipe `make engines` trains (train/finetune.py's FinetuneConfig).",
+             *(["", f"Note: {report['note']}"] if report.get("note") else []), "",
              "| candidate | seeds | validation macro F1 mean (sd) | test macro F1 mean (sd) | "
              "minutes per run |", "|---|---|---|---|---|"]
     for s in report["summary"]:
-        lines.append(f"| {s['candidate']} | {', '.join(map(str, s['seeds']))} | "
+        name = s["candidate"] + (" **default**" if is_default(s["recipe"])
+                                 and not s["candidate"].endswith("+bias") else "")
+        lines.append(f"| {name} | {', '.join(map(str, s['seeds']))} | "
                      f"{s['val_mean']:.4f} ({s['val_sd']:.4f}) | {s['test_mean']:.4f} "
                      f"({s['test_sd']:.4f}) | {s['minutes_per_run']:.1f} |")
     lines += ["", "## Every run", "", "| candidate | seed | best epoch | validation | test | "
@@ -142,9 +157,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Recipes", ""]
     for s in report["summary"]:
         f = s["recipe"]["fields"]
-        shown = {k: v for k, v in f.items() if k not in {"model", "data", "limit_train", "limit_eval",
-                                                          "seed"}}
-        lines.append(f"- **{s['candidate']}**: `{json.dumps(shown, sort_keys=True)}`")
+        shown = {k: v for k, v in f.items() if k not in _NOT_RECIPE}
+        then = " + a logit bias fitted on validation after training" if s["candidate"].endswith(
+            "+bias") else ""
+        lines.append(f"- **{s['candidate']}**: `{json.dumps(shown, sort_keys=True)}`{then}")
     return "\n".join(lines) + "\n"
 
 
@@ -166,9 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     path = out / "baseline-seeds.json"
     report = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    for seed in (int(s) for s in a.seeds.split(",")):
-        import dataclasses
+    import dataclasses
 
+    def unseeded(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "fields": {k: v for k, v in r["fields"].items() if k != "seed"}}
+
+    mine = recipe(base)
+    for name in (a.name, f"{a.name}+bias"):
+        other = next((x for x in report["runs"] if x["candidate"] == name
+                      and unseeded(x["recipe"]) != unseeded(mine)), None)
+        if other is not None:  # one name, one recipe: the spread is of one recipe
+            raise ConfigError(f"candidate {name!r} in {path} was trained with another recipe "
+                              f"({json.dumps(other['recipe']['fields'], sort_keys=True)}); give "
+                              "this recipe a new --name, or delete that candidate's runs")
+    for seed in (int(s) for s in a.seeds.split(",")):
         cfg = dataclasses.replace(base, seed=seed)
         r = recipe(cfg)
         if any(x["candidate"] == a.name and x["recipe"] == r for x in report["runs"]):
