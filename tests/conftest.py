@@ -58,8 +58,11 @@ def tiny_model_dir(data_dir, tmp_path_factory) -> Path:
     return build_tiny("bert", data_dir, tmp_path_factory.mktemp("tiny-bert"))
 
 
-def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overrides):
-    """The real pipeline's configs, made small: few rows, few steps, short sequences."""
+def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path,
+                      class_weights: str = "sqrt-inverse", **overrides):
+    """The real pipeline's configs, made small: few rows, few steps, short sequences. The
+    baseline's class weights are the default recipe's; the family matrix passes "none" (see
+    tests/test_families.py)."""
     import dataclasses
 
     from engines.pipeline import BuildConfig
@@ -71,7 +74,7 @@ def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path, **overri
     data, model = str(data_dir), str(model_dir)
     kw = {"model": model, "data": data, "artifacts": str(artifacts),
           "finetune": FinetuneConfig(model=model, data=data, epochs=2, lr=5e-4, batch_size=32,
-                                     max_length=64, seed=0),
+                                     max_length=64, seed=0, class_weights=class_weights),
           "export": dataclasses.replace(d.export, data=data, n_validate=48),
           "fuse": dataclasses.replace(d.fuse, data=data, n_validate=48),
           "dynamic": dataclasses.replace(d.dynamic, data=data, n_validate=48),
