@@ -13,6 +13,7 @@ training it again. Writes <out>/baseline-seeds.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -120,12 +121,16 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _NOT_RECIPE = {"model", "data", "limit_train", "limit_eval", "seed"}
 
 
+def _recipe_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe's fields that make the recipe (model, data, row limits and seed aside)."""
+    return {k: v for k, v in r["fields"].items() if k not in _NOT_RECIPE}
+
+
 def is_default(r: dict[str, Any]) -> bool:
     """Whether a run's recipe is FinetuneConfig's default (model, data and seed aside)."""
     d = recipe(FinetuneConfig())
     return (r["type"] == d["type"] and r["version"] == d["version"]
-            and {k: v for k, v in r["fields"].items() if k not in _NOT_RECIPE}
-            == {k: v for k, v in d["fields"].items() if k not in _NOT_RECIPE})
+            and _recipe_fields(r) == _recipe_fields(d))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -156,8 +161,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{pc['surprise']:.3f} |")
     lines += ["", "## Recipes", ""]
     for s in report["summary"]:
-        f = s["recipe"]["fields"]
-        shown = {k: v for k, v in f.items() if k not in _NOT_RECIPE}
+        shown = _recipe_fields(s["recipe"])
         then = " + a logit bias fitted on validation after training" if s["candidate"].endswith(
             "+bias") else ""
         lines.append(f"- **{s['candidate']}**: `{json.dumps(shown, sort_keys=True)}`{then}")
@@ -182,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     path = out / "baseline-seeds.json"
     report = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    import dataclasses
-
     def unseeded(r: dict[str, Any]) -> dict[str, Any]:
         return {**r, "fields": {k: v for k, v in r["fields"].items() if k != "seed"}}
 
