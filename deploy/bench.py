@@ -45,7 +45,6 @@ class BenchConfig:
     protocols: tuple[str, ...] = ("http", "grpc")
     requests_per_point: int = 400
     seconds_per_point: float = 20.0
-    overhead_sentences: int = 300  # in-process batch-1 reference (latency and CPU time)
     url: str = ""  # host:port of a running server's HTTP endpoint (then nothing is started)
     grpc_url: str = ""
     data: str = DEFAULT_DATASET
@@ -88,6 +87,13 @@ def label(sc: ServeConfig) -> str:
 
 def _ref_key(sc: ServeConfig) -> tuple[int, bool]:
     return sc.threads or default_threads(), sc.ort_spin
+
+
+def sent_text(texts: list[str], i: int, k: int) -> str:
+    """The text client k sends as the i-th request of a point. With one client the sequence is
+    the same at every point, and the in-process reference times exactly these sentences in this
+    order: a p50 difference is then the server's, not a different mix of sentence lengths."""
+    return texts[(i * 7 + k) % len(texts)]
 
 
 def _client(protocol: str, url: str):
@@ -152,32 +158,60 @@ def group_cpu_seconds(pgid: int | None) -> float:
     return total / tick
 
 
+# 1-client points alternate blocks of this many served requests with the same sentences through
+# the in-process reference, so machine drift during a sweep hits both sides of the difference
+PAIRED_BLOCK = 25
+
+
 def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list[str],
                 concurrency: int, max_requests: int, max_seconds: float,
-                pgid: int | None = None) -> dict[str, Any]:
+                pgid: int | None = None, local: Any = None) -> dict[str, Any]:
+    """One server configuration under `concurrency` clients. With one client and `local` (the
+    in-process service of the same threads and spin), every PAIRED_BLOCK requests the same
+    sentences also go through `local`; the row then carries that interleaved reference."""
     lock = threading.Lock()
     issued = [0]
     lat: list[float] = []
     failed: list[str] = []
+    ref_lat: list[float] = []
+    ref_cpu = [0.0]
     deadline = time.monotonic() + max_seconds
+    paired = local is not None and concurrency == 1
+
+    def reference_block(sent: list[str]) -> None:
+        c0 = time.process_time()
+        for t in sent:
+            t0 = time.perf_counter()
+            local.predict([t])
+            ref_lat.append(time.perf_counter() - t0)
+        ref_cpu[0] += time.process_time() - c0
 
     def worker(k: int) -> None:
         mod, c = _client(protocol, url)
+        block: list[str] = []
         try:
             while time.monotonic() < deadline:
                 with lock:
                     if issued[0] >= max_requests:
-                        return
+                        break
                     i = issued[0]
                     issued[0] += 1
+                text = sent_text(texts, i, k)
                 t0 = time.perf_counter()
                 try:
-                    infer_texts(mod, c, model, [texts[(i * 7 + k) % len(texts)]])
+                    infer_texts(mod, c, model, [text])
                     with lock:
                         lat.append(time.perf_counter() - t0)
                 except Exception as exc:  # counted and reported, never fatal to the sweep
                     with lock:
                         failed.append(str(exc)[:200])
+                if paired:
+                    block.append(text)
+                    if len(block) == PAIRED_BLOCK:
+                        reference_block(block)
+                        block = []
+            if paired and block:
+                reference_block(block)
         finally:
             c.close()
 
@@ -187,13 +221,17 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
     before = server_batches(stats, model)
     phases0 = server_phases(stats, model)
     cpu0 = group_cpu_seconds(pgid)
+    # this process holds only the clients during a point: its CPU time is theirs (tritonclient's
+    # serialisation, HTTP/gRPC stack, response parsing), on the same cores as the server
+    client0 = time.process_time()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 - sum(ref_lat)
+    client_cpu = time.process_time() - client0 - ref_cpu[0]
     cpu = group_cpu_seconds(pgid) - cpu0
     after = server_batches(stats, model)
     phases = phase_ms(phases0, server_phases(stats, model))
@@ -208,29 +246,30 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
                            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())},
             "mean_server_batch": d_inf / d_exec if d_exec else None,
             "server_phase_ms": phases,
-            "server_cpu_ms_per_request": 1e3 * cpu / n if n else None}
+            "server_cpu_ms_per_request": 1e3 * cpu / n if n else None,
+            "client_cpu_ms_per_request": 1e3 * client_cpu / n if n else None,
+            **({"in_process_interleaved": {
+                "n": len(ref_lat), "p50_ms": 1e3 * float(np.median(ref_lat)),
+                "mean_ms": 1e3 * float(np.mean(ref_lat)),
+                "cpu_ms_per_inference": 1e3 * ref_cpu[0] / len(ref_lat)}} if ref_lat else {})}
 
 
-def in_process(cfg: BenchConfig, texts: list[str], threads: int, spin: bool = True) -> dict[str, Any]:
-    """Batch-1 predictions of every text, and the CPU time and p50 of one inference on the first
-    `overhead_sentences`, in this process with `threads` threads and the server's spin setting
-    (the server's reference)."""
-    from deploy.service import EmotionService
-
-    svc = EmotionService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, threads, spin=spin)
-    try:
-        preds = np.array([svc.predict([t]).label_ids[0] for t in texts])
-        sample = texts[: cfg.overhead_sentences]
-        for t in sample[:20]:
-            svc.predict([t])
-        lat, cpu0 = [], time.process_time()
-        for t in sample:
-            t0 = time.perf_counter()
-            svc.predict([t])
-            lat.append(time.perf_counter() - t0)
-        cpu = time.process_time() - cpu0
-    finally:
-        svc.close()
+def in_process(cfg: BenchConfig, texts: list[str], svc: Any, threads: int,
+               spin: bool) -> dict[str, Any]:
+    """Batch-1 predictions of every text, and the CPU time and p50 of one inference on the
+    sentences one client sends at a sweep point, in the same order (`sent_text`), through `svc`
+    (this process, `threads` threads, the server's spin setting): the server's reference before
+    the sweep. 1-client points also time `svc` interleaved with the server (sweep_point)."""
+    preds = np.array([svc.predict([t]).label_ids[0] for t in texts])
+    sample = [sent_text(texts, i, 0) for i in range(cfg.requests_per_point)]
+    for t in sample[:20]:
+        svc.predict([t])
+    lat, cpu0 = [], time.process_time()
+    for t in sample:
+        t0 = time.perf_counter()
+        svc.predict([t])
+        lat.append(time.perf_counter() - t0)
+    cpu = time.process_time() - cpu0
     return {"predictions": preds, "threads": threads, "spin": spin, "n": len(sample),
             "p50_ms": 1e3 * float(np.median(lat)), "mean_ms": 1e3 * float(np.mean(lat)),
             "cpu_ms_per_inference": 1e3 * cpu / len(sample),
@@ -281,16 +320,30 @@ def recommend(rows: list[dict[str, Any]], protocol: str = "http") -> dict[str, A
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    import tempfile
-
-    from common.variants import find_variant
-    from deploy.triton_server import TritonServer, free_ports
+    from deploy.service import EmotionService
 
     test = load_split(cfg.data, "test")
     texts = list(test.texts[: cfg.agreement_rows] if cfg.agreement_rows else test.texts)
     model = cfg.serve.model_name
     points = [cfg.serve] if cfg.url else cfg.points()
-    refs = {k: in_process(cfg, texts, *k) for k in sorted({_ref_key(p) for p in points})}
+    # one in-process service per (threads, spin), open for the whole sweep: the reference
+    services = {k: EmotionService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, k[0],
+                                  spin=k[1]) for k in sorted({_ref_key(p) for p in points})}
+    try:
+        return _run_bench(cfg, texts, model, points, services)
+    finally:
+        for svc in services.values():
+            svc.close()
+
+
+def _run_bench(cfg: BenchConfig, texts: list[str], model: str, points: list[ServeConfig],
+               services: dict[tuple[int, bool], Any]) -> dict[str, Any]:
+    import tempfile
+
+    from common.variants import find_variant
+    from deploy.triton_server import TritonServer, free_ports
+
+    refs = {k: in_process(cfg, texts, svc, *k) for k, svc in services.items()}
     sweep: list[dict[str, Any]] = []
     agree = None
 
@@ -300,16 +353,20 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             for conc in cfg.concurrency:
                 url = http_url if protocol == "http" else grpc_url
                 row = sweep_point(protocol, url, http_url, model, texts, conc,
-                                  cfg.requests_per_point, cfg.seconds_per_point, pgid)
+                                  cfg.requests_per_point, cfg.seconds_per_point, pgid,
+                                  services[_ref_key(sc)])
                 row.update({"server": label(sc), "dynamic_batching": sc.dynamic_batching,
                             "queue_delay_us": sc.queue_delay_us, "instances": sc.instances,
                             "threads": sc.threads, "spin": sc.ort_spin})
+                # 1 client: the reference timed in blocks between this point's requests;
+                # otherwise the one timed before the sweep
+                here = row.get("in_process_interleaved") or ref
                 if conc == 1:
-                    row["p50_overhead_ms"] = row["latency_ms"]["p50"] - ref["p50_ms"]
-                    row["in_process_mean_ms"] = ref["mean_ms"]
+                    row["p50_overhead_ms"] = row["latency_ms"]["p50"] - here["p50_ms"]
+                    row["in_process_mean_ms"] = here["mean_ms"]
                 if row["server_cpu_ms_per_request"] is not None:
                     row["server_cpu_over_in_process"] = (row["server_cpu_ms_per_request"] /
-                                                         ref["cpu_ms_per_inference"])
+                                                         here["cpu_ms_per_inference"])
                 print(f"  {label(sc)} {protocol} x{conc:>3}: {row['throughput_rps']:.1f} req/s, "
                       f"p50 {row['latency_ms']['p50']:.2f} ms, server CPU "
                       f"{row['server_cpu_ms_per_request'] or float('nan'):.2f} ms/request, "
@@ -347,7 +404,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "in_process": {f"{k[0]}{'' if k[1] else ' no spin'}":
                            {x: v for x, v in r.items() if x != "predictions"}
                            for k, r in refs.items()},
-            "agreement": agree, "goals": goals(sweep, agree, best), "versions": versions()}
+            "paired_block": PAIRED_BLOCK, "agreement": agree, "goals": goals(sweep, agree, best),
+            "versions": versions()}
 
 
 def goals(sweep: list[dict[str, Any]], agree: dict[str, Any] | None,

@@ -25,7 +25,9 @@ def markdown(r: dict, png: str) -> str:
              "- server CPU per request: user + system CPU of tritonserver and its Python-backend "
              "stubs (/proc) over the point, divided by its requests; in-process: the same "
              "sentences through the variant's service (tokenize + Runner + softmax) at batch 1 "
-             "with the same threads", "",
+             "with the same threads; at 1 client it is timed in blocks of "
+             f"{r.get('paired_block', 25)} requests between the server's (same sentences, same "
+             "order), so the p50 difference is paired and drift hits both sides", "",
              "| server (instances x threads) | protocol | clients | requests | failed | req/s | "
              "p50 ms | p95 ms | p99 ms | mean server batch | server CPU ms/request | x in-process "
              "| p50 - in-process p50 (ms) |", "|" + "---|" * 13]
@@ -37,7 +39,7 @@ def markdown(r: dict, png: str) -> str:
                      f"{_f(s['server_cpu_ms_per_request'], '.2f')} | "
                      f"{_f(s.get('server_cpu_over_in_process'), '.2f')} | "
                      f"{_f(s.get('p50_overhead_ms'), '+.2f')} |")
-    lines += ["", "In-process reference (batch 1): " + "; ".join(
+    lines += ["", "In-process reference before the sweep (batch 1): " + "; ".join(
         f"{v['threads']} thread(s){'' if v.get('spin', True) else ' (no spin)'}: p50 "
         f"{v['p50_ms']:.2f} ms, CPU {v['cpu_ms_per_inference']:.2f} ms per inference over "
         f"{v['n']} sentences" for v in r["in_process"].values()), ""]
@@ -81,14 +83,17 @@ def overhead_table(sweep: list[dict[str, Any]]) -> list[str]:
            "client: tritonclient round trip; in Triton: arrival to response sent (statistics "
            "API), split into queue, input (tensors to the Python-backend stub), execute (our "
            "execute(): decode, tokenize, Runner, softmax) and output; in-process: the same "
-           "service call without a server. client - Triton = HTTP/gRPC, (de)serialisation and "
-           "the client's own CPU; execute - in-process = the stub's cost inside execute().", "",
-           "| server | protocol | client | in Triton | queue | input | execute | output | "
-           "in-process | client - Triton | execute - in-process |", "|" + "---|" * 11]
+           "service call without a server, interleaved with the point's requests. client - Triton = HTTP/gRPC, (de)serialisation and "
+           "the client's own CPU; client CPU: the benchmark process's CPU time per request (the "
+           "client library's share of that, on the same cores); execute - in-process = the "
+           "stub's cost inside execute().", "",
+           "| server | protocol | client | client CPU | in Triton | queue | input | execute | output | "
+           "in-process | client - Triton | execute - in-process |", "|" + "---|" * 12]
     for s in rows:
         ph, mean, ref = s["server_phase_ms"], s["latency_ms"]["mean"], s["in_process_mean_ms"]
         total, execute = ph.get("success"), ph.get("compute_infer")
-        out.append(f"| {s['server']} | {s['protocol']} | {mean:.2f} | {_f(total, '.2f')} | "
+        out.append(f"| {s['server']} | {s['protocol']} | {mean:.2f} | "
+                   f"{_f(s.get('client_cpu_ms_per_request'), '.2f')} | {_f(total, '.2f')} | "
                    f"{_f(ph.get('queue'), '.2f')} | {_f(ph.get('compute_input'), '.2f')} | "
                    f"{_f(execute, '.2f')} | {_f(ph.get('compute_output'), '.2f')} | {ref:.2f} | "
                    f"{_f(None if total is None else mean - total, '+.2f')} | "

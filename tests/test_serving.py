@@ -293,7 +293,7 @@ def test_bench_sweeps_server_configs_measures_overhead_and_recommends(tiny_artif
     cfg = BenchConfig(serve=ServeConfig(max_batch=MAX_BATCH, threads=1), queue_delays_us=(0, 2000),
                       layouts=("1x2",), spins=(True, False), concurrency=(1, 8),
                       protocols=("http",), requests_per_point=24, seconds_per_point=20,
-                      overhead_sentences=40, data=str(data_dir), artifacts=str(tiny_artifacts),
+                      data=str(data_dir), artifacts=str(tiny_artifacts),
                       out=str(tmp_path), agreement_rows=64)
     assert [label(p) for p in cfg.points()] == [
         "1x2, no batcher", "1x2, batcher 0 us", "1x2, batcher 2000 us", "1x2 no spin, no batcher",
@@ -309,8 +309,15 @@ def test_bench_sweeps_server_configs_measures_overhead_and_recommends(tiny_artif
         assert row["server_cpu_ms_per_request"] > 0 and row["server_cpu_over_in_process"] > 0
         if row["dynamic_batching"] is False:
             assert row["mean_server_batch"] == 1.0  # no batching without the dynamic batcher
+        assert row["client_cpu_ms_per_request"] > 0  # the clients' own CPU, measured apart
         if row["concurrency"] == 1:
-            assert "p50_overhead_ms" in row
+            # paired: the in-process reference timed on this point's own sentences, in blocks
+            # between its requests, and the overhead taken against that
+            ref = row["in_process_interleaved"]
+            assert ref["n"] == row["requests"] and ref["cpu_ms_per_inference"] > 0
+            assert row["p50_overhead_ms"] == pytest.approx(row["latency_ms"]["p50"] - ref["p50_ms"])
+        else:
+            assert "in_process_interleaved" not in row
         # Triton's own per-request phases: each positive, and together inside the request time
         ph = row["server_phase_ms"]
         assert all(ph[k] > 0 for k in ("success", "compute_input", "compute_infer", "compute_output"))
