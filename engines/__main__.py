@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports", help="scores the model cards carry")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
     p.add_argument("--force", action="store_true", help="rebuild even if current")
+    p.add_argument("--no-overlap", dest="overlap", action="store_false",
+                   help="train QLoRA after the baseline instead of beside it (CPU builds)")
     p.add_argument("--dry-run", action="store_true", help="say what would be built, build nothing")
     p.add_argument("--families", action="store_true",
                    help="print the encoder families x stages table (Markdown) and exit")
@@ -70,8 +72,7 @@ def parse(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespac
                                    **{k: v for k, v in shared.items() if k in fields})
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
     return BuildConfig(model=a.model, data=a.data, artifacts=a.artifacts, reports=a.reports,
-                       stages=stages,
-                       force=a.force, **configs), a
+                       stages=stages, force=a.force, overlap=a.overlap, **configs), a
 
 
 def replace_block(text: str, name: str, body: str) -> str:

@@ -204,9 +204,11 @@ def qlora_step(b: Builder) -> Step:
     def build(tmp: Path) -> dict[str, Any]:
         from train.qlora import train_qlora
 
-        r = train_qlora(q, tmp)
-        return {k: r[k] for k in ("best_val_macro_f1", "train_minutes", "trainable_params",
-                                  "trainable_pct", "weight_memory", "targets", "fp32_weight_bytes")}
+        beside = b.background is not None  # trained in a child beside the baseline (overlap.py)
+        r = b.background.collect(tmp) if beside else train_qlora(q, tmp)
+        return {**{k: r[k] for k in ("best_val_macro_f1", "train_minutes", "trainable_params",
+                                     "trainable_pct", "weight_memory", "targets",
+                                     "fp32_weight_bytes")}, "trained_beside_baseline": beside}
 
     return Step("qlora", fixed("qlora"), q, (), training_sources(q.data, q.model), build)
 
