@@ -4,7 +4,8 @@ Why: on a small CPU a training step does not scale with threads. Measured 2026-1
 batch 32, 2-core AMD EPYC): 0.96 s per baseline step with 2 threads, 1.25 s with 1, so two
 1-thread trainings side by side do about 1.5x the work of two 2-thread trainings one after the
 other. QLoRA reads nothing the baseline writes (it starts from the pre-trained encoder), so it is
-the one training that can run beside it. Only where both are built in this run, on CPU, with
+the one training that can run beside it. When it ends, the baseline takes every thread again
+from its next step. Only where both are built in this run, on CPU, with
 more than one core and no --threads given; `--no-overlap` runs them one after the other.
 
 The child process trains into a staging folder next to the artifacts; the QLoRA step of the
@@ -14,9 +15,11 @@ main process only (no two writers). A child that fails is reported with its erro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,22 @@ from common.manifest import ArtifactError
 THREADS = 1  # per training while both run
 
 
-def _child(cfg: Any, staging: str, log: str, queue: Any) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A build killed by a signal runs no cleanup: the child then stops on its own."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _child(cfg: Any, staging: str, log: str, queue: Any, parent: int) -> None:
     """Entry point of the spawned process: train QLoRA into `staging`, report on `queue`."""
+    _exit_with_parent(parent)
     with open(log, "a", encoding="utf-8", buffering=1) as f:
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
@@ -66,6 +83,30 @@ class Background:
         self.log.unlink(missing_ok=True)
         return payload
 
+    @contextlib.contextmanager
+    def sharing_cores(self) -> Iterator[None]:
+        """Train on THREADS torch threads while the child runs, on all of them again from the
+        first step after it has finished (train.loop.STEP_HOOKS), and after the block."""
+        import torch
+
+        from train import loop
+
+        before = torch.get_num_threads()
+
+        def give_back() -> None:
+            if not self.proc.is_alive():
+                torch.set_num_threads(before)
+                loop.STEP_HOOKS.remove(give_back)
+
+        torch.set_num_threads(THREADS)
+        loop.STEP_HOOKS.append(give_back)
+        try:
+            yield
+        finally:
+            if give_back in loop.STEP_HOOKS:
+                loop.STEP_HOOKS.remove(give_back)
+            torch.set_num_threads(before)
+
     def _result(self) -> tuple[str, Any]:
         import queue
 
@@ -93,7 +134,8 @@ def start(cfg: Any, root: Path) -> Background:
     log = root / f".qlora-overlap-{os.getpid()}.log"
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(cfg, str(staging), str(log), queue), daemon=True)
+    proc = ctx.Process(target=_child, args=(cfg, str(staging), str(log), queue, os.getpid()),
+                       daemon=True)
     proc.start()
     print(f"[overlap] qlora: training beside the baseline, {THREADS} thread each (log: {log})")
     return Background(proc, queue, staging, log)

@@ -212,16 +212,8 @@ def build_all(cfg: BuildConfig) -> Builder:
     try:
         for step in steps:
             if b.background is not None and step.name == "baseline":
-                import torch
-
-                from engines.overlap import THREADS
-
-                before = torch.get_num_threads()
-                torch.set_num_threads(THREADS)  # the other core trains QLoRA meanwhile
-                try:
+                with b.background.sharing_cores():
                     b.run(step)
-                finally:
-                    torch.set_num_threads(before)
             else:
                 b.run(step)
     finally:

@@ -59,3 +59,27 @@ def test_cli_no_overlap():
 
     assert parse([])[0].overlap is True
     assert parse(["--no-overlap"])[0].overlap is False
+
+
+def test_baseline_gets_every_thread_back_when_the_child_ends(tmp_path):
+    """While the child runs the baseline trains on one thread; from the first step after the
+    child has ended it has all of them again (the hook runs on the training thread)."""
+    import multiprocessing as mp
+    import time
+
+    import torch
+
+    from engines.overlap import Background
+    from train import loop
+
+    before = torch.get_num_threads()
+    proc = mp.get_context("spawn").Process(target=time.sleep, args=(1.5,))
+    proc.start()
+    bg = Background(proc, None, tmp_path / "staging", tmp_path / "log")
+    with bg.sharing_cores():
+        loop.run_step_hooks()
+        assert torch.get_num_threads() == 1 and loop.STEP_HOOKS  # child alive: one thread
+        proc.join()
+        loop.run_step_hooks()
+        assert torch.get_num_threads() == before and not loop.STEP_HOOKS
+    assert torch.get_num_threads() == before

@@ -24,6 +24,7 @@ from train.loop import (
     adamw,
     bucketed_batches,
     resolve_device,
+    run_step_hooks,
     seed_everything,
     train_val_splits,
     validation_row,
@@ -132,6 +133,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
         bar = tqdm(bucketed_batches(train_enc, cfg.batch_size, rng), desc=f"epoch {epoch}/{cfg.epochs}")
         running = 0.0
         for step, b in enumerate(bar, start=1):
+            run_step_hooks()
             feed = {k: torch.from_numpy(v).to(device) for k, v in train_enc.batch(b, names).items()}
             with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = torch.nn.functional.cross_entropy(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,11 +36,24 @@ def resolve_device(name: str) -> str:
     return name
 
 
+# Called on the training thread before every step: a build may change torch's thread count
+# between steps (engines/overlap.py gives the second core back when the training beside this one
+# ends; torch's thread count only takes effect when set on the thread that computes).
+STEP_HOOKS: list[Callable[[], None]] = []
+
+
+def run_step_hooks() -> None:
+    for hook in list(STEP_HOOKS):
+        hook()
+
+
 def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sched, params,
                what: str, class_weights=None) -> float:
     """One optimiser step (plain FP32, clipped at 1.0); refuses a non-finite loss. class_weights:
     the per-class loss weights of the baseline's recipe (None = plain cross-entropy)."""
     import torch
+
+    run_step_hooks()
 
     logits = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()}).logits
     loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device), weight=class_weights)
