@@ -129,8 +129,12 @@ def start(cfg: Any, root: Path) -> Background:
     import multiprocessing as mp
 
     root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob(".qlora-overlap-*"):  # left by a build that was killed
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     staging = root / f".qlora-overlap-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     log = root / f".qlora-overlap-{os.getpid()}.log"
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
