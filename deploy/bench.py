@@ -158,6 +158,21 @@ def group_cpu_seconds(pgid: int | None) -> float:
     return total / tick
 
 
+def timed_predicts(svc: Any, sentences: list[str], warmup: list[str] | None = None
+                   ) -> tuple[np.ndarray, float]:
+    """Batch-1 service calls on `sentences`: seconds per call (common.timing.time_each) and this
+    process's CPU seconds over the timed calls (warm-up calls run first, outside both)."""
+    from common.timing import time_each
+
+    def predict(t: str) -> Any:
+        return svc.predict([t])
+
+    time_each(predict, (), warmup=warmup or ())
+    cpu0 = time.process_time()
+    lat, _ = time_each(predict, sentences)
+    return lat, time.process_time() - cpu0
+
+
 # 1-client points alternate blocks of this many served requests with the same sentences through
 # the in-process reference, so machine drift during a sweep hits both sides of the difference
 PAIRED_BLOCK = 25
@@ -179,12 +194,9 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
     paired = local is not None and concurrency == 1
 
     def reference_block(sent: list[str]) -> None:
-        c0 = time.process_time()
-        for t in sent:
-            t0 = time.perf_counter()
-            local.predict([t])
-            ref_lat.append(time.perf_counter() - t0)
-        ref_cpu[0] += time.process_time() - c0
+        lat, cpu = timed_predicts(local, sent)
+        ref_lat.extend(lat.tolist())
+        ref_cpu[0] += cpu
 
     def worker(k: int) -> None:
         mod, c = _client(protocol, url)
@@ -262,14 +274,7 @@ def in_process(cfg: BenchConfig, texts: list[str], svc: Any, threads: int,
     the sweep. 1-client points also time `svc` interleaved with the server (sweep_point)."""
     preds = np.array([svc.predict([t]).label_ids[0] for t in texts])
     sample = [sent_text(texts, i, 0) for i in range(cfg.requests_per_point)]
-    for t in sample[:20]:
-        svc.predict([t])
-    lat, cpu0 = [], time.process_time()
-    for t in sample:
-        t0 = time.perf_counter()
-        svc.predict([t])
-        lat.append(time.perf_counter() - t0)
-    cpu = time.process_time() - cpu0
+    lat, cpu = timed_predicts(svc, sample, warmup=sample[:20])
     return {"predictions": preds, "threads": threads, "spin": spin, "n": len(sample),
             "p50_ms": 1e3 * float(np.median(lat)), "mean_ms": 1e3 * float(np.mean(lat)),
             "cpu_ms_per_inference": 1e3 * cpu / len(sample),

@@ -25,9 +25,10 @@ def markdown(r: dict, png: str) -> str:
              "- server CPU per request: user + system CPU of tritonserver and its Python-backend "
              "stubs (/proc) over the point, divided by its requests; in-process: the same "
              "sentences through the variant's service (tokenize + Runner + softmax) at batch 1 "
-             "with the same threads; at 1 client it is timed in blocks of "
-             f"{r.get('paired_block', 25)} requests between the server's (same sentences, same "
-             "order), so the p50 difference is paired and drift hits both sides", "",
+             "with the same threads" + (
+                 f"; at 1 client it is timed in blocks of {r['paired_block']} requests between "
+                 "the server's (same sentences, same order), so the p50 difference is paired and "
+                 "drift hits both sides" if "paired_block" in r else ""), "",
              "| server (instances x threads) | protocol | clients | requests | failed | req/s | "
              "p50 ms | p95 ms | p99 ms | mean server batch | server CPU ms/request | x in-process "
              "| p50 - in-process p50 (ms) |", "|" + "---|" * 13]
@@ -83,8 +84,8 @@ def overhead_table(sweep: list[dict[str, Any]]) -> list[str]:
            "client: tritonclient round trip; in Triton: arrival to response sent (statistics "
            "API), split into queue, input (tensors to the Python-backend stub), execute (our "
            "execute(): decode, tokenize, Runner, softmax) and output; in-process: the same "
-           "service call without a server, interleaved with the point's requests. client - Triton = HTTP/gRPC, (de)serialisation and "
-           "the client's own CPU; client CPU: the benchmark process's CPU time per request (the "
+           "service call without a server, interleaved with the point's requests. client - "
+           "Triton = HTTP/gRPC, (de)serialisation and the client's own CPU; client CPU: the benchmark process's CPU time per request (the "
            "client library's share of that, on the same cores); execute - in-process = the "
            "stub's cost inside execute().", "",
            "| server | protocol | client | client CPU | in Triton | queue | input | execute | output | "

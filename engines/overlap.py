@@ -150,7 +150,7 @@ def eligible(baseline_cfg: Any, qlora_cfg: Any) -> bool:
     """CPU training for both, no explicit thread count, and more than one core."""
     from train.loop import resolve_device
 
-    return (getattr(baseline_cfg, "threads", 0) == 0 and (os.cpu_count() or 1) > 1
+    return (baseline_cfg.threads == 0 and (os.cpu_count() or 1) > 1
             and resolve_device(baseline_cfg.device) == "cpu"
             and resolve_device(qlora_cfg.device) == "cpu")
 
