@@ -89,13 +89,18 @@ bench: $(SETUP)
 k8s: $(SETUP)
 	$(PY) -m deploy k8s --backend $(BACKEND) --variant $(VARIANT) --out k8s $(SERVE_ARGS)
 
-# The baseline's seed spread (issue 19): the default recipe (class weights) and the old one
-# (unweighted), 3 seeds each -> docs/results/baseline-seeds.{json,md}. About 12 minutes per run
-# on 2 cores; runs already in the report are not repeated.
+# The baseline's seed spread (issue 19): the default recipe (class weights), the old one
+# (unweighted) and the candidates measured, 3 seeds each, then the ensembles of their runs (no
+# training: saved logits) -> docs/results/baseline-seeds.{json,md}. About 12 minutes per run on
+# 2 cores; runs already in the report are not repeated.
 SEEDS ?= 42,1,2
 baseline-seeds: $(SETUP)
 	$(PY) -m train.seeds --name unweighted --class-weights none --seeds $(SEEDS) --data $(DATA)
 	$(PY) -m train.seeds --name class-weights --seeds $(SEEDS) --data $(DATA)
+	$(PY) -m train.seeds --name class-weights+ls0.1 --label-smoothing 0.1 --seeds $(SEEDS) --data $(DATA)
+	$(PY) -m train.seeds --name class-weights+avg5 --average-last 5 --seeds $(SEEDS) --data $(DATA)
+	for e in class-weights class-weights+ls0.1 unweighted,class-weights,class-weights+ls0.1 \
+	    class-weights,class-weights+ls0.1; do $(PY) -m train.seeds --ensemble $$e || exit 1; done
 
 # Quantization study of the classifier (our quantizers vs bitsandbytes) -> reports/study-classifier.*
 study: $(SETUP)

@@ -3,7 +3,9 @@ one back, and command-line flags generated one to one from their fields.
 
 A recipe is `{"type": <class name>, "version": <class VERSION>, "fields": {...}}`, nested configs
 tagged the same way. Fields whose metadata says `recipe=False` (device, threads: how a step runs,
-not what it makes) are left out, so changing them never marks an artifact stale.
+not what it makes) are left out, so changing them never marks an artifact stale. Fields made
+with `added` (a later option whose default is what the code made before) are in the recipe only
+when set, so adding one does not mark every existing artifact stale.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ def doc(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def added(default: Any, help: str) -> Any:
+    """A field added after artifacts exist, whose default reproduces them: in the recipe only
+    when it differs from the default (older recipes, without it, still match)."""
+    return dataclasses.field(default=default, metadata={"help": help, "recipe": "if-set"})
+
+
 def version_of(cls: type) -> int:
     return int(getattr(cls, "VERSION", 1))
 
@@ -37,7 +45,10 @@ def recipe(cfg: Any) -> dict[str, Any]:
         raise TypeError(f"recipe() takes a config instance, not {cfg!r}")
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("recipe", True):
+        keep = f.metadata.get("recipe", True)
+        if keep == "if-set" and getattr(cfg, f.name) == _default(f):
+            continue
+        if keep:
             v = getattr(cfg, f.name)
             fields[f.name] = recipe(v) if dataclasses.is_dataclass(v) else (
                 list(v) if isinstance(v, tuple) else v)

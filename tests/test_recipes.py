@@ -168,3 +168,26 @@ def test_saved_models_written_by_other_code_are_refused_in_one_line(tiny_artifac
     (qat / "recipe.json").write_text("{broken")
     with pytest.raises(ArtifactError, match="corrupt.*make engines"):
         load_qat_model(qat)
+
+
+def test_an_added_field_is_in_the_recipe_only_when_set():
+    """A field added later (`added`) with the default that reproduces older artifacts keeps
+    their recipes, and so their hashes, unchanged; set, it is part of the recipe."""
+    from dataclasses import dataclass
+
+    from common.config import added, from_recipe, recipe
+
+    @dataclass(frozen=True)
+    class Before:
+        lr: float = 1e-4
+
+    @dataclass(frozen=True)
+    class Before2:  # the same config after a field was added
+        lr: float = 1e-4
+        average_last: int = added(0, "a later option")
+
+    Before2.__name__ = Before.__name__
+    assert recipe(Before2()) == recipe(Before())
+    assert recipe(Before2(average_last=3))["fields"] == {"lr": 1e-4, "average_last": 3}
+    assert from_recipe(Before2, recipe(Before())) == Before2()
+    assert from_recipe(Before2, recipe(Before2(average_last=3))).average_last == 3

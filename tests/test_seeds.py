@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from common.errors import ConfigError
 from train.bias import apply_logit_bias, fit_logit_bias, logits_layer
 
 
@@ -77,6 +78,27 @@ def test_seed_study_runs_reports_and_resumes(tiny_model_dir, data_dir, tmp_path,
     assert "trained with another recipe" in capsys.readouterr().err
     assert (tmp_path / "baseline-seeds.json").read_text() == before
 
+    # the ensemble of the two runs, from their saved logits: the mean softmax, scored
+    from common.metrics import classification_metrics
+    from train.seeds import softmax
+
+    z = [np.load(tmp_path / "logits" / f"today-seed{s}.npz") for s in (0, 1)]
+    want = classification_metrics(z[0]["test_labels"], np.mean(
+        [softmax(x["test_logits"]) for x in z], 0).argmax(-1))["macro_f1"]
+    ens = ["--ensemble", "today", "--out", str(tmp_path), "--logits", str(tmp_path / "logits")]
+    assert main(ens) == 0
+    e = json.loads((tmp_path / "baseline-seeds.json").read_text())["ensembles"]
+    assert len(e) == 1 and e[0]["members"] == ["today"] and len(e[0]["runs"]) == 2
+    assert e[0]["test_macro_f1"] == pytest.approx(want)
+    assert "## Ensembles" in (tmp_path / "baseline-seeds.md").read_text()
+    assert main(ens) == 0  # scored again: replaced, not added
+    assert len(json.loads((tmp_path / "baseline-seeds.json").read_text())["ensembles"]) == 1
+    (tmp_path / "logits" / "today-seed1.npz").unlink()
+    assert main(ens) == 2
+    assert "today-seed1.npz is missing" in capsys.readouterr().err
+    assert main(["--ensemble", "nobody", "--out", str(tmp_path)]) == 2
+    assert "no runs of ['nobody']" in capsys.readouterr().err
+
 
 def test_the_default_recipe_is_marked_and_only_it():
     """The report marks the candidate whose recipe make engines trains (data, model, seed aside)."""
@@ -88,3 +110,42 @@ def test_the_default_recipe_is_marked_and_only_it():
     assert is_default(recipe(FinetuneConfig(seed=3, data="somewhere", limit_train=10)))
     assert not is_default(recipe(FinetuneConfig(class_weights="none")))
     assert not is_default(recipe(FinetuneConfig(epochs=3)))
+
+
+def test_checkpoint_average_is_the_mean_of_the_chosen_steps():
+    import torch
+
+    from train.finetune import CheckpointAverage
+
+    model = torch.nn.Linear(3, 2)
+    avg = CheckpointAverage(model, steps=10, n=3)
+    assert avg.at == {10, 7, 3}  # evenly spaced, the last step included
+    seen = []
+    for step in range(1, 11):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        if step in avg.at:
+            seen.append(step)
+        avg.after_step(step)
+    live = avg.swap_in()
+    assert torch.allclose(model.weight, torch.full((2, 3), sum(seen) / len(seen)))
+    assert torch.equal(live["weight"], torch.full((2, 3), 10.0))  # what to restore
+    assert CheckpointAverage(model, steps=2, n=5).n == 2  # never more points than steps
+
+
+def test_averaged_checkpoint_competes_with_the_epochs_on_validation(tiny_model_dir, data_dir,
+                                                                     tmp_path):
+    from common.config import recipe
+    from train.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(model=str(tiny_model_dir), data=str(data_dir), epochs=2, lr=5e-4,
+                         max_length=64, average_last=3)
+    meta = finetune(cfg, tmp_path / "m")
+    h = meta["history"]
+    assert [(x["epoch"], x.get("averaged_checkpoints", 0)) for x in h] == [(1, 0), (2, 0), (2, 3)]
+    best = max(h, key=lambda x: x["val_macro_f1"])
+    assert meta["best_val_macro_f1"] == best["val_macro_f1"]
+    assert meta["best_averaged_checkpoints"] == best.get("averaged_checkpoints", 0)
+    assert recipe(cfg)["fields"]["average_last"] == 3  # part of the recipe: a new candidate
+    with pytest.raises(ConfigError, match="average_last"):
+        FinetuneConfig(average_last=-1)

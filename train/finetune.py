@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.arch import input_names, model_spec
-from common.config import doc, recipe, run_only
+from common.config import added, doc, recipe, run_only
 from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
@@ -62,6 +62,10 @@ class FinetuneConfig:
     label_smoothing: float = 0.0
     logit_bias: bool = doc(False, "fit a per-class logit bias on validation for macro F1 and "
                            "store it in the classifier's bias (train/bias.py)")
+    # A candidate of the study: the uniform average of N evenly spaced checkpoints of the last
+    # epoch (the cheap end of ensembling) joins the epochs in the choice on validation
+    average_last: int = added(0, "average the weights at N evenly spaced steps of the last epoch "
+                            "and let validation choose it like an epoch (0 = off)")
 
     def __post_init__(self) -> None:
         if self.class_weights not in {"none", "sqrt-inverse"}:
@@ -72,6 +76,8 @@ class FinetuneConfig:
             raise ConfigError(f"amp must be none, fp16 or bf16, not {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.average_last < 0:
+            raise ConfigError("average_last must be >= 0 (0 = no checkpoint averaging)")
         if self.max_length < 3:
             raise ConfigError("max_length must be >= 3 ([CLS], one token, [SEP])")
 
@@ -89,8 +95,39 @@ def class_weights(kind: str, labels: np.ndarray, device: str):
     return torch.tensor(w / w.mean(), dtype=torch.float32, device=device)
 
 
+class CheckpointAverage:
+    """Running uniform average of the floating-point weights at `n` evenly spaced steps of an
+    epoch of `steps` steps (the last step always among them)."""
+
+    def __init__(self, model, steps: int, n: int):
+        self.model, self.n = model, min(n, steps)
+        self.at = {steps - round(i * steps / self.n) for i in range(self.n)} if self.n else set()
+        self.sum: dict | None = None
+        self.count = 0
+
+    def after_step(self, step: int) -> None:
+        if step not in self.at:
+            return
+        state = self.model.state_dict()
+        if self.sum is None:
+            self.sum = {k: v.detach().double().clone() for k, v in state.items() if v.is_floating_point()}
+        else:
+            for k in self.sum:
+                self.sum[k] += state[k].detach().double()
+        self.count += 1
+
+    def swap_in(self) -> dict:
+        """Load the average into the model; returns the live weights to restore."""
+        assert self.sum is not None and self.count == self.n, (self.count, self.n)
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        avg = {k: (v / self.count).to(live[k].dtype) for k, v in self.sum.items()}
+        self.model.load_state_dict({**live, **avg})
+        return live
+
+
 def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
-    """Train, keep the epoch with the best validation macro F1, save it to out_dir."""
+    """Train, keep the epoch (or, with average_last, the last epoch's checkpoint average) with the
+    best validation macro F1, save it to out_dir."""
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -127,6 +164,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
 
     best_f1, best_state, history = -1.0, None, []
+    averager = CheckpointAverage(model, steps_per_epoch, cfg.average_last)
     t0 = time.time()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -151,14 +189,23 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
             sched.step()
             running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        row = validation_row(model, val_enc, names, val.labels, device, epoch, running,
-                             (time.time() - t0) / 60)
-        history.append(row)
-        print(f"epoch {epoch}: validation macro F1 {row['val_macro_f1']:.4f}, "
-              f"accuracy {row['val_accuracy']:.4f}")
-        if row["val_macro_f1"] > best_f1:
-            best_f1 = row["val_macro_f1"]
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if epoch == cfg.epochs:
+                averager.after_step(step)
+        states = [(epoch, None)] + ([(epoch, averager)] if epoch == cfg.epochs and averager.n else [])
+        for ep, avg in states:
+            live = None if avg is None else avg.swap_in()
+            row = validation_row(model, val_enc, names, val.labels, device, ep, running,
+                                 (time.time() - t0) / 60)
+            if avg is not None:
+                row["averaged_checkpoints"] = avg.n
+            history.append(row)
+            print(f"epoch {ep}{'' if avg is None else f' (average of {avg.n} checkpoints)'}: "
+                  f"validation macro F1 {row['val_macro_f1']:.4f}, accuracy {row['val_accuracy']:.4f}")
+            if row["val_macro_f1"] > best_f1:
+                best_f1 = row["val_macro_f1"]
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if live is not None:
+                model.load_state_dict(live)
 
     assert best_state is not None
     model.load_state_dict(best_state)
@@ -177,13 +224,15 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    best_epoch = max(history, key=lambda h: h["val_macro_f1"])["epoch"]
+    best = max(history, key=lambda h: h["val_macro_f1"])  # the first of equals, as chosen above
+    best_epoch = best["epoch"]
     meta = {
         "config": recipe(cfg), "base_model": resolve_model(cfg.model), "device": device,
         "model_type": model_spec(model.config).model_type, "max_length": cfg.max_length,
         "train_rows": len(train), "validation_rows": len(val),
         "data": {"train": train.fingerprint, "validation": val.fingerprint},
         "best_epoch": best_epoch, "best_val_macro_f1": best_f1, "history": history,
+        "best_averaged_checkpoints": best.get("averaged_checkpoints", 0),
         "train_minutes": (time.time() - t0) / 60, "input_names": list(names), **bias_info,
     }
     (out_dir / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

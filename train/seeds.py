@@ -8,6 +8,11 @@ to choose. A run that is already in the report (same name, recipe and seed) is n
 the study can be extended run by run. Each trained model is also scored with a per-class logit
 bias fitted on its validation logits (train/bias.py), as the candidate `<name>+bias`, without
 training it again. Writes <out>/baseline-seeds.{json,md}.
+
+    python -m train.seeds --ensemble class-weights,class-weights+ls0.1 --logits DIR
+
+scores the ensemble of every run of those candidates from their saved logits (no training): the
+ceiling of distilling such an ensemble into one model.
 """
 
 from __future__ import annotations
@@ -101,6 +106,40 @@ def run_one(cfg: FinetuneConfig, logits_to: Path | None = None) -> list[dict[str
     return rows
 
 
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def ensemble_row(report: dict[str, Any], names: list[str], logits_dir: Path) -> dict[str, Any]:
+    """Macro F1 of the mean softmax of every stored run of the candidates `names`: what an
+    ensemble of those models scores, so the ceiling of distilling it into one model (a student
+    rarely beats its teacher). No training; reads each run's saved logits."""
+    from common.metrics import classification_metrics
+
+    runs = [r for r in report["runs"] if r["candidate"] in names]
+    missing = sorted(set(names) - {r["candidate"] for r in runs})
+    if missing:
+        raise ConfigError(f"no runs of {missing} in the report; train them first (--name)")
+    probs: dict[str, list[np.ndarray]] = {"val": [], "test": []}
+    labels: dict[str, np.ndarray] = {}
+    for r in runs:
+        f = logits_dir / f"{r['candidate']}-seed{r['seed']}.npz"
+        if not f.is_file():
+            raise ConfigError(f"{f} is missing: --logits must name the folder the runs were "
+                              "trained with (their logits are kept there)")
+        with np.load(f) as z:
+            for split in probs:
+                probs[split].append(softmax(z[f"{split}_logits"]))
+                if labels.setdefault(split, z[f"{split}_labels"]).tolist() != z[f"{split}_labels"].tolist():
+                    raise ConfigError(f"{f} was scored on other {split} rows than the others")
+    score = {split: classification_metrics(labels[split], np.mean(p, 0).argmax(-1))
+             for split, p in probs.items()}
+    return {"members": names, "runs": [f"{r['candidate']} seed {r['seed']}" for r in runs],
+            "val_macro_f1": score["val"]["macro_f1"], "test_macro_f1": score["test"]["macro_f1"],
+            "test_accuracy": score["test"]["accuracy"]}
+
+
 def _sd(a: np.ndarray) -> float:
     return float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
@@ -159,6 +198,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['candidate']} | {r['seed']} | {r['best_epoch']} | {r['val_macro_f1']:.4f} | "
                      f"{r['test_macro_f1']:.4f} | {r['test_accuracy']:.4f} | {pc['love']:.3f} | "
                      f"{pc['surprise']:.3f} |")
+    if report.get("ensembles"):
+        lines += ["", "## Ensembles", "", "The mean softmax of several trained runs (no training: "
+                  "their saved logits). A model distilled from such an ensemble rarely scores "
+                  "above it, so its score is the ceiling of that candidate.", "",
+                  "| members | models | validation macro F1 | test macro F1 | test accuracy |",
+                  "|---|---|---|---|---|"]
+        for e in report["ensembles"]:
+            lines.append(f"| {' + '.join(e['members'])} | {len(e['runs'])} | "
+                         f"{e['val_macro_f1']:.4f} | {e['test_macro_f1']:.4f} | "
+                         f"{e['test_accuracy']:.4f} |")
     lines += ["", "## Recipes", ""]
     for s in report["summary"]:
         shown = _recipe_fields(s["recipe"])
@@ -175,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m train.seeds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="the candidate's name in the report")
+    p.add_argument("--name", help="the candidate's name in the report")
+    p.add_argument("--ensemble", metavar="NAME[,NAME...]",
+                   help="instead of training: score the ensemble of every run of these "
+                        "candidates from their saved logits (--logits) and add it to the report")
     p.add_argument("--seeds", default="42,1,2")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--logits", default="reports/baseline-seeds",
@@ -186,6 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     path = out / "baseline-seeds.json"
     report = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    if a.ensemble:
+        names = [n.strip() for n in a.ensemble.split(",") if n.strip()]
+        row = ensemble_row(report, names, Path(a.logits))
+        report["ensembles"] = [e for e in report.get("ensembles", []) if e["members"] != names]
+        report["ensembles"].append(row)
+        print(f"ensemble of {len(row['runs'])} models: validation {row['val_macro_f1']:.4f}, "
+              f"test {row['test_macro_f1']:.4f}")
+        write_report(out, "baseline-seeds", report, markdown(report))
+        return 0
+    if not a.name:
+        raise ConfigError("give --name (a candidate to train) or --ensemble (candidates to score)")
     def unseeded(r: dict[str, Any]) -> dict[str, Any]:
         return {**r, "fields": {k: v for k, v in r["fields"].items() if k != "seed"}}
 
