@@ -99,6 +99,7 @@ baseline-seeds: $(SETUP)
 	$(PY) -m train.seeds --name class-weights --seeds $(SEEDS) --data $(DATA)
 	$(PY) -m train.seeds --name class-weights+ls0.1 --label-smoothing 0.1 --seeds $(SEEDS) --data $(DATA)
 	$(PY) -m train.seeds --name class-weights+avg5 --average-last 5 --seeds $(SEEDS) --data $(DATA)
+	$(PY) -m train.seeds --name class-weights+llrd0.9 --layer-decay 0.9 --seeds $(SEEDS) --data $(DATA)
 	for e in class-weights class-weights+ls0.1 unweighted,class-weights,class-weights+ls0.1 \
 	    class-weights,class-weights+ls0.1; do $(PY) -m train.seeds --ensemble $$e || exit 1; done
 

@@ -149,3 +149,38 @@ def test_averaged_checkpoint_competes_with_the_epochs_on_validation(tiny_model_d
     assert recipe(cfg)["fields"]["average_last"] == 3  # part of the recipe: a new candidate
     with pytest.raises(ConfigError, match="average_last"):
         FinetuneConfig(average_last=-1)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "deberta-v2"])
+def test_layer_decay_scales_each_layer_from_the_top(data_dir, tmp_path, family):
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.tiny_models import build_tiny
+    from train.finetune import FinetuneConfig, param_groups
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        build_tiny(family, data_dir, tmp_path / family))
+    names = {id(p): n for n, p in model.named_parameters()}
+    # off: the two groups the recipe always had (decayed weights, then biases and LayerNorms)
+    plain = param_groups(model, 0.01, 1.0)
+    assert [(g["weight_decay"], g["lr_scale"]) for g in plain] == [(0.01, 1.0), (0.0, 1.0)]
+    # on: every parameter in exactly one group, its lr scale by its depth from the top
+    groups = param_groups(model, 0.01, 0.5)
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(names) and len(seen) == len(set(seen))
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    layers = sorted({n.split(".layer.")[1].split(".")[0] for n in names.values() if ".layer." in n})
+    assert layers == ["0", "1"]  # the tiny models have 2 layers
+    for n, s in scale.items():
+        if ".layer.1." in n:
+            assert s == 0.5, n
+        elif ".layer.0." in n:
+            assert s == 0.25, n
+        elif "embeddings" in n:
+            assert s == 0.125, n
+        elif n.startswith(("classifier", "pooler")) or ".pooler." in n:
+            assert s == 1.0, n
+    assert all(g["weight_decay"] == 0.0 for g in groups
+               for p in g["params"] if names[id(p)].endswith("bias"))
+    with pytest.raises(ConfigError, match="layer_decay"):
+        FinetuneConfig(layer_decay=0)

@@ -20,12 +20,11 @@ from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
 from train.loop import (
-    TrainingDiverged,
     adamw,
     bucketed_batches,
     resolve_device,
-    run_step_hooks,
     seed_everything,
+    train_step,
     train_val_splits,
     validation_row,
 )
@@ -64,6 +63,10 @@ class FinetuneConfig:
                            "store it in the classifier's bias (train/bias.py)")
     # A candidate of the study: the uniform average of N evenly spaced checkpoints of the last
     # epoch (the cheap end of ensembling) joins the epochs in the choice on validation
+    # A candidate of the study: layer-wise learning-rate decay, lr x decay^(depth from the top)
+    # for each encoder layer (the embeddings deepest), so the lower, more general layers move
+    # less; 1.0 = one learning rate for all
+    layer_decay: float = added(1.0, "learning-rate decay per layer from the top (1.0 = off)")
     average_last: int = added(0, "average the weights at N evenly spaced steps of the last epoch "
                             "and let validation choose it like an epoch (0 = off)")
 
@@ -76,6 +79,8 @@ class FinetuneConfig:
             raise ConfigError(f"amp must be none, fp16 or bf16, not {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError("layer_decay must be in (0, 1] (1.0 = one learning rate for all)")
         if self.average_last < 0:
             raise ConfigError("average_last must be >= 0 (0 = no checkpoint averaging)")
         if self.max_length < 3:
@@ -125,6 +130,31 @@ class CheckpointAverage:
         return live
 
 
+def param_groups(model, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights; with layer_decay < 1 each
+    group's lr is scaled by layer_decay^(depth from the top): the head and pooler 0, encoder
+    layer i of L at L - i, the embeddings L + 1 (`lr_scale`, read by the optimizer's lr)."""
+    import re
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    named = list(model.named_parameters())
+    layer = re.compile(r"\.layer\.(\d+)\.")
+    n_layers = 1 + max((int(m.group(1)) for n, _ in named if (m := layer.search(n))), default=-1)
+
+    def depth(name: str) -> int:
+        m = layer.search(name)
+        if m:
+            return n_layers - int(m.group(1))
+        return n_layers + 1 if "embeddings" in name else 0
+
+    groups: dict[tuple[bool, int], list] = {}
+    for n, p in named:
+        key = (n.endswith(no_decay), depth(n) if layer_decay < 1 else 0)
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if nd else weight_decay,
+             "lr_scale": layer_decay ** d} for (nd, d), ps in sorted(groups.items())]
+
+
 def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     """Train, keep the epoch (or, with average_last, the last epoch's checkpoint average) with the
     best validation macro F1, save it to out_dir."""
@@ -150,18 +180,15 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g["lr"] = cfg.lr * g.pop("lr_scale")
     opt = adamw(groups, cfg.lr, device)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.amp)
     weights = class_weights(cfg.class_weights, np.asarray(train.labels), device)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    params = list(model.parameters())
 
     best_f1, best_state, history = -1.0, None, []
     averager = CheckpointAverage(model, steps_per_epoch, cfg.average_last)
@@ -171,23 +198,10 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
         bar = tqdm(bucketed_batches(train_enc, cfg.batch_size, rng), desc=f"epoch {epoch}/{cfg.epochs}")
         running = 0.0
         for step, b in enumerate(bar, start=1):
-            run_step_hooks()
-            feed = {k: torch.from_numpy(v).to(device) for k, v in train_enc.batch(b, names).items()}
-            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = torch.nn.functional.cross_entropy(
-                    model(**feed).logits.float(), y_train[b].to(device), weight=weights,
-                    label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch} step {step}; "
-                                         "lower --lr or use --amp none")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+            loss = train_step(model, train_enc.batch(b, names), y_train[b], device, opt, sched,
+                              params, f"epoch {epoch} step {step}", weights,
+                              cfg.label_smoothing, amp_dtype, scaler)
+            running = 0.98 * running + 0.02 * loss if step > 1 else loss
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             if epoch == cfg.epochs:
                 averager.after_step(step)

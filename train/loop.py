@@ -48,21 +48,34 @@ def run_step_hooks() -> None:
 
 
 def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sched, params,
-               what: str, class_weights=None) -> float:
-    """One optimiser step (plain FP32, clipped at 1.0); refuses a non-finite loss. class_weights:
-    the per-class loss weights of the baseline's recipe (None = plain cross-entropy)."""
+               what: str, class_weights=None, label_smoothing: float = 0.0, amp_dtype=None,
+               scaler=None) -> float:
+    """One optimiser step, gradients clipped at 1.0 over `params`; refuses a non-finite loss.
+    class_weights: per-class loss weights (None = plain cross-entropy); amp_dtype/scaler: CUDA
+    autocast and fp16 loss scaling (None = FP32, the CPU path)."""
     import torch
 
     run_step_hooks()
 
-    logits = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()}).logits
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device), weight=class_weights)
+    with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()}).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device),
+                                                 weight=class_weights,
+                                                 label_smoothing=label_smoothing)
     if not torch.isfinite(loss):
-        raise TrainingDiverged(f"{what}: loss became {loss.item()}; lower the learning rate")
+        raise TrainingDiverged(f"{what}: loss became {loss.item()}; lower the learning rate"
+                               + (" or train without --amp" if amp_dtype is not None else ""))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
+    if scaler is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    else:  # fp16: scaled backward, unscaled before clipping, the step skipped on overflow
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(opt)
+        scaler.update()
     sched.step()
     return float(loss.item())
 
