@@ -205,15 +205,15 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             if epoch == cfg.epochs:
                 averager.after_step(step)
-        states = [(epoch, None)] + ([(epoch, averager)] if epoch == cfg.epochs and averager.n else [])
-        for ep, avg in states:
+        # the epoch's weights, then (last epoch) the checkpoint average: both compete
+        for avg in [None] + ([averager] if epoch == cfg.epochs and averager.n else []):
             live = None if avg is None else avg.swap_in()
-            row = validation_row(model, val_enc, names, val.labels, device, ep, running,
+            row = validation_row(model, val_enc, names, val.labels, device, epoch, running,
                                  (time.time() - t0) / 60)
             if avg is not None:
                 row["averaged_checkpoints"] = avg.n
             history.append(row)
-            print(f"epoch {ep}{'' if avg is None else f' (average of {avg.n} checkpoints)'}: "
+            print(f"epoch {epoch}{'' if avg is None else f' (average of {avg.n} checkpoints)'}: "
                   f"validation macro F1 {row['val_macro_f1']:.4f}, accuracy {row['val_accuracy']:.4f}")
             if row["val_macro_f1"] > best_f1:
                 best_f1 = row["val_macro_f1"]

@@ -131,7 +131,8 @@ def ensemble_row(report: dict[str, Any], names: list[str], logits_dir: Path) -> 
         with np.load(f) as z:
             for split in probs:
                 probs[split].append(softmax(z[f"{split}_logits"]))
-                if labels.setdefault(split, z[f"{split}_labels"]).tolist() != z[f"{split}_labels"].tolist():
+                if not np.array_equal(labels.setdefault(split, z[f"{split}_labels"]),
+                                      z[f"{split}_labels"]):
                     raise ConfigError(f"{f} was scored on other {split} rows than the others")
     score = {split: classification_metrics(labels[split], np.mean(p, 0).argmax(-1))
              for split, p in probs.items()}
