@@ -59,7 +59,7 @@ report: $(SETUP)
 	$(PY) -m engines --stages hf --data $(DATA) $(MODEL_ARG) --artifacts $(ARTIFACTS) --reports $(REPORTS)
 
 # Variants of one backend timed in interleaved rounds (drift-free ratios) -> reports/speedup-<backend>.*
-SPEEDUP ?= fp32-fused,fp32,dynamic,dynamic-fused,ptq,qat,optimum-dynamic,optimum-static
+SPEEDUP ?= fp32-fused,fp32,dynamic,dynamic-fused,ptq,ptq-fused,qat,optimum-dynamic,optimum-static
 speedup: $(SETUP)
 	$(PY) -m evaluate --backend $(BACKEND) --speedup $(SPEEDUP) --data $(DATA) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
@@ -100,6 +100,7 @@ baseline-seeds: $(SETUP)
 	$(PY) -m train.seeds --name class-weights+ls0.1 --label-smoothing 0.1 --seeds $(SEEDS) --data $(DATA)
 	$(PY) -m train.seeds --name class-weights+avg5 --average-last 5 --seeds $(SEEDS) --data $(DATA)
 	$(PY) -m train.seeds --name class-weights+llrd0.9 --layer-decay 0.9 --seeds $(SEEDS) --data $(DATA)
+	$(PY) -m train.seeds --name class-weights+focal2 --focal-gamma 2 --seeds $(SEEDS) --data $(DATA)
 	for e in class-weights class-weights+ls0.1 unweighted,class-weights,class-weights+ls0.1 \
 	    class-weights,class-weights+ls0.1; do $(PY) -m train.seeds --ensemble $$e || exit 1; done
 

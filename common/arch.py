@@ -204,7 +204,10 @@ def stage_support(model_type: str) -> dict[str, str]:
     qat = ("yes (every layer Linear + both attention matmuls)" if fam.attention_matmuls else
            "yes (every layer Linear; attention matmuls stay FP32: not two plain matmuls)")
     return {"baseline + ONNX": "yes", "fused FP32 (ORT)": fused, "dynamic INT8": "yes",
-            "dynamic INT8 fused": fused, "static PTQ": "yes", "QAT": qat,
+            "dynamic INT8 fused": fused,
+            "static PTQ": "yes (ptq; ptq-fused: " + ("yes)" if fam.ort_fusion else
+                                                   "skipped with the fused graph)"),
+            "QAT": qat,
             "Optimum rows": ("exporter and dynamic; static skipped: " + OPTIMUM_SUBGRAPHS
                              if fam.onnx_subgraphs else "exporter, dynamic, static"),
             "QLoRA": "yes (NF4 base, LoRA on attention or attention+FFN)",

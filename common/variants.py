@@ -39,6 +39,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ort", "ptq", "onnx-ptq", "ORT static QDQ INT8 chosen by the accuracy-aware search (U8 "
             "activations, S8 per-channel weights)"),
     Variant("ort", "ptq-s8", "onnx-ptq-s8", "the same recipe with S8 activations (TensorRT flavour)"),
+    Variant("ort", "ptq-fused", "onnx-ptq-fused", "the same recipe on the fused graph: static "
+            "QAttention + QDQ MatMuls (ONNX Runtime CPU)"),
     Variant("ort", "qat", "onnx-qat", "QAT INT8 Q/DQ graph, U8 activations (CPU flavour)"),
     Variant("ort", "qat-s8", "onnx-qat-s8", "QAT INT8 Q/DQ graph, S8 activations (TensorRT flavour)"),
     Variant("ort", "optimum-fp32", "onnx-optimum-fp32", "the baseline exported by Optimum's exporter"),

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--layouts", default="1x2,2x1", help="instances x threads per instance")
     b.add_argument("--spins", default="on,off",
                    help="ONNX Runtime thread spinning swept where an instance has >1 thread")
-    b.add_argument("--protocols", default="http,grpc")
+    b.add_argument("--protocols", default="http,grpc,raw",
+                   help="http / grpc: tritonclient; raw: KServe v2 JSON over http.client")
     b.add_argument("--requests", type=int, default=500, help="per sweep point")
     b.add_argument("--seconds", type=float, default=30.0, help="per sweep point")
     b.add_argument("--agreement-rows", type=int, default=0, help="0 = the whole test split")

@@ -8,6 +8,9 @@ from typing import Any
 
 from common.plots import pyplot, save
 
+PROTOCOL_NAMES = {"http": "HTTP (tritonclient)", "grpc": "gRPC (tritonclient)",
+                  "raw": "HTTP (http.client, no client library)"}
+
 
 def _f(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
@@ -19,8 +22,10 @@ def markdown(r: dict, png: str) -> str:
     lines = [f"# Serving benchmark: {r['backend']} / {r['variant']} on Triton", "",
              f"- server: {r['server']}; device: {dev.get('name')}; max batch "
              f"{c['serve']['max_batch']}",
-             "- clients: tritonclient on the same machine (127.0.0.1, so clients and server share "
-             "the cores), one text per request, real test sentences; each point bounded by "
+             "- clients on the same machine (127.0.0.1, so clients and server share the cores): "
+             "tritonclient over HTTP (`http`) and gRPC (`grpc`), and KServe v2 JSON over Python's "
+             "http.client (`raw`: no client library, the server's overhead with the least client "
+             "work); one text per request, real test sentences; each point bounded by "
              f"{c['requests_per_point']} requests and {c['seconds_per_point']} s",
              "- server CPU per request: user + system CPU of tritonserver and its Python-backend "
              "stubs (/proc) over the point, divided by its requests; in-process: the same "
@@ -60,7 +65,7 @@ def markdown(r: dict, png: str) -> str:
     if "p50_overhead_ms_1_client" in g:
         per = g.get("p50_overhead_ms_1_client_by_protocol") or {}
         lines.append("- 1-client p50 minus in-process batch-1 p50: " + (", ".join(
-            f"{ {'http': 'HTTP', 'grpc': 'gRPC'}.get(p, p)} {v:+.2f} ms" for p, v in per.items()) if per else
+            f"{PROTOCOL_NAMES.get(p, p)} {v:+.2f} ms" for p, v in per.items()) if per else
             f"{g['p50_overhead_ms_1_client']:+.2f} ms") + " (goal <= 1 ms)")
     if a:
         dep = (" The variant is batch-dependent (dynamic INT8): behind the batcher an answer can "
@@ -81,7 +86,7 @@ def overhead_table(sweep: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     out = ["## Where a 1-client request's time goes (means, ms)", "",
-           "client: tritonclient round trip; in Triton: arrival to response sent (statistics "
+           "client: the client's round trip; in Triton: arrival to response sent (statistics "
            "API), split into queue, input (tensors to the Python-backend stub), execute (our "
            "execute(): decode, tokenize, Runner, softmax) and output; in-process: the same "
            "service call without a server, interleaved with the point's requests. client - "

@@ -169,6 +169,38 @@ def ptq_s8_step(b: Builder) -> Step:
                 ("onnx-ptq", "onnx-fp32", "calibration", "baseline"), dict, build)
 
 
+def ptq_fused_step(b: Builder) -> Step:
+    """ort/ptq-fused: the recipe ort/ptq chose, on the fused graph (static QAttention + QDQ
+    MatMuls, calibration/ort_fused.py); skipped with the fused graph for families ONNX Runtime
+    does not fuse."""
+    from calibration.ort_fused import quantize_fused
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from calibration.ort_static import Recipe
+        from common.calibset import CalibrationSet
+        from common.checkpoint import TextEncoder
+        from export.onnx_export import Validation, check_agreement, ort_fn, validation_inputs
+
+        chosen = b.manifest.get("onnx-ptq")["static"]
+        recipe = Recipe(**{**chosen, "fp32_blocks": tuple(chosen["fp32_blocks"])})
+        names = list(TextEncoder.from_checkpoint(b.path("baseline")).input_names)
+        calib = CalibrationSet(b.path("calibration"), b.cfg.calib.batch_size, names,
+                               recipe.calib_rows)
+        info = quantize_fused(b.path("onnx-fp32-fused"), tmp, calib, recipe,
+                              b.cfg.static.per_channel)
+        # the same bar as the dynamic INT8 graphs: top-1 agreement with the fused FP32 graph
+        dy = b.cfg.dynamic
+        enc, names = validation_inputs(b.path("baseline"), Validation(dy.n_validate, dy.data))
+        info["agreement_vs_fp32"] = check_agreement(
+            ort_fn(b.path("onnx-fp32-fused")), ort_fn(tmp), enc, names,
+            f"{tmp}: static INT8 on the fused graph vs FP32", None, dy.min_top1)
+        return info
+
+    return Step("onnx-ptq-fused", fixed("onnx/ptq-fused.onnx"), b.cfg.static,
+                ("onnx-ptq", "onnx-fp32-fused", "calibration", "baseline"),
+                validation_source(b.cfg.data), build)
+
+
 def qat_step(b: Builder) -> Step:
     from train.qat import train_qat
 
@@ -344,8 +376,9 @@ STEP_FACTORIES: dict[str, list[Callable[[Builder], Any]]] = {
     "dynamic": [torch_dynamic_step, lambda b: ort_dynamic_step(b, False),
                 lambda b: ort_dynamic_step(b, True)],
     "calibration": [calibration_step],
-    # u8: the CPU flavour (evaluated as ort/ptq); s8: its chosen recipe for TensorRT.
-    "ptq": [ptq_step, ptq_s8_step],
+    # u8: the CPU flavour (evaluated as ort/ptq); s8: its chosen recipe for TensorRT; fused: the
+    # chosen recipe on the fused graph (ort/ptq-fused).
+    "ptq": [ptq_step, ptq_s8_step, ptq_fused_step],
     # u8: the CPU flavour (ort/qat); s8: the same trained model for TensorRT (trt/qat).
     "qat": [qat_step, lambda b: qat_onnx_step(b, "u8"), lambda b: qat_onnx_step(b, "s8")],
     "qlora": [qlora_step],

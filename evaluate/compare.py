@@ -124,6 +124,13 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _overheads(g: dict[str, Any]) -> str:
+    """1-client p50 overhead per client kind (raw: bare http.client; http/grpc: tritonclient)."""
+    per = g.get("p50_overhead_ms_1_client_by_protocol") or {}
+    return " / ".join(f"{v:+.2f} {p}" for p, v in per.items()) or _fmt(
+        g.get("p50_overhead_ms_1_client"), "+.2f")
+
+
 def _ci(d: dict | None) -> str:
     if not d:
         return "-"
@@ -172,7 +179,7 @@ def comparison_markdown(c: dict) -> str:
     if c.get("serving"):
         out += ["", "## Serving on Triton (`python -m deploy bench`)", "",
                 "| variant | backend | device | failed / requests | recommended server | req/s at 16 "
-                "clients | server CPU / in-process | 1-client p50 overhead ms | top-1 agreement % | "
+                "clients | server CPU / in-process | 1-client p50 overhead ms (per client) | top-1 agreement % | "
                 "report |", "|" + "---|" * 10]
         for sv in c["serving"]:
             g = sv["goals"]
@@ -180,7 +187,7 @@ def comparison_markdown(c: dict) -> str:
                        f"{g['requests_total']} | {g.get('recommended', '-')} | "
                        f"{_fmt(g.get('throughput_rps_16'), '.0f')} | "
                        f"{_fmt(g.get('server_cpu_over_in_process_max'), '.2f')} | "
-                       f"{_fmt(g.get('p50_overhead_ms_1_client'), '+.2f')} | "
+                       f"{_overheads(g)} | "
                        f"{_fmt(g.get('agreement_top1_pct'), '.2f')} | [{sv['report']}]({sv['report']}) |")
     for sp in c.get("speedups", []):
         out += ["", f"## Interleaved speed-up, {sp['backend']} (`python -m evaluate --speedup`)", "",

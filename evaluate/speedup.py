@@ -21,7 +21,8 @@ import numpy as np
 @dataclass(frozen=True)
 class SpeedupConfig:
     backend: str = "ort"
-    variants: tuple[str, ...] = ("fp32-fused", "fp32", "dynamic", "dynamic-fused", "ptq", "qat",
+    variants: tuple[str, ...] = ("fp32-fused", "fp32", "dynamic", "dynamic-fused", "ptq",
+                                 "ptq-fused", "qat",
                                  "optimum-dynamic", "optimum-static")
     reference: str = ""  # default: the first variant
     data: str = "dair-ai/emotion"

@@ -21,7 +21,7 @@ pytest.importorskip("tritonclient.http", reason="serving needs tritonclient (`se
 http = pytest.importorskip("tritonclient.http")
 grpc = pytest.importorskip("tritonclient.grpc")
 
-from deploy.bench import infer_texts, server_batches  # noqa: E402
+from deploy.bench import connect, goals, infer_texts, server_batches  # noqa: E402
 from deploy.ngc_repo import write_ngc_repo  # noqa: E402
 from deploy.triton_repo import ServeConfig, write_local_repo  # noqa: E402
 from deploy.triton_server import Ports, ServerError, TritonServer, free_ports, ready  # noqa: E402
@@ -79,9 +79,37 @@ def test_round_trip_equals_runner(server, tiny_artifacts, data_dir):
             np.testing.assert_allclose(probs, ref.probs, atol=1e-4)
             assert [x.decode() for r in got for x in r["label"].reshape(-1)] == ref.labels
             assert probs.shape == (40, 6) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        # the bench's bare client (KServe v2 JSON over http.client, one keep-alive connection)
+        raw = connect("raw", server.url)
+        try:
+            got = [raw.infer("emotion", texts[s:s + MAX_BATCH]) for s in range(0, 40, MAX_BATCH)]
+            assert np.array_equal(np.concatenate([x["label_id"].reshape(-1) for x in got]),
+                                  ref.label_ids)
+            np.testing.assert_allclose(np.concatenate([x["probs"] for x in got]), ref.probs,
+                                       atol=1e-4)
+            assert [x for r in got for x in r["label"].reshape(-1)] == ref.labels
+            with pytest.raises(RuntimeError, match="HTTP 4"):  # unknown model: the server's code
+                raw.infer("no-such-model", texts[:1])
+        finally:
+            raw.close()
     finally:
         c.close()
         g.close()
+
+
+def test_overhead_headline_is_the_bare_clients_where_measured():
+    """goals(): the serving layer's 1-client overhead is read from the bare http.client client
+    (the least client work) when the sweep measured it, tritonclient's HTTP otherwise, and every
+    protocol's figure stays in the report."""
+    def row(protocol, overhead):
+        return {"server": "s", "protocol": protocol, "concurrency": 1, "failed": 0, "requests": 5,
+                "p50_overhead_ms": overhead}
+
+    g = goals([row("http", 2.3), row("grpc", 2.1), row("raw", 1.4)], None, None)
+    assert g["p50_overhead_ms_1_client"] == 1.4 and g["p50_overhead_headline_protocol"] == "raw"
+    assert g["p50_overhead_ms_1_client_by_protocol"] == {"http": 2.3, "grpc": 2.1, "raw": 1.4}
+    g = goals([row("grpc", 2.1), row("http", 2.3)], None, None)
+    assert g["p50_overhead_ms_1_client"] == 2.3 and g["p50_overhead_headline_protocol"] == "http"
 
 
 def test_dynamic_batching_groups_concurrent_requests(server, data_dir):

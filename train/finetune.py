@@ -67,6 +67,9 @@ class FinetuneConfig:
     # for each encoder layer (the embeddings deepest), so the lower, more general layers move
     # less; 1.0 = one learning rate for all
     layer_decay: float = added(1.0, "learning-rate decay per layer from the top (1.0 = off)")
+    # A candidate of the study: focal loss (gamma > 0) on top of the class weights, for the two
+    # small classes the macro F1 is held down by
+    focal_gamma: float = added(0.0, "focal loss gamma (0 = cross-entropy)")
     average_last: int = added(0, "average the weights at N evenly spaced steps of the last epoch "
                             "and let validation choose it like an epoch (0 = off)")
 
@@ -81,6 +84,8 @@ class FinetuneConfig:
             raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError("layer_decay must be in (0, 1] (1.0 = one learning rate for all)")
+        if self.focal_gamma < 0 or (self.focal_gamma and self.label_smoothing):
+            raise ConfigError("focal_gamma must be >= 0 and is not combined with label_smoothing")
         if self.average_last < 0:
             raise ConfigError("average_last must be >= 0 (0 = no checkpoint averaging)")
         if self.max_length < 3:
@@ -200,7 +205,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
         for step, b in enumerate(bar, start=1):
             loss = train_step(model, train_enc.batch(b, names), y_train[b], device, opt, sched,
                               params, f"epoch {epoch} step {step}", weights,
-                              cfg.label_smoothing, amp_dtype, scaler)
+                              cfg.label_smoothing, amp_dtype, scaler, cfg.focal_gamma)
             running = 0.98 * running + 0.02 * loss if step > 1 else loss
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             if epoch == cfg.epochs:

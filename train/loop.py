@@ -47,21 +47,37 @@ def run_step_hooks() -> None:
         hook()
 
 
+def classification_loss(logits, labels, class_weights=None, label_smoothing: float = 0.0,
+                        focal_gamma: float = 0.0):
+    """Cross-entropy (class-weighted, label-smoothed), or with focal_gamma > 0 the focal loss
+    -w_y (1 - p_y)^gamma log p_y, which down-weights examples the model already gets right
+    (Lin et al., 2017). Both are means weighted by w_y, so gamma 0 is exactly the weighted
+    cross-entropy torch computes."""
+    import torch
+
+    if focal_gamma == 0:
+        return torch.nn.functional.cross_entropy(logits, labels, weight=class_weights,
+                                                 label_smoothing=label_smoothing)
+    logp = torch.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0]
+    w = (torch.ones_like(logp) if class_weights is None else class_weights[labels])
+    return (w * (1 - logp.exp()).pow(focal_gamma) * -logp).sum() / w.sum()
+
+
 def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sched, params,
                what: str, class_weights=None, label_smoothing: float = 0.0, amp_dtype=None,
-               scaler=None) -> float:
+               scaler=None, focal_gamma: float = 0.0) -> float:
     """One optimiser step, gradients clipped at 1.0 over `params`; refuses a non-finite loss.
-    class_weights: per-class loss weights (None = plain cross-entropy); amp_dtype/scaler: CUDA
-    autocast and fp16 loss scaling (None = FP32, the CPU path)."""
+    class_weights: per-class loss weights (None = plain cross-entropy); focal_gamma > 0: focal
+    loss instead (classification_loss); amp_dtype/scaler: CUDA autocast and fp16 loss scaling
+    (None = FP32, the CPU path)."""
     import torch
 
     run_step_hooks()
 
     with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()}).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device),
-                                                 weight=class_weights,
-                                                 label_smoothing=label_smoothing)
+        loss = classification_loss(logits.float(), labels.to(device), class_weights,
+                                   label_smoothing, focal_gamma)
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"{what}: loss became {loss.item()}; lower the learning rate"
                                + (" or train without --amp" if amp_dtype is not None else ""))
