@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from calibration.ort_reader import make_reader
-from calibration.ort_static import Recipe, block_of
+from calibration.ort_static import Recipe, block_of, ffn_out_pattern
 from common.calibset import CalibrationSet
 from common.errors import UserError
 
@@ -78,7 +78,10 @@ def calibrate_attention_inputs(fused: Path, calib: CalibrationSet, recipe: Recip
                           calibrate_method=method, extra_options=extra)
     c.collect_data(make_reader(calib))
     ranges = c.compute_data()
-    return {t: (float(ranges[t].range_value[0]), float(ranges[t].range_value[1])) for t in inputs}
+    # range_value holds (lowest, highest), as arrays of one element or scalars
+    lo_hi = {t: np.asarray(ranges[t].range_value, dtype=np.float64).reshape(2, -1)[:, 0]
+             for t in inputs}
+    return {t: (float(v[0]), float(v[1])) for t, v in lo_hi.items()}
 
 
 def staticize_qattention(model, ranges: dict[str, tuple[float, float]]) -> int:
@@ -136,9 +139,12 @@ def float_residuals(model) -> int:
     return rewired
 
 
-def quantize_fused(fused: Path, dst: Path, calib: CalibrationSet, recipe: Recipe,
+def quantize_fused(fused: Path, dst: Path, calib: CalibrationSet, recipe: Recipe, ffn_out: str,
                    per_channel: bool = True) -> dict[str, Any]:
-    """Build ort/ptq-fused from the fused FP32 graph with `recipe` (module docstring)."""
+    """Build ort/ptq-fused from the fused FP32 graph with `recipe` (module docstring). `ffn_out`:
+    the feed-forward output Linear's path in a layer (common.arch), which placement
+    "no-ffn-out" keeps FP32; "no-attention" needs nothing here (QAttention computes Q.K^T and
+    softmax.V in float)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -171,8 +177,10 @@ def quantize_fused(fused: Path, dst: Path, calib: CalibrationSet, recipe: Recipe
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         m = onnx.load(str(g1))
         n_static = staticize_qattention(m, ranges)
+        skip_ffn = ffn_out_pattern(ffn_out) if recipe.placement == "no-ffn-out" else None
         matmuls = [n.name for n in m.graph.node if n.op_type == "MatMul"
-                   and block_of(n.name) not in {"head", *recipe.fp32_blocks}]
+                   and block_of(n.name) not in {"head", *recipe.fp32_blocks}
+                   and not (skip_ffn and skip_ffn.search(n.name))]
         _with_float_value_info(m, {n.input[0] for n in m.graph.node if n.name in matmuls})
         g2 = work / "static-qattention.onnx"
         onnx.save(m, str(g2))
@@ -191,10 +199,13 @@ def quantize_fused(fused: Path, dst: Path, calib: CalibrationSet, recipe: Recipe
         rewired = float_residuals(m)
         onnx.save(m, str(dst))
     counts = op_counts(dst)
-    if counts.get("DynamicQuantizeLinear") or counts.get("QAttention", 0) != n_static:
+    expected = len(blocks) - len([b for b in blocks.values() if b in recipe.fp32_blocks])
+    if (counts.get("DynamicQuantizeLinear") or counts.get("QAttention", 0) != n_static
+            or n_static != expected):
         raise FusedPtqError(f"{dst}: {counts.get('DynamicQuantizeLinear', 0)} dynamic quantizers "
-                            f"left, {counts.get('QAttention', 0)} QAttention for {n_static} static "
-                            "inputs; ONNX Runtime's quantizer output changed")
+                            f"left, {counts.get('QAttention', 0)} QAttention, {n_static} static "
+                            f"inputs, {expected} Attention to quantize; ONNX Runtime's quantizer "
+                            "output changed (or skipped an Attention it cannot quantize)")
     return {"static": recipe.as_dict(), "static_qattention": n_static,
             "qdq_matmuls": len(matmuls), "float_residual_inputs": rewired,
             "attention_input_ranges": {k: list(v) for k, v in sorted(ranges.items())},

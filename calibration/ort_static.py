@@ -86,6 +86,12 @@ class Node:
     kind: str  # linear | attention | ffn-out | gather
 
 
+def ffn_out_pattern(ffn_out: str) -> re.Pattern[str]:
+    """Matches the node names of the feed-forward output Linear inside a layer, e.g.
+    "/bert/encoder/layer.3/output/dense/MatMul" for ffn_out "output.dense"."""
+    return re.compile(r"/layer\.\d+/" + re.escape(ffn_out.replace(".", "/")) + "/")
+
+
 def quantizable_nodes(model_path: Path, ffn_out: str) -> list[Node]:
     """MatMul and embedding Gather nodes of the layer stack and embeddings, with their kind.
     `ffn_out`: the feed-forward output Linear's path inside a layer (common.arch), e.g.
@@ -94,7 +100,7 @@ def quantizable_nodes(model_path: Path, ffn_out: str) -> list[Node]:
 
     m = onnx.load(str(model_path), load_external_data=False)
     init = {i.name for i in m.graph.initializer}
-    ffn_re = re.compile(r"/layer\.\d+/" + re.escape(ffn_out.replace(".", "/")) + "/")
+    ffn_re = ffn_out_pattern(ffn_out)
     out = []
     for n in m.graph.node:
         block = block_of(n.name)

@@ -139,10 +139,16 @@ class RawHttpClient:
 
         body = json.dumps({"inputs": [{"name": "text", "shape": [len(texts), 1],
                                        "datatype": "BYTES", "data": texts}]})
-        self.conn.request("POST", f"/v2/models/{model}/infer", body,
-                          {"Content-Type": "application/json"})
-        resp = self.conn.getresponse()
-        data = resp.read()
+        try:
+            self.conn.request("POST", f"/v2/models/{model}/infer", body,
+                              {"Content-Type": "application/json"})
+            resp = self.conn.getresponse()
+            data = resp.read()
+        except Exception:
+            # a half-read response would poison the next request on this connection: drop it
+            # (http.client reconnects on the next request)
+            self.conn.close()
+            raise
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
         return {o["name"]: np.asarray(o["data"]).reshape(o["shape"])
@@ -441,7 +447,7 @@ def _run_bench(cfg: BenchConfig, texts: list[str], model: str, points: list[Serv
                 write_local_repo(repo, sc, Path(cfg.artifacts))
                 with TritonServer(repo, free_ports(), Path(tmp) / "server.log") as s:
                     measure(sc, s.url, s.grpc_url, s.proc.pid if s.proc else None)
-        best = recommend(sweep)
+        best = recommend(sweep, "http" if "http" in cfg.protocols else cfg.protocols[0])
     chosen = next((p for p in points if best and label(p) == best["server"]), cfg.serve)
     with tempfile.TemporaryDirectory(prefix="triton-bench-") as tmp:
         if cfg.url:

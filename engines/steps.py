@@ -169,6 +169,17 @@ def ptq_s8_step(b: Builder) -> Step:
                 ("onnx-ptq", "onnx-fp32", "calibration", "baseline"), dict, build)
 
 
+@dataclasses.dataclass(frozen=True)
+class PtqFusedConfig:
+    """What ort/ptq-fused is built and checked with: the static-PTQ config (per-channel weights;
+    the recipe itself comes from the onnx-ptq artifact) and the agreement check, the dynamic INT8
+    graphs' (their validation rows and top-1 floor)."""
+
+    VERSION = 1
+    static: Any
+    check: Any
+
+
 def ptq_fused_step(b: Builder) -> Step:
     """ort/ptq-fused: the recipe ort/ptq chose, on the fused graph (static QAttention + QDQ
     MatMuls, calibration/ort_fused.py); skipped with the fused graph for families ONNX Runtime
@@ -186,7 +197,7 @@ def ptq_fused_step(b: Builder) -> Step:
         names = list(TextEncoder.from_checkpoint(b.path("baseline")).input_names)
         calib = CalibrationSet(b.path("calibration"), b.cfg.calib.batch_size, names,
                                recipe.calib_rows)
-        info = quantize_fused(b.path("onnx-fp32-fused"), tmp, calib, recipe,
+        info = quantize_fused(b.path("onnx-fp32-fused"), tmp, calib, recipe, family(b).ffn[-1],
                               b.cfg.static.per_channel)
         # the same bar as the dynamic INT8 graphs: top-1 agreement with the fused FP32 graph
         dy = b.cfg.dynamic
@@ -196,7 +207,8 @@ def ptq_fused_step(b: Builder) -> Step:
             f"{tmp}: static INT8 on the fused graph vs FP32", None, dy.min_top1)
         return info
 
-    return Step("onnx-ptq-fused", fixed("onnx/ptq-fused.onnx"), b.cfg.static,
+    return Step("onnx-ptq-fused", fixed("onnx/ptq-fused.onnx"),
+                PtqFusedConfig(b.cfg.static, b.cfg.dynamic),
                 ("onnx-ptq", "onnx-fp32-fused", "calibration", "baseline"),
                 validation_source(b.cfg.data), build)
 

@@ -80,11 +80,11 @@ def test_refuses_a_graph_without_fused_attention_and_tensorrt_activations(tiny_a
     calib = CalibrationSet(next((tiny_artifacts / "calibration").glob("calib-*.npz")), 8,
                            ["input_ids", "attention_mask", "token_type_ids"], 16)
     with pytest.raises(FusedPtqError, match="no fused Attention"):
-        quantize_fused(tiny_artifacts / "onnx" / "fp32.onnx", tmp_path / "x.onnx", calib, Recipe())
+        quantize_fused(tiny_artifacts / "onnx" / "fp32.onnx", tmp_path / "x.onnx", calib, Recipe(),
+                       "output.dense")
     with pytest.raises(FusedPtqError, match="U8 asymmetric"):
         quantize_fused(tiny_artifacts / "onnx" / "fp32-fused.onnx", tmp_path / "x.onnx", calib,
-                       Recipe(activation_type="s8", symmetric=True))
-    assert not (tmp_path / "x.onnx").exists()
+                       Recipe(activation_type="s8", symmetric=True), "output.dense")
 
 
 def test_blocks_the_search_kept_fp32_stay_fp32(tiny_artifacts, tmp_path):
@@ -97,7 +97,8 @@ def test_blocks_the_search_kept_fp32_stay_fp32(tiny_artifacts, tmp_path):
                            ["input_ids", "attention_mask", "token_type_ids"], 16)
     out = tmp_path / "fb.onnx"
     info = quantize_fused(tiny_artifacts / "onnx" / "fp32-fused.onnx", out, calib,
-                          Recipe(calib_rows=16, fp32_blocks=("layer.0", "embeddings")))
+                          Recipe(calib_rows=16, fp32_blocks=("layer.0", "embeddings")),
+                          "output.dense")
     counts = op_counts(out)
     assert counts["QAttention"] == 1 and counts["Attention"] == 1 and info["qdq_matmuls"] == 3
     assert counts.get("EmbedLayerNormalization") == 1 and "QEmbedLayerNormalization" not in counts
@@ -107,3 +108,22 @@ def test_blocks_the_search_kept_fp32_stay_fp32(tiny_artifacts, tmp_path):
     layer1 = [n for n in m.graph.node if n.op_type == "MatMul" and "/layer.1/" in n.name]
     assert len(layer0) == 3 and not any(i in dq_out for n in layer0 for i in n.input)
     assert len(layer1) == 3 and all(i in dq_out for n in layer1 for i in n.input)
+
+
+def test_placement_no_ffn_out_keeps_the_feed_forward_output_fp32(tiny_artifacts, tmp_path):
+    from calibration.ort_fused import quantize_fused
+    from calibration.ort_static import Recipe
+
+    calib = CalibrationSet(next((tiny_artifacts / "calibration").glob("calib-*.npz")), 8,
+                           ["input_ids", "attention_mask", "token_type_ids"], 16)
+    out = tmp_path / "nf.onnx"
+    info = quantize_fused(tiny_artifacts / "onnx" / "fp32-fused.onnx", out, calib,
+                          Recipe(calib_rows=16, placement="no-ffn-out"), "output.dense")
+    m = onnx.load(str(out))
+    dq_out = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    mm = {n.name: n for n in m.graph.node if n.op_type == "MatMul" and "/layer." in n.name}
+    ffn_out = [n for name, n in mm.items() if "/output/dense/" in name
+               and "/attention/" not in name]
+    assert len(ffn_out) == 2 and info["qdq_matmuls"] == 4
+    assert not any(i in dq_out for n in ffn_out for i in n.input)
+    assert op_counts(out)["QAttention"] == 2

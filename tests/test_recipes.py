@@ -16,9 +16,10 @@ CHANGES = {
     "finetune": ("epochs", 3, {"baseline"}),
     "export": ("atol", 5e-4, {"onnx-fp32"}),
     "fuse": ("atol", 3e-3, {"onnx-fp32-fused"}),
-    "dynamic": ("min_top1", 0.9, {"onnx-dynamic", "onnx-dynamic-fused"}),
+    # ort/ptq-fused is checked against the dynamic INT8 graphs' top-1 floor (PtqFusedConfig)
+    "dynamic": ("min_top1", 0.9, {"onnx-dynamic", "onnx-dynamic-fused", "onnx-ptq-fused"}),
     "calib": ("size", 100, {"calibration"}),
-    "static": ("tolerable_loss", 0.3, {"onnx-ptq", "onnx-ptq-s8"}),
+    "static": ("tolerable_loss", 0.3, {"onnx-ptq", "onnx-ptq-s8", "onnx-ptq-fused"}),
     "qat": ("lr", 2e-4, {"qat"}),
     "qat_export": ("min_top1", 0.98, {"onnx-qat", "onnx-qat-s8"}),
     "qlora": ("rank", 8, {"qlora"}),

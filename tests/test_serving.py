@@ -90,6 +90,8 @@ def test_round_trip_equals_runner(server, tiny_artifacts, data_dir):
             assert [x for r in got for x in r["label"].reshape(-1)] == ref.labels
             with pytest.raises(RuntimeError, match="HTTP 4"):  # unknown model: the server's code
                 raw.infer("no-such-model", texts[:1])
+            # the keep-alive connection still serves after the error response
+            assert raw.infer("emotion", texts[:1])["label_id"].reshape(-1)[0] == ref.label_ids[0]
         finally:
             raw.close()
     finally:

@@ -60,7 +60,10 @@ def classification_loss(logits, labels, class_weights=None, label_smoothing: flo
                                                  label_smoothing=label_smoothing)
     logp = torch.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0]
     w = (torch.ones_like(logp) if class_weights is None else class_weights[labels])
-    return (w * (1 - logp.exp()).pow(focal_gamma) * -logp).sum() / w.sum()
+    # 1 - p as -expm1(log p), floored: at p == 1 in float32, (1 - p)^gamma with gamma < 1 has an
+    # infinite derivative, and 0 * inf would turn the weights NaN behind a finite loss
+    modulating = (-torch.expm1(logp)).clamp_min(1e-12).pow(focal_gamma)
+    return (w * modulating * -logp).sum() / w.sum()
 
 
 def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sched, params,
