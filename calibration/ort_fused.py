@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from calibration.ort_reader import make_reader
-from calibration.ort_static import Recipe, block_of, ffn_out_pattern
+from calibration.ort_static import Recipe, block_of, ffn_out_pattern, static_options
 from common.calibset import CalibrationSet
 from common.errors import UserError
 
@@ -64,18 +64,16 @@ def calibrate_attention_inputs(fused: Path, calib: CalibrationSet, recipe: Recip
                                work: Path) -> dict[str, tuple[float, float]]:
     """(min, max) of every Attention node's input, by the recipe's calibration method."""
     import onnx
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import create_calibrator
 
     m = onnx.load(str(fused))
     inputs = {n.input[0] for n in m.graph.node if n.op_type == "Attention"}
     src = work / "fused-typed.onnx"
     onnx.save(_with_float_value_info(m, inputs), str(src))
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[recipe.method]
     extra = {"percentile": recipe.percentile} if recipe.method == "percentile" else {}
     c = create_calibrator(str(src), op_types_to_calibrate=["Attention"],
                           augmented_model_path=str(work / "augmented.onnx"),
-                          calibrate_method=method, extra_options=extra)
+                          calibrate_method=static_options(recipe)[0], extra_options=extra)
     c.collect_data(make_reader(calib))
     ranges = c.compute_data()
     # range_value holds (lowest, highest), as arrays of one element or scalars
@@ -147,7 +145,6 @@ def quantize_fused(fused: Path, dst: Path, calib: CalibrationSet, recipe: Recipe
     softmax.V in float)."""
     import onnx
     from onnxruntime.quantization import (
-        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -184,17 +181,12 @@ def quantize_fused(fused: Path, dst: Path, calib: CalibrationSet, recipe: Recipe
         _with_float_value_info(m, {n.input[0] for n in m.graph.node if n.name in matmuls})
         g2 = work / "static-qattention.onnx"
         onnx.save(m, str(g2))
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[recipe.method]
-        extra: dict[str, object] = {"ActivationSymmetric": False, "WeightSymmetric": True,
-                                    "OpTypesToExcludeOutputQuantization": ["MatMul"]}
-        if recipe.method == "percentile":
-            extra["CalibPercentile"] = recipe.percentile
+        method, options = static_options(recipe)  # the recipe is U8 asymmetric (checked above)
         g3 = work / "qdq.onnx"
         quantize_static(str(g2), str(g3), make_reader(calib), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_quantize=matmuls, calibrate_method=method, extra_options=extra)
+                        nodes_to_quantize=matmuls, calibrate_method=method, extra_options=options)
         m = onnx.load(str(g3))
         rewired = float_residuals(m)
         onnx.save(m, str(dst))

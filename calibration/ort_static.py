@@ -128,22 +128,31 @@ def preprocess(src: Path, dst: Path) -> None:
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
-def quantize(pre: Path, dst: Path, calib: CalibrationSet, recipe: Recipe, nodes: list[str],
-             per_channel: bool, cache: Path) -> None:
-    """quantize_static (QDQ) of `nodes`. `cache`: the calibration ranges' file, shared by every
-    recipe with the same calibration_key (ORT reuses it instead of calibrating again)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def static_options(recipe: Recipe) -> tuple[Any, dict[str, object]]:
+    """ONNX Runtime's calibration method and quantize_static extra_options for `recipe`: S8
+    symmetric weights, Q/DQ on MatMul inputs only (module docstring)."""
+    from onnxruntime.quantization import CalibrationMethod
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[recipe.method]
-    act = QuantType.QUInt8 if recipe.activation_type == "u8" else QuantType.QInt8
-    # Only inputs/outputs of the op types quantized are calibrated, so the additive attention
-    # mask (-3.4e38 where padded), which breaks histogram calibrators ("Too many bins for data
-    # range"), is never histogrammed: it only feeds an Add.
     extra: dict[str, object] = {"ActivationSymmetric": recipe.symmetric, "WeightSymmetric": True,
                                 "OpTypesToExcludeOutputQuantization": ["MatMul"]}
     if recipe.method == "percentile":
         extra["CalibPercentile"] = recipe.percentile
+    return method, extra
+
+
+def quantize(pre: Path, dst: Path, calib: CalibrationSet, recipe: Recipe, nodes: list[str],
+             per_channel: bool, cache: Path) -> None:
+    """quantize_static (QDQ) of `nodes`. `cache`: the calibration ranges' file, shared by every
+    recipe with the same calibration_key (ORT reuses it instead of calibrating again)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    act = QuantType.QUInt8 if recipe.activation_type == "u8" else QuantType.QInt8
+    # Only inputs/outputs of the op types quantized are calibrated, so the additive attention
+    # mask (-3.4e38 where padded), which breaks histogram calibrators ("Too many bins for data
+    # range"), is never histogrammed: it only feeds an Add.
+    method, extra = static_options(recipe)
     quantize_static(str(pre), str(dst), make_reader(calib), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["MatMul", "Gather"], per_channel=per_channel,
                     activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
