@@ -68,7 +68,7 @@ def load_nf4_base(model: str, spec: Nf4Spec, device: str) -> Any:
                            llm_int8_skip_modules=head)
     m = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID,
-        quantization_config=q, device_map={"": device}, torch_dtype=torch.float32)
+        quantization_config=q, device_map={"": device}, dtype=torch.float32)
     old = m.get_input_embeddings()
     # EmbeddingNF4 quantizes each row in blocks of 64: rows must be a whole number of blocks.
     if spec.quantize_embeddings and old.embedding_dim % 64 == 0:
@@ -76,7 +76,26 @@ def load_nf4_base(model: str, spec: Nf4Spec, device: str) -> Any:
         emb.weight = bnb.nn.Params4bit(old.weight.data.float().cpu(), requires_grad=False,
                                        quant_type="nf4", compress_statistics=False)
         m.base_model.set_input_embeddings(emb.to(device))
+    keep_canonical_nf4_layout(m)
     return m
+
+
+def keep_canonical_nf4_layout(model: Any) -> int:
+    """Turn off bitsandbytes' CPU inference repacking on every Linear4bit; returns how many.
+
+    bitsandbytes 0.50, on a CPU with AVX512-BF16, repacks a Linear4bit's weight into a bf16 tiled
+    layout the first time it runs in eval mode without grad, and only `state_dict()` packs it back.
+    So after a validation pass training ran on the repacked weights (a bf16 kernel with no
+    backward: "a view of a leaf Variable ... in-place" at the next step, or silently wrong
+    gradients), layers narrower than one 64-wide block failed at once ("shape '[32, 0]' is
+    invalid"), and scores were computed in bf16 on those CPUs and in the recipe's compute dtype
+    on every other one. With the flag off, every CPU runs the same canonical NF4 path."""
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "support_avx512bf16_for_cpu"):
+            mod.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def trainable_summary(model: Any) -> dict[str, Any]:

@@ -11,7 +11,8 @@ no --threads given; `--no-overlap` runs them one after the other.
 
 The child process trains into a staging folder next to the artifacts; the QLoRA step of the
 pipeline then waits for it and moves the folder into place, so the manifest is written by the
-main process only (no two writers). A child that fails is reported with its error and log.
+main process only (no two writers). A child that fails is reported in one line: its error and
+where its traceback is.
 """
 
 from __future__ import annotations
@@ -44,22 +45,29 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _child(cfg: Any, staging: str, log: str, queue: Any, parent: int) -> None:
-    """Entry point of the spawned process: train QLoRA into `staging`, report on `queue`."""
+    """Entry point of the spawned process: train QLoRA into `staging`, report on `queue`.
+
+    The log stays open until the process ends, and a failure is written to it here and ends the
+    process with exit code 1 (SystemExit prints nothing): re-raising after the log was closed made
+    CPython print a "lost sys.stderr" dump instead of the error."""
     _exit_with_parent(parent)
-    with open(log, "a", encoding="utf-8", buffering=1) as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        sys.stdout = sys.stderr = f
-        try:
-            import torch
+    f = open(log, "a", encoding="utf-8", buffering=1)  # open until the process ends
+    os.dup2(f.fileno(), 1)
+    os.dup2(f.fileno(), 2)
+    sys.stdout = sys.stderr = f
+    try:
+        import torch
 
-            torch.set_num_threads(THREADS)
-            from train.qlora import train_qlora
+        torch.set_num_threads(THREADS)
+        from train.qlora import train_qlora
 
-            queue.put(("ok", train_qlora(cfg, Path(staging))))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-            queue.put(("error", f"{type(exc).__name__}: {exc}"))
-            raise
+        queue.put(("ok", train_qlora(cfg, Path(staging))))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+        import traceback
+
+        traceback.print_exc(file=f)
+        queue.put(("error", f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        sys.exit(1)
 
 
 @dataclass
@@ -76,10 +84,8 @@ class Background:
         status, payload = self._result()  # before join: a large result would block the pipe
         self.proc.join()
         if status != "ok" or self.proc.exitcode != 0:
-            tail = self.log.read_text(errors="replace").splitlines()[-15:]
-            raise ArtifactError(f"QLoRA training beside the baseline failed: {payload}\n"
-                                f"last lines of {self.log}:\n" + "\n".join(tail) +
-                                "\nrerun with --no-overlap to train it in this process")
+            raise ArtifactError(f"QLoRA training beside the baseline failed: {payload} "
+                                f"(traceback in {self.log})")
         shutil.move(str(self.staging), str(dst))
         self.log.unlink(missing_ok=True)
         return payload

@@ -47,7 +47,11 @@ def test_failing_child_is_reported_with_its_error(tiny_model_dir, tmp_path):
     with pytest.raises(ArtifactError) as e:
         bg.collect(tmp_path / "art" / "qlora")
     msg = str(e.value)
-    assert "no-such-data" in msg and "--no-overlap" in msg  # the child's own error, and the way out
+    # one line: the child's own error and where its traceback is
+    assert "no-such-data" in msg and "\n" not in msg and str(bg.log) in msg
+    log = bg.log.read_text()
+    assert "Traceback" in log and "lost sys.stderr" not in log
+    assert bg.proc.exitcode == 1
     bg.abandon()
     assert not (tmp_path / "art" / "qlora").exists()
     # no staging folder left; the child's log stays (the error names it)

@@ -135,3 +135,46 @@ def test_qlora_artifact_scored_by_runner(tiny_artifacts, data_dir):
     np.testing.assert_allclose(logits, ref, atol=1e-5)
     f1 = classification_metrics(np.asarray(val.labels), val_logits.argmax(-1))["macro_f1"]
     assert f1 == pytest.approx(recipe["best_val_macro_f1"], abs=1e-6)
+
+
+def test_bf16_cpu_repacking_is_off_after_validation(cfg, data_dir):
+    """bitsandbytes repacks Linear4bit weights for its bf16 CPU kernel on AVX512-BF16 CPUs the
+    first time they run in eval mode (common.qlora_model.keep_canonical_nf4_layout): training
+    must never see that layout, and every CPU must score with the same NF4 kernel."""
+    import bitsandbytes as bnb
+
+    from common.torch_infer import torch_logits
+
+    model = build_peft_model(cfg, "cpu")
+    four = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four and all(m.support_avx512bf16_for_cpu is False for m in four)
+    rows = load_split(cfg.data, "validation").head(16)
+    torch_logits(model, encode(load_tokenizer(cfg.model), rows.texts, 64), NAMES)  # eval, no grad
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in four)
+
+
+@pytest.mark.parametrize("family,hidden", [("bert", 64), ("distilbert", 32)])
+def test_qlora_trains_three_epochs_when_validation_never_improves(family, hidden, data_dir,
+                                                                  tmp_path, monkeypatch):
+    """Three epochs with lr 0 (validation flat: the best stays epoch 1, so state_dict() is never
+    called again), and a DistilBERT narrower than one 64-wide NF4 block. Both failed on CPUs with
+    AVX512-BF16 before the repacking was turned off ("a view of a leaf Variable ... in-place";
+    "shape '[32, 0]' is invalid")."""
+    from tests import tiny_models
+    from train.qlora import train_qlora
+
+    monkeypatch.setitem(tiny_models.SIZES, "hidden", hidden)
+    model = tiny_models.build_tiny(family, data_dir, tmp_path / "model")
+    cfg = QloraConfig(model=str(model), data=str(data_dir), epochs=3, lr=0.0, batch_size=64,
+                      max_length=48, limit_train=128, seed=0, device="cpu")
+    r = train_qlora(cfg, tmp_path / "out")
+    scores = [h["val_macro_f1"] for h in r["history"]]
+    assert len(scores) == 3 and scores[0] == scores[1] == scores[2] == r["best_val_macro_f1"]
+    reloaded, _ = load_qlora(tmp_path / "out")
+    rows = load_split(cfg.data, "validation").head(8)
+    enc = encode(load_tokenizer(tmp_path / "out"), rows.texts, 48)
+    names = r["input_names"]
+    with torch.no_grad():
+        logits = reloaded(**{k: torch.from_numpy(v) for k, v in
+                             enc.batch(list(range(8)), names).items()}).logits
+    assert torch.isfinite(logits).all() and logits.shape == (8, 6)
