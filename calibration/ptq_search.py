@@ -101,9 +101,8 @@ class StaticConfig:
 
 def agreement(ref: np.ndarray, q: np.ndarray) -> dict[str, float]:
     """Mean KL(softmax(ref) || softmax(q)), top-1 agreement, mean |delta logit|."""
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        z = x - x.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    from common.probs import log_softmax
+
     lp, lq = log_softmax(ref), log_softmax(q)
     return {"kl": float((np.exp(lp) * (lp - lq)).sum(-1).mean()),
             "top1": float((ref.argmax(-1) == q.argmax(-1)).mean()),

@@ -46,8 +46,10 @@ class TextEncoder:
 
 
 def baseline_dir(artifacts: Path) -> Path:
-    """The baseline checkpoint of an artifacts folder (present; its inputs current)."""
-    return Manifest(Path(artifacts)).verify("baseline", check_hash=False)
+    """The baseline checkpoint of an artifacts folder, verified like every artifact read (its
+    tokenizer, recipe.json and max length are what every variant encodes with: an edited or
+    half-swapped folder is refused, not scored)."""
+    return Manifest(Path(artifacts)).verify("baseline")
 
 
 def baseline_meta(artifacts: Path) -> dict[str, Any]:

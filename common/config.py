@@ -2,10 +2,11 @@
 one back, and command-line flags generated one to one from their fields.
 
 A recipe is `{"type": <class name>, "version": <class VERSION>, "fields": {...}}`, nested configs
-tagged the same way. Fields whose metadata says `recipe=False` (device, threads: how a step runs,
-not what it makes) are left out, so changing them never marks an artifact stale. Fields made
-with `added` (a later option whose default is what the code made before) are in the recipe only
-when set, so adding one does not mark every existing artifact stale.
+tagged the same way; it holds every field that decides what a step makes. Two kinds of field stay
+out: `run_only` ones (device, threads: how a step runs, not what it makes), and `location` ones
+(the data or model to read), whose content goes into the key through the step's inputs (content
+fingerprints), so the same folder spelled two ways (relative, absolute, trailing slash) keys the
+same and a changed file under the same name does not.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ def doc(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def added(default: Any, help: str) -> Any:
-    """A field added after artifacts exist, whose default reproduces them: in the recipe only
-    when it differs from the default (older recipes, without it, still match)."""
-    return dataclasses.field(default=default, metadata={"help": help, "recipe": "if-set"})
+def location(default: Any, help: str = "") -> Any:
+    """Where a step reads its data or model from: not in the recipe (its content is keyed)."""
+    return dataclasses.field(default=default, metadata={"recipe": False, "help": help})
 
 
 def version_of(cls: type) -> int:
@@ -45,10 +45,7 @@ def recipe(cfg: Any) -> dict[str, Any]:
         raise TypeError(f"recipe() takes a config instance, not {cfg!r}")
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
-        keep = f.metadata.get("recipe", True)
-        if keep == "if-set" and getattr(cfg, f.name) == _default(f):
-            continue
-        if keep:
+        if f.metadata.get("recipe", True):
             v = getattr(cfg, f.name)
             fields[f.name] = recipe(v) if dataclasses.is_dataclass(v) else (
                 list(v) if isinstance(v, tuple) else v)
@@ -90,15 +87,26 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _parse_tuple(elem: type):
+    def one(x: str) -> Any:
+        if elem is bool:  # bool("off") is True: read the words
+            words = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+            if x.lower() not in words:
+                raise argparse.ArgumentTypeError(f"{x!r} is not on/off")
+            return words[x.lower()]
+        return elem(x)
+
     def parse(s: str) -> tuple:
-        return tuple(elem(x.strip()) for x in s.split(",") if x.strip())
+        return tuple(dict.fromkeys(one(x.strip()) for x in s.split(",") if x.strip()))
     return parse
 
 
 def add_flags(p: argparse.ArgumentParser | Any, cls: type, prefix: str = "",
-              skip: tuple[str, ...] = (), title: str | None = None) -> None:
+              skip: tuple[str, ...] = (), title: str | None = None,
+              choices: dict[str, Any] | None = None) -> None:
     """One flag per field: `--{prefix}{field-name}`; a nested config adds its own with its field
-    name as a further prefix. bool fields get --x / --no-x; tuples take comma lists."""
+    name as a further prefix. bool fields get --x / --no-x; tuples take comma lists; `choices`
+    maps a field name to the values its flag accepts."""
+    choices = choices or {}
     group = p.add_argument_group(title) if title else p
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -112,15 +120,17 @@ def add_flags(p: argparse.ArgumentParser | Any, cls: type, prefix: str = "",
         help_ = f.metadata.get("help", "")
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help_ = f"{help_} (default: {shown})" if help_ else f"default: {shown}"
+        help_ = help_.replace("%", "%%")  # argparse formats help strings with %
         if isinstance(default, bool):
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
                                default=None, help=help_)
         elif isinstance(default, tuple):
             elem = type(default[0]) if default else str
             group.add_argument(flag, dest=dest, type=_parse_tuple(elem), default=None,
-                               metavar="A,B,...", help=help_)
+                               metavar="on,off" if elem is bool else "A,B,...", help=help_)
         else:
-            group.add_argument(flag, dest=dest, type=type(default), default=None, help=help_)
+            group.add_argument(flag, dest=dest, type=type(default), default=None, help=help_,
+                               choices=choices.get(f.name))
 
 
 def from_flags(cls: type[T], ns: argparse.Namespace, prefix: str = "", **fixed: Any) -> T:

@@ -36,6 +36,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def display(self) -> str:
+        """The source without the machine's folders (reports are committed): `emotion/test.jsonl`
+        for a local file, the Hub name and config otherwise."""
+        p = Path(self.source)
+        return f"{p.parent.name}/{p.name}" if p.suffix == ".jsonl" else self.source
+
     def head(self, n: int) -> Split:
         """The first n rows, order kept (tests and quick runs use slices, never samples)."""
         return Split(self.name, self.texts[:n], self.labels[:n], self.source,

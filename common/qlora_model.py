@@ -126,8 +126,10 @@ def weight_memory(model: Any) -> dict[str, int]:
             "total_bytes": packed + state + fp}
 
 
-def load_qlora(adapter_dir: Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Base in NF4 (re-quantized from the same pre-trained weights) + the saved adapters."""
+def load_qlora(adapter_dir: Path, device: str = "cpu",
+               base_dir: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Base in NF4 (re-quantized from the same pre-trained weights) + the saved adapters.
+    base_dir: the base model already found and checked (common.modelsource.resolve_base)."""
     from peft import PeftModel
 
     from common.checkpoint import read_recipe
@@ -139,5 +141,9 @@ def load_qlora(adapter_dir: Path, device: str = "cpu") -> tuple[Any, dict[str, A
     except (KeyError, TypeError) as exc:  # written by other code
         raise ArtifactError(f"{adapter_dir} was saved by another version of the QLoRA code "
                             f"({exc}); rebuild it with `make engines`") from None
-    base = load_nf4_base(recipe["base_model"], spec, device)
+    if base_dir is None:
+        from common.modelsource import resolve_base
+
+        base_dir = resolve_base(recipe.get("base_model"), f"the QLoRA model {adapter_dir}")
+    base = load_nf4_base(base_dir, spec, device)
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), recipe

@@ -25,6 +25,20 @@ def write_report(out: Path, stem: str, data: dict[str, Any], markdown: str,
     return paths
 
 
+def replace_block(text: str, name: str, body: str) -> str:
+    """Replace what sits between `<!-- {name}:start ... -->` and `<!-- {name}:end -->` (the one
+    convention of every generated README block)."""
+    import re
+
+    from common.errors import ConfigError
+
+    start, end = f"<!-- {name}:start", f"<!-- {name}:end -->"
+    m = re.search(re.escape(start) + r"[^\n]*\n", text)
+    if not m or end not in text:
+        raise ConfigError(f"the README has no {name} markers ({start} ... {end})")
+    return text[: m.end()] + body + "\n" + text[text.index(end):]
+
+
 def figure_name(stem: str, key: str = "") -> str:
     """The file name write_report gives a figure (for the Markdown that links it)."""
     return f"{stem}-{key}.png" if key else f"{stem}.png"

@@ -31,3 +31,24 @@ def time_each(run: Callable[[T], Any], inputs: Iterable[T], warmup: Iterable[T] 
         if keep:
             outs.append(y)
     return np.asarray(times, dtype=np.float64), outs
+
+
+def first_calls(run: Callable[[dict[str, np.ndarray]], Any], feeds: Iterable[dict[str, np.ndarray]],
+                progress: str | None = None) -> dict[tuple[int, ...], float]:
+    """Run `run` once on the first feed of every distinct input shape, timing each call: these
+    first calls pay for what a runtime prepares per shape (kernel choice, attention plans, graph
+    capture, allocator growth), so they are measured apart and never mixed into warm timings."""
+    seen: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+    for feed in feeds:
+        seen.setdefault(next(iter(feed.values())).shape, feed)
+    seq: Iterable[tuple[tuple[int, ...], dict[str, np.ndarray]]] = seen.items()
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        seq = tqdm(list(seen.items()), desc=progress, leave=False)
+    out = {}
+    for shape, feed in seq:
+        t0 = time.perf_counter()
+        run(feed)
+        out[shape] = time.perf_counter() - t0
+    return out

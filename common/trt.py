@@ -1,51 +1,112 @@
 """What the TensorRT runtime side needs, in one place below the builder, the calibrator and the
 runner (as Polygraphy keeps its trt backend together): is TensorRT usable here, which version,
-which GPU an engine is tied to, and the optimization profile an engine accepts.
-Never imports tensorrt at module level."""
+which GPU an engine is tied to, the optimization profiles an engine accepts, and whether the
+Triton image can load a plan. Never imports tensorrt at module level."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from common.buckets import Buckets
 from common.errors import ConfigError, UserError
 
 # Where TensorRT engines are built and run: the NGC PyTorch image (see docker/Dockerfile.gpu).
 WHERE_TRT = "engines are built and run in the NGC image on a GPU (docker/Dockerfile.gpu)"
+TRITON_DOCKERFILE = Path(__file__).resolve().parents[1] / "docker" / "Dockerfile.triton"
+# TensorRT of each NGC tritonserver release docker/Dockerfile.triton has pinned (NVIDIA's
+# frameworks support matrix); an `ARG TENSORRT_VERSION=` in that Dockerfile takes precedence.
+TRITON_TRT = {"25.01": "10.8"}
+
+Shape = tuple[int, int]
+ProfileShapes = tuple[Shape, Shape, Shape]
 
 
 class TrtUnavailable(UserError, RuntimeError):
     """TensorRT (or the GPU it needs, or the feature asked for) is not available here."""
 
 
+class OutsideProfiles(UserError, ValueError):
+    """A (batch, sequence) shape no optimization profile of the engine admits."""
+
+
 @dataclass(frozen=True)
 class TrtProfile:
-    """The one optimization profile every engine is built with, over (batch, sequence).
+    """The optimization profiles every engine is built with, over (batch, sequence), from the
+    bucket table (common/buckets.py) and the longest sequence:
+
+    - profile 0, single requests: min (1, min_seq), opt (1, opt_length_b1), max (1, max_seq);
+    - profile 1, batches: min (2, min_seq), opt (opt_batch, opt_length_batched),
+      max (largest batch bucket, max_seq).
+
+    One profile tuned at (32, 64) left single requests on kernels chosen for batch 32. The batch
+    ranges do not overlap, so exactly one profile admits a shape: the runner and Triton's
+    tensorrt backend (instance_group profile ["0", "1"]) pick the same one. Tuning lengths above
+    max_seq are clamped to it.
 
     min_seq 1: the shortest text is [CLS] [SEP] (2 tokens) and Triton's TensorRT backend refuses
-    any request outside the profile, so the profile starts at 1 rather than at a typical length."""
+    any request outside the profiles, so they start at 1 rather than at a typical length."""
 
-    VERSION = 2
-    min_batch: int = 1
-    opt_batch: int = 32
-    max_batch: int = 64
+    VERSION = 3
+    buckets: Buckets = field(default_factory=Buckets)
     min_seq: int = 1
-    opt_seq: int = 64
-    max_seq: int = 128
+    max_seq: int = Buckets().lengths[-1]  # the model's max length
 
     def __post_init__(self) -> None:
-        if not (1 <= self.min_batch <= self.opt_batch <= self.max_batch):
-            raise ConfigError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {self}")
-        if not (1 <= self.min_seq <= self.opt_seq <= self.max_seq):
-            raise ConfigError(f"need 1 <= min_seq <= opt_seq <= max_seq, got {self}")
+        if not 1 <= self.min_seq <= self.max_seq:
+            raise ConfigError(f"need 1 <= min_seq <= max_seq, got min_seq {self.min_seq}, "
+                              f"max_seq {self.max_seq}")
 
-    def shapes(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        return ((self.min_batch, self.min_seq), (self.opt_batch, self.opt_seq),
-                (self.max_batch, self.max_seq))
+    @property
+    def max_batch(self) -> int:
+        return self.buckets.batches[-1]
+
+    def _seq(self, n: int) -> int:
+        return min(max(n, self.min_seq), self.max_seq)
+
+    def profiles(self) -> list[ProfileShapes]:
+        """(min, opt, max) of each profile, in the order the builder adds them."""
+        b = self.buckets
+        out = [((1, self.min_seq), (1, self._seq(b.opt_length_b1)), (1, self.max_seq))]
+        if self.max_batch > 1:
+            out.append(((2, self.min_seq), (max(2, b.opt_batch), self._seq(b.opt_length_batched)),
+                        (self.max_batch, self.max_seq)))
+        return out
+
+    def triton_profiles(self) -> list[str]:
+        """What a Triton tensorrt model's instance_group must list as `profile` to use every
+        profile (unlisted, the backend uses profile 0 only: batch 1 here)."""
+        return [str(i) for i in range(len(self.profiles()))]
+
+    def shapes(self) -> ProfileShapes:
+        """The envelope of all profiles: (smallest, the batched opt, largest)."""
+        return (1, self.min_seq), self.profiles()[-1][1], (self.max_batch, self.max_seq)
 
     def admits(self, batch: int, seq: int) -> bool:
-        return self.min_batch <= batch <= self.max_batch and self.min_seq <= seq <= self.max_seq
+        return any(lo[0] <= batch <= hi[0] and lo[1] <= seq <= hi[1]
+                   for lo, _, hi in self.profiles())
+
+    def profile_for(self, batch: int, seq: int) -> int:
+        """The index of the one profile admitting (batch, seq); OutsideProfiles names the flag
+        that widens the profiles."""
+        for i, (lo, _, hi) in enumerate(self.profiles()):
+            if lo[0] <= batch <= hi[0] and lo[1] <= seq <= hi[1]:
+                return i
+        fixes = []
+        if batch > self.max_batch:
+            wider = ",".join(map(str, self.buckets.batches + (max(batch, 2 * self.max_batch),)))
+            fixes.append(f"--trt-profile-buckets-batches {wider}")
+        if seq > self.max_seq:
+            fixes.append(f"--trt-profile-max-seq {seq}")
+        if 1 <= seq < self.min_seq:
+            fixes.append(f"--trt-profile-min-seq {seq}")
+        how = (f"rebuild with wider profiles: `python -m engines {' '.join(fixes)}`" if fixes
+               else "batch and sequence must be at least 1")
+        raise OutsideProfiles(f"shape (batch {batch}, sequence {seq}) is outside the engine's "
+                              f"optimization profiles {self.profiles()}; {how}")
 
 
 def tensorrt_status() -> tuple[bool, str]:
@@ -104,3 +165,46 @@ def check_engine_identity(built: dict[str, Any], current: dict[str, str], path: 
                 f"{path} was built for {key} {built.get(key)!r}, this machine has "
                 f"{current.get(key)!r}: TensorRT engines are tied to one GPU and TensorRT version. "
                 "Rebuild it here with `make engines`.")
+
+
+def _major_minor(version: str, what: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", str(version).strip())
+    if not m:
+        raise TrtUnavailable(f"{what} {version!r} is not a TensorRT version (major.minor[.patch])")
+    return int(m.group(1)), int(m.group(2))
+
+
+def check_plan_for_server(built_trt_version: str, server_trt_version: str, path: Any) -> None:
+    """Refuse a plan the Triton image cannot load. A plan is tied to the TensorRT version that
+    built it (unless built version-compatible, which these are not) and Triton's tensorrt backend
+    refuses another one ("Version tag does not match"); NGC images pin TensorRT by major.minor."""
+    built = _major_minor(built_trt_version, f"{path} records TensorRT")
+    server = _major_minor(server_trt_version, "the server's TensorRT")
+    if built != server:
+        raise TrtUnavailable(
+            f"{path} was built with TensorRT {built_trt_version}, the Triton image runs TensorRT "
+            f"{server_trt_version}, and Triton's tensorrt backend refuses a plan from another "
+            f"TensorRT version: rebuild the engine (`make engines`) in the image whose TensorRT "
+            f"is {server[0]}.{server[1]} (docker/Dockerfile.gpu of the same NGC release as "
+            "docker/Dockerfile.triton), or serve the ONNX variant (--backend ort)")
+
+
+def triton_trt_version(dockerfile: Path = TRITON_DOCKERFILE) -> str:
+    """The TensorRT major.minor of the NGC tritonserver image the repository targets: the
+    Dockerfile's `ARG TENSORRT_VERSION` if it states one, else its BASE_IMAGE tag looked up in
+    TRITON_TRT; checked against its `ARG TENSORRT_MAJOR`."""
+    if not Path(dockerfile).is_file():
+        raise TrtUnavailable(f"{dockerfile} is missing: it names the Triton image (and so its "
+                             "TensorRT version); run from the repository root")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", Path(dockerfile).read_text(), flags=re.M))
+    tag = args.get("BASE_IMAGE", "").rsplit(":", 1)[-1].removesuffix("-py3")
+    version = args.get("TENSORRT_VERSION") or TRITON_TRT.get(tag)
+    if version is None:
+        raise TrtUnavailable(f"{dockerfile}: no TensorRT version known for tritonserver {tag!r}; "
+                             "add `ARG TENSORRT_VERSION=<major.minor>` (NVIDIA's frameworks "
+                             "support matrix lists it) or a row to common/trt.py TRITON_TRT")
+    major = args.get("TENSORRT_MAJOR")
+    if major is not None and str(_major_minor(version, "TENSORRT_VERSION")[0]) != major:
+        raise TrtUnavailable(f"{dockerfile}: TENSORRT_MAJOR {major} disagrees with TensorRT "
+                             f"{version} of tritonserver {tag}: correct the ARGs")
+    return version

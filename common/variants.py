@@ -1,11 +1,28 @@
-"""Every (backend, variant) the toolchain builds and scores, and the artifact each one runs: the
-table the build (engines, for the Hugging Face folders), the runners and the evaluator share."""
+"""The variant registry: every (backend, variant) the toolchain builds, scores and serves, declared
+once. What the rest derives from it:
+
+- engines: the stage that builds each variant's artifact (its build handler is registered for
+  that artifact in engines/steps.py) and the TensorRT engines' build parameters;
+- deploy: the runner factory (deploy/registry.py, keyed by `runner`), "can it run here"
+  (`unavailable`, with its reason), where it can be served (`serve`);
+- evaluate: the rows of `--all` and `--gpu-check`, the default interleaved speed-up list, the CLI's
+  variant choices, the README's variants table.
+
+A new variant is one `register(Variant(...))` plus a build handler for its artifact (and a runner
+factory if its backend has none): tests/test_registry.py adds a toy one that way.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from common.errors import UserError
+
+# where a variant can be served: "triton" (the local server: tritonserver's Python backend running
+# the variant's Runner), "ngc" (the NGC tritonserver image's native onnxruntime / tensorrt backend,
+# deploy/ngc_repo.py) and "k8s" (manifests that serve that NGC repository)
+SERVE_TARGETS = ("triton", "ngc", "k8s")
+NEEDS = ("bitsandbytes", "tensorrt")
 
 
 class UnknownVariant(UserError, ValueError):
@@ -16,70 +33,214 @@ class UnknownVariant(UserError, ValueError):
 class Variant:
     backend: str
     variant: str
-    artifact: str  # manifest entry name
+    artifact: str  # manifest entry name of what it runs
     about: str
+    stage: str  # the `make engines` stage that builds the artifact
     # activation ranges taken per batch (padding included): predictions depend on what else is
     # in the batch, so behind a dynamic batcher one user's answer depends on other requests
     batch_dependent: bool = False
-    device: str = "any"  # "cuda": only runs on a GPU
+    device: str = "any"  # "cuda": runs on a GPU only
+    needs: tuple[str, ...] = ()  # libraries it cannot run without (NEEDS)
+    gpu_row: bool = False  # scored by `make gpu-check` on a CUDA GPU
+    serve: tuple[str, ...] = ("triton",)
+    # in the default interleaved speed-up list of its backend; "reference" = what ratios divide by
+    speedup: str = ""
+    hf: bool = False  # written as a Hugging Face folder with a model card (engines stage hf)
+    runner: str = ""  # runner factory key in deploy/registry.py; "" = the backend's
+    # build-handler parameters (the TensorRT engines: precision and source ONNX artifact)
+    params: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if set(self.serve) - set(SERVE_TARGETS) or set(self.needs) - set(NEEDS):
+            raise ValueError(f"{self.key}: serve targets are among {SERVE_TARGETS}, needs among "
+                             f"{NEEDS}")
+        if self.speedup not in {"", "yes", "reference"}:
+            raise ValueError(f"{self.key}: speedup is '', 'yes' or 'reference'")
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}/{self.variant}"
+
+    @property
+    def runner_key(self) -> str:
+        return self.runner or self.backend
+
+    def param(self, name: str) -> str:
+        return dict(self.params)[name]
 
 
-VARIANTS: tuple[Variant, ...] = (
-    Variant("torch", "fp32", "baseline", "fine-tuned FP32 checkpoint in PyTorch"),
-    Variant("torch", "fp16", "baseline", "the FP32 checkpoint run in FP16 on a GPU", device="cuda"),
+_NGC = ("triton", "ngc", "k8s")
+_GPU = ("ngc", "k8s")  # the local server's Python backend runs CPU runners only
+
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(v: Variant) -> Variant:
+    if v.key in _REGISTRY:
+        raise ValueError(f"variant {v.key} is registered twice")
+    _REGISTRY[v.key] = v
+    return v
+
+
+def unregister(key: str) -> None:
+    """Tests only: remove a variant they registered."""
+    _REGISTRY.pop(key, None)
+
+
+for _v in (
+    Variant("torch", "fp32", "baseline", "fine-tuned FP32 checkpoint in PyTorch", "baseline",
+            gpu_row=True, speedup="reference", hf=True),
+    Variant("torch", "fp16", "torch-fp16", "the checkpoint saved in FP16, run in PyTorch on a GPU",
+            "baseline", device="cuda", gpu_row=True, serve=()),
+    Variant("torch", "fp16-graphs", "torch-fp16", "the FP16 checkpoint replayed from CUDA graphs "
+            "captured per (batch, length) bucket (common/buckets.py)", "baseline", device="cuda",
+            gpu_row=True, serve=(), runner="torch-graphs"),
     Variant("torch", "ptq-dynamic", "torch-ptq-dynamic",
             "torch.ao quantize_dynamic: int8 layer Linear weights, activations quantized per batch",
-            batch_dependent=True),
-    Variant("ort", "fp32", "onnx-fp32", "FP32 ONNX export (plain graph)"),
-    Variant("ort", "fp32-fused", "onnx-fp32-fused", "FP32 ONNX after ORT's transformers optimizer"),
+            "dynamic", batch_dependent=True, speedup="yes"),
+    Variant("ort", "fp32", "onnx-fp32", "FP32 ONNX export (plain graph)", "onnx", gpu_row=True,
+            serve=_NGC, speedup="yes", hf=True),
+    Variant("ort", "fp32-fused", "onnx-fp32-fused", "FP32 ONNX after ORT's transformers optimizer",
+            "onnx", serve=_NGC, speedup="reference", hf=True),
     Variant("ort", "dynamic", "onnx-dynamic", "ORT quantize_dynamic of the plain FP32 graph",
-            batch_dependent=True),
+            "dynamic", batch_dependent=True, serve=_NGC, speedup="yes", hf=True),
     Variant("ort", "dynamic-fused", "onnx-dynamic-fused", "ORT quantize_dynamic of the fused graph",
-            batch_dependent=True),
+            "dynamic", batch_dependent=True, serve=_NGC, speedup="yes", hf=True),
     Variant("ort", "ptq", "onnx-ptq", "ORT static QDQ INT8 chosen by the accuracy-aware search (U8 "
-            "activations, S8 per-channel weights)"),
-    Variant("ort", "ptq-s8", "onnx-ptq-s8", "the same recipe with S8 activations (TensorRT flavour)"),
+            "activations, S8 per-channel weights)", "ptq", gpu_row=True, serve=_NGC,
+            speedup="yes", hf=True),
+    Variant("ort", "ptq-s8", "onnx-ptq-s8", "the same recipe with S8 activations (TensorRT flavour)",
+            "ptq", serve=_NGC, hf=True),
     Variant("ort", "ptq-fused", "onnx-ptq-fused", "the same recipe on the fused graph: static "
-            "QAttention + QDQ MatMuls (ONNX Runtime CPU)"),
-    Variant("ort", "qat", "onnx-qat", "QAT INT8 Q/DQ graph, U8 activations (CPU flavour)"),
-    Variant("ort", "qat-s8", "onnx-qat-s8", "QAT INT8 Q/DQ graph, S8 activations (TensorRT flavour)"),
-    Variant("ort", "optimum-fp32", "onnx-optimum-fp32", "the baseline exported by Optimum's exporter"),
+            "QAttention + QDQ MatMuls (ONNX Runtime CPU)", "ptq", serve=_NGC, speedup="yes",
+            hf=True),
+    Variant("ort", "qat", "onnx-qat", "QAT INT8 Q/DQ graph, U8 activations (CPU flavour)", "qat",
+            serve=_NGC, speedup="yes", hf=True),
+    Variant("ort", "qat-s8", "onnx-qat-s8", "QAT INT8 Q/DQ graph, S8 activations (TensorRT flavour)",
+            "qat", serve=_NGC, hf=True),
+    Variant("ort", "optimum-fp32", "onnx-optimum-fp32", "the baseline exported by Optimum's exporter",
+            "optimum", serve=_NGC, hf=True),
     Variant("ort", "optimum-dynamic", "onnx-optimum-dynamic",
-            "Optimum ORTQuantizer, avx512_vnni dynamic (reference row)", batch_dependent=True),
+            "Optimum ORTQuantizer, avx512_vnni dynamic (reference row)", "optimum",
+            batch_dependent=True, serve=_NGC, speedup="yes", hf=True),
     Variant("ort", "optimum-static", "onnx-optimum-static",
-            "Optimum ORTQuantizer, avx512_vnni static, minmax calibration (reference row)"),
-    Variant("qlora", "nf4", "qlora", "NF4 base (bitsandbytes) + LoRA adapters (peft), PyTorch"),
-    Variant("trt", "fp32", "trt-fp32", "TensorRT FP32 engine (TF32 off)", device="cuda"),
-    Variant("trt", "fp16", "trt-fp16", "TensorRT FP16 engine", device="cuda"),
+            "Optimum ORTQuantizer, avx512_vnni static, minmax calibration (reference row)", "optimum",
+            serve=_NGC, speedup="yes", hf=True),
+    Variant("qlora", "nf4", "qlora", "NF4 base (bitsandbytes) + LoRA adapters (peft), PyTorch",
+            "qlora", needs=("bitsandbytes",), gpu_row=True),
+    Variant("trt", "fp32", "trt-fp32", "TensorRT FP32 engine (TF32 off)", "trt", device="cuda",
+            needs=("tensorrt",), gpu_row=True, serve=_GPU,
+            params=(("precision", "fp32"), ("source", "onnx-fp32"))),
+    Variant("trt", "fp16", "trt-fp16", "TensorRT FP16 engine", "trt", device="cuda",
+            needs=("tensorrt",), gpu_row=True, serve=_GPU,
+            params=(("precision", "fp16"), ("source", "onnx-fp32"))),
     Variant("trt", "int8", "trt-int8", "TensorRT implicit INT8, entropy calibrator (TensorRT 10.x)",
-            device="cuda"),
-    Variant("trt", "ptq", "trt-ptq", "TensorRT explicit INT8 from the ORT PTQ Q/DQ ONNX (S8)",
-            device="cuda"),
-    Variant("trt", "qat", "trt-qat", "TensorRT explicit INT8 from the QAT Q/DQ ONNX (S8)",
-            device="cuda"),
-)
+            "trt", device="cuda", needs=("tensorrt",), gpu_row=True, serve=_GPU,
+            params=(("precision", "int8-implicit"), ("source", "onnx-fp32"))),
+    Variant("trt", "ptq", "trt-ptq", "TensorRT explicit INT8 from the ORT PTQ Q/DQ ONNX (S8)", "trt",
+            device="cuda", needs=("tensorrt",), gpu_row=True, serve=_GPU,
+            params=(("precision", "int8-explicit"), ("source", "onnx-ptq-s8"))),
+    Variant("trt", "qat", "trt-qat", "TensorRT explicit INT8 from the QAT Q/DQ ONNX (S8)", "trt",
+            device="cuda", needs=("tensorrt",), gpu_row=True, serve=_GPU,
+            params=(("precision", "int8-explicit"), ("source", "onnx-qat-s8"))),
+):
+    register(_v)
 
-# the Hugging Face folders `make engines` writes: every ONNX Runtime variant, and the baseline
-HF_VARIANTS: tuple[tuple[str, str], ...] = (("baseline", "baseline"),) + tuple(
-    (v.variant, v.artifact) for v in VARIANTS if v.backend == "ort")
+
+def variants() -> tuple[Variant, ...]:
+    """Every registered variant, in registration order."""
+    return tuple(_REGISTRY.values())
+
+
+def backends() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v.backend for v in variants()))
 
 
 def find_variant(backend: str, variant: str) -> Variant:
-    for v in VARIANTS:
-        if v.backend == backend and v.variant == variant:
-            return v
-    known = ", ".join(f"{v.backend}/{v.variant}" for v in VARIANTS)
-    raise UnknownVariant(f"unknown variant {backend}/{variant}; known: {known}")
+    """By backend and name; `variant` may also be written "backend/name" (then backend may be
+    empty or must agree)."""
+    if "/" in variant:
+        b, _, variant = variant.partition("/")
+        if backend and backend != b:
+            raise UnknownVariant(f"--backend {backend} and --variant {b}/{variant} disagree")
+        backend = b
+    v = _REGISTRY.get(f"{backend}/{variant}")
+    if v is None:
+        raise UnknownVariant(f"unknown variant {backend}/{variant}; known: "
+                             f"{', '.join(_REGISTRY)}")
+    return v
+
+
+def hf_folders() -> tuple[tuple[str, str], ...]:
+    """(folder name, artifact) of the Hugging Face folders `make engines` writes: the PyTorch
+    baseline as "baseline", every other variant marked hf by its name."""
+    return tuple(("baseline" if v.backend == "torch" else v.variant, v.artifact)
+                 for v in variants() if v.hf)
+
+
+def speedup_variants(backend: str) -> tuple[str, ...]:
+    """The default interleaved speed-up list of a backend, its reference first."""
+    vs = [v for v in variants() if v.backend == backend and v.speedup]
+    return tuple(v.variant for v in sorted(vs, key=lambda v: v.speedup != "reference"))
+
+
+def servable(target: str, backend: str | None = None) -> tuple[Variant, ...]:
+    return tuple(v for v in variants() if target in v.serve and backend in (None, v.backend))
+
+
+def missing_library(need: str) -> str | None:
+    """Why a library a variant needs is not usable here, or None."""
+    import importlib.util
+
+    if need == "bitsandbytes":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes is not installed: pip install 'bitsandbytes==0.50.*'"
+        return None
+    if need == "tensorrt":
+        from common.trt import tensorrt_status
+
+        ok, why = tensorrt_status()
+        return None if ok else f"TensorRT is not usable here: {why}"
+    raise ValueError(f"unknown need {need!r}")
+
+
+def unavailable(v: Variant, device: str = "cpu") -> str | None:
+    """Why `v` cannot run on `device` here (one line that says what to do), or None."""
+    cuda = device.startswith("cuda")
+    for need in v.needs:  # the library first: a GPU alone would not do
+        why = missing_library(need)
+        if why:
+            return why
+    if v.device == "cuda" and not cuda:
+        return ("runs on a CUDA GPU only: `make gpu-check` (or --device cuda) on a machine with "
+                "one")
+    if cuda and v.backend == "ort":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            return ("ONNX Runtime has no CUDAExecutionProvider here (install onnxruntime-gpu; "
+                    f"available: {', '.join(available)})")
+    elif cuda and v.backend != "trt":  # trt: tensorrt_status already looked for the GPU
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible to torch (run the container with --gpus all)"
+    return None
 
 
 def variants_table() -> str:
-    """Markdown: the README's variants table, generated from VARIANTS."""
-    lines = ["| `--backend/--variant` | what it runs | notes |", "|---|---|---|"]
-    for v in VARIANTS:
+    """Markdown: the README's variants table."""
+    lines = ["| `--variant` | what it runs | notes |", "|---|---|---|"]
+    for v in variants():
         notes = []
         if v.batch_dependent:
             notes.append("batch-dependent")
         if v.device == "cuda":
             notes.append("GPU only")
-        lines.append(f"| `{v.backend}/{v.variant}` | {v.about} | {', '.join(notes)} |")
+        elif v.gpu_row:
+            notes.append("CPU and GPU")
+        if "ngc" in v.serve:
+            notes.append("NGC Triton")
+        lines.append(f"| `{v.key}` | {v.about} | {', '.join(notes)} |")
     return "\n".join(lines)

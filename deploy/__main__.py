@@ -1,8 +1,11 @@
-"""python -m deploy serve       --backend ort --variant fp32 [--max-batch 32] [--queue-delay-us 0]
+"""python -m deploy serve       --variant ort/fp32 [--max-batch 32] [--queue-delay-us 0]
                               [--instances 1] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
-python -m deploy triton-repo --out model_repository/ [--backend ort --variant fp32] [--cpu]
-python -m deploy bench       [--backend ort --variant fp32] [--url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001]
-python -m deploy k8s         --out k8s/ [--image ...] [--storage-uri ...] [--hpa-metric cpu|queue]"""
+python -m deploy triton-repo --out model_repository/ [--variant ort/ptq-fused] [--cpu]
+python -m deploy bench       [--variant ort/fp32] [--url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001]
+python -m deploy k8s         --out k8s/ [--variant ort/ptq-fused] [--cpu] [--image ...] [--hpa-metric cpu|queue]
+
+The config flags of each subcommand are generated from its frozen config (ServeConfig, K8sConfig,
+BenchConfig), as engines' and evaluate's are."""
 
 from __future__ import annotations
 
@@ -11,37 +14,34 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from common.data import DEFAULT_DATASET
 from common.errors import ConfigError, cli
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="ort", choices=["ort", "torch", "qlora", "trt"])
-    p.add_argument("--variant", default="fp32")
-    p.add_argument("--model-name", default="emotion")
-    p.add_argument("--max-batch", type=int, default=32)
-    # scheduling flags default to the device's measured preset (deploy.triton_repo)
-    p.add_argument("--queue-delay-us", type=int, default=None)
-    p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--instances", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="per model instance; 0 = every core")
-    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=None,
-                   help="ONNX Runtime's intra-op threads spin-wait between requests (ort only)")
+    """ServeConfig's flags (generated from its fields); the scheduling ones default to the
+    device's measured preset (deploy.triton_repo), so they are applied over it."""
+    from common.config import add_flags
+    from common.variants import backends
+    from deploy.triton_repo import ServeConfig
+
+    add_flags(p, ServeConfig, title="the served variant and its scheduling (ServeConfig)",
+              choices={"backend": list(backends())})
     p.add_argument("--artifacts", default="artifacts")
 
 
 def _serve_config(a, gpu: bool = False):
     """The flags given, over the device's defaults (CPU: measured by `make bench`)."""
+    from common.config import from_flags
     from deploy.triton_repo import CPU_DEFAULTS, GPU_DEFAULTS, ServeConfig
 
-    preset = GPU_DEFAULTS if gpu else CPU_DEFAULTS
-    if a.spin is not None and a.backend != "ort":
+    if a.spin is not None and (a.backend or "ort") != "ort" and "/" not in (a.variant or ""):
         raise ConfigError(f"--spin / --no-spin is an ONNX Runtime setting; backend {a.backend} "
                           "has none")
-    chosen = {k: getattr(a, k) if getattr(a, k) is not None else v for k, v in preset.items()}
-    return ServeConfig(backend=a.backend, variant=a.variant, model_name=a.model_name,
-                       max_batch=a.max_batch, **chosen)
+    if a.variant and "/" in a.variant:
+        a.backend, a.variant = a.variant.split("/", 1)
+    return from_flags(ServeConfig, a, **(GPU_DEFAULTS if gpu else CPU_DEFAULTS))
 
 
 def serve(a) -> int:
@@ -99,31 +99,21 @@ def k8s(a) -> int:
     from common.config import from_flags
     from deploy.k8s import K8sConfig, write_manifests
 
-    paths = write_manifests(Path(a.out), _serve_config(a, gpu=True), from_flags(K8sConfig, a))
+    fixed: dict[str, Any] = {"gpus": 0} if a.cpu else {}
+    kc = from_flags(K8sConfig, a, **fixed)
+    paths = write_manifests(Path(a.out), _serve_config(a, gpu=kc.gpus > 0), kc)
     print(f"Kubernetes manifests -> {', '.join(str(p) for p in paths)} (for the repository of "
           "`python -m deploy triton-repo`; validate with `kubectl apply --dry-run=server -f`)")
     return 0
 
 
-def _spins(text: str) -> tuple[bool, ...]:
-    words = [w for w in text.split(",") if w]
-    if not words or set(words) - {"on", "off"}:
-        raise ConfigError(f"--spins takes on and/or off (comma-separated), not {text!r}")
-    return tuple(w == "on" for w in dict.fromkeys(words))
-
-
 def bench(a) -> int:
+    from common.config import from_flags
     from deploy.bench import BenchConfig, run_bench, write_bench_report
 
-    cfg = BenchConfig(serve=_serve_config(a), concurrency=tuple(int(x) for x in a.concurrency.split(",")),
-                      protocols=tuple(a.protocols.split(",")), requests_per_point=a.requests,
-                      seconds_per_point=a.seconds, url=a.url, grpc_url=a.grpc_url, data=a.data,
-                      artifacts=a.artifacts, out=a.out, agreement_rows=a.agreement_rows,
-                      queue_delays_us=tuple(int(x) for x in a.queue_delays.split(",") if x),
-                      layouts=tuple(x for x in a.layouts.split(",") if x),
-                      spins=_spins(a.spins))
+    cfg = from_flags(BenchConfig, a, serve=_serve_config(a))
     r = run_bench(cfg)
-    paths = write_bench_report(r, Path(a.out))
+    paths = write_bench_report(r, Path(cfg.out))
     print(f"serving benchmark -> {paths['md']}; goals: {r['goals']}")
     if r.get("recommended"):
         print(f"recommended on this machine: {r['recommended']['server']} ({r['recommended']['rule']})")
@@ -149,26 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("k8s", help="Kubernetes / KServe manifests for the NGC repository")
     _serve_args(k)
     k.add_argument("--out", default="k8s")
+    k.add_argument("--cpu", action="store_true",
+                   help="no GPU requested (= --gpus 0), for the repository of `triton-repo --cpu`")
     from common.config import add_flags
+    from deploy.bench import BenchConfig
     from deploy.k8s import K8sConfig
 
-    add_flags(k, K8sConfig)
+    add_flags(k, K8sConfig, title="deployment (K8sConfig)")
     b = sub.add_parser("bench", help="load benchmark (starts its own servers unless --url)")
     _serve_args(b)
-    b.add_argument("--url", default="", help="HTTP host:port of a running server (loopback only)")
-    b.add_argument("--grpc-url", default="")
-    b.add_argument("--concurrency", default="1,16")
-    b.add_argument("--queue-delays", default="0,100,500,2000", help="us, dynamic batcher on")
-    b.add_argument("--layouts", default="1x2,2x1", help="instances x threads per instance")
-    b.add_argument("--spins", default="on,off",
-                   help="ONNX Runtime thread spinning swept where an instance has >1 thread")
-    b.add_argument("--protocols", default="http,grpc,raw",
-                   help="http / grpc: tritonclient; raw: KServe v2 JSON over http.client")
-    b.add_argument("--requests", type=int, default=500, help="per sweep point")
-    b.add_argument("--seconds", type=float, default=30.0, help="per sweep point")
-    b.add_argument("--agreement-rows", type=int, default=0, help="0 = the whole test split")
-    b.add_argument("--data", default=DEFAULT_DATASET)
-    b.add_argument("--out", default="reports")
+    add_flags(b, BenchConfig, skip=("serve", "artifacts"), title="the sweep (BenchConfig)")
     a = p.parse_args(argv)
     return {"serve": serve, "triton-repo": triton_repo, "k8s": k8s, "bench": bench}[a.cmd](a)
 

@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from common.config import doc
 from common.data import DEFAULT_DATASET, load_split
 from common.env import cpu_device, versions
 from common.errors import ConfigError
+from common.manifest import Manifest
 from deploy.registry import default_threads
 from deploy.triton_repo import ServeConfig, write_local_repo
 
@@ -41,23 +43,31 @@ PROTOCOLS = ("http", "grpc", "raw")
 @dataclass(frozen=True)
 class BenchConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
-    queue_delays_us: tuple[int, ...] = (0, 100, 500, 2000)
-    layouts: tuple[str, ...] = ("1x2", "2x1")  # instances x threads per instance
+    queue_delays_us: tuple[int, ...] = doc((0, 100, 500, 2000), "batcher waits swept (us)")
+    layouts: tuple[str, ...] = doc(("1x2", "2x1"), "instances x threads per instance")
     # ONNX Runtime's intra-op threads spinning (its default) or sleeping between runs: swept where
     # an instance has more than one thread (one thread has no pool to spin) and the backend is ort
-    spins: tuple[bool, ...] = (True, False)
-    concurrency: tuple[int, ...] = (1, 16)
-    protocols: tuple[str, ...] = PROTOCOLS
-    requests_per_point: int = 400
-    seconds_per_point: float = 20.0
-    url: str = ""  # host:port of a running server's HTTP endpoint (then nothing is started)
+    spins: tuple[bool, ...] = doc((True, False), "ONNX Runtime thread spinning swept where an "
+                                  "instance has more than one thread")
+    concurrency: tuple[int, ...] = doc((1, 16), "clients in flight")
+    protocols: tuple[str, ...] = doc(PROTOCOLS, "http / grpc: tritonclient; raw: KServe v2 JSON "
+                                     "over http.client")
+    requests_per_point: int = 500
+    seconds_per_point: float = 30.0
+    url: str = doc("", "HTTP host:port of a running server (loopback only; then nothing is "
+                   "started)")
     grpc_url: str = ""
     data: str = DEFAULT_DATASET
     artifacts: str = "artifacts"
     out: str = "reports"
-    agreement_rows: int = 0  # test rows sent for the agreement check (0 = the whole split)
+    agreement_rows: int = doc(0, "test rows sent for the agreement check (0 = the whole split)")
 
     def __post_init__(self) -> None:
+        if self.requests_per_point < 1 or self.seconds_per_point <= 0 or self.agreement_rows < 0:
+            raise ConfigError("requests_per_point must be >= 1, seconds_per_point > 0 and "
+                              "agreement_rows >= 0")
+        if any(c < 1 for c in self.concurrency) or any(d < 0 for d in self.queue_delays_us):
+            raise ConfigError("concurrency must be >= 1 and queue delays >= 0")
         for u in (self.url, self.grpc_url):
             if u and u.rsplit(":", 1)[0] not in {"127.0.0.1", "localhost", "[::1]"}:
                 raise ConfigError(f"{u}: the benchmark drives loopback servers only (127.0.0.1)")
@@ -469,7 +479,7 @@ def _run_bench(cfg: BenchConfig, texts: list[str], model: str, points: list[Serv
                            {x: v for x, v in r.items() if x != "predictions"}
                            for k, r in refs.items()},
             "paired_block": PAIRED_BLOCK, "agreement": agree, "goals": goals(sweep, agree, best),
-            "versions": versions()}
+            "versions": versions(), "made_by": Manifest(Path(cfg.artifacts)).made_by(variant.artifact)}
 
 
 def goals(sweep: list[dict[str, Any]], agree: dict[str, Any] | None,

@@ -35,7 +35,7 @@ class K8sConfig:
     namespace: str = "default"
     replicas: int = 1
     max_replicas: int = 4
-    gpus: int = 1
+    gpus: int = doc(1, "GPUs per replica; 0 = CPU serving (the repository of `triton-repo --cpu`)")
     cpu_target: int = doc(70, "HPA: average CPU utilisation (%) to scale at")
     hpa_metric: str = doc("cpu", "cpu | queue (nv_inference_queue_duration_us via a Prometheus "
                           "adapter)")
@@ -46,6 +46,8 @@ class K8sConfig:
             raise ConfigError("hpa_metric must be cpu or queue")
         if not 1 <= self.replicas <= self.max_replicas:
             raise ConfigError("need 1 <= replicas <= max_replicas")
+        if self.gpus < 0:
+            raise ConfigError("gpus must be >= 0 (0 = CPU serving)")
 
 
 def triton_args(sc: ServeConfig, ports: Ports, repo: str) -> list[str]:
@@ -69,7 +71,7 @@ def manifests(sc: ServeConfig, k: K8sConfig, ports: Ports | None = None) -> dict
     ports = ports or Ports()
     labels = {"app": APP, "model": sc.model_name}
     meta = {"name": APP, "namespace": k.namespace, "labels": labels}
-    gpu = {"nvidia.com/gpu": str(k.gpus)}
+    gpu = {"nvidia.com/gpu": str(k.gpus)} if k.gpus else {}  # gpus 0: a CPU deployment
     annotations = {"emotion/max-batch": str(sc.max_batch), "emotion/model": sc.model_name,
                    "emotion/variant": f"{sc.backend}/{sc.variant}"}
     isvc = {
@@ -80,14 +82,15 @@ def manifests(sc: ServeConfig, k: K8sConfig, ports: Ports | None = None) -> dict
             "model": {"modelFormat": {"name": "triton"}, "storageUri": k.storage_uri,
                       "args": ["--strict-readiness=true", "--disable-auto-complete-config"],
                       "ports": [{"name": "h2c", "containerPort": ports.grpc, "protocol": "TCP"}],
-                      "resources": {"limits": gpu, "requests": gpu}}}},
+                      "resources": {"limits": {**gpu, "cpu": "2", "memory": "4Gi"},
+                                    "requests": {**gpu, "cpu": "2", "memory": "4Gi"}}}}},
     }
     container = {
         "name": "tritonserver", "image": k.image,
         "command": ["tritonserver"], "args": triton_args(sc, ports, "/models"),
         "ports": container_ports(ports),
         "readinessProbe": probe(READY_PATH, 10), "livenessProbe": probe(LIVE_PATH, 30),
-        "resources": {"limits": gpu, "requests": {**gpu, "cpu": "2", "memory": "4Gi"}},
+        "resources": {"limits": {**gpu}, "requests": {**gpu, "cpu": "2", "memory": "4Gi"}},
         "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
     }
     deployment = {
@@ -125,16 +128,37 @@ def manifests(sc: ServeConfig, k: K8sConfig, ports: Ports | None = None) -> dict
             "hpa": hpa}
 
 
+def _plain_dumper() -> type:
+    import yaml
+
+    class PlainDumper(yaml.SafeDumper):
+        """Plain YAML: a dict used twice is written twice, never as an &id001 anchor."""
+
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return PlainDumper
+
+
 def write_manifests(out: Path, sc: ServeConfig, k: K8sConfig,
                     ports: Ports | None = None) -> list[Path]:
     import yaml
 
     from common.manifest import write_text_atomic
+    from common.variants import servable
 
+    if sc.backend + "/" + sc.variant not in {v.key for v in servable("k8s")}:
+        raise ConfigError(f"{sc.backend}/{sc.variant} is not served by these manifests (they serve "
+                          "the NGC repository); servable: "
+                          + ", ".join(v.key for v in servable("k8s")))
+    if sc.backend == "trt" and not k.gpus:
+        raise ConfigError("TensorRT variants run on GPUs only: drop --cpu / --gpus 0, or serve an "
+                          "ort variant on CPU")
+    dumper = _plain_dumper()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, doc_ in manifests(sc, k, ports).items():
         p = out / f"{name}.yaml"
-        write_text_atomic(p, yaml.safe_dump(doc_, sort_keys=False))
+        write_text_atomic(p, yaml.dump(doc_, Dumper=dumper, sort_keys=False))
         paths.append(p)
     return paths

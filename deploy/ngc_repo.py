@@ -36,8 +36,6 @@ from deploy.triton_repo import (
     write_config,
 )
 
-ONNX_VARIANTS = ("fp32", "fp32-fused", "dynamic", "ptq", "qat")
-TRT_VARIANTS = ("fp32", "fp16", "int8", "ptq", "qat")
 TRITON_BACKEND = {"ort": ("onnxruntime", "model.onnx"), "trt": ("tensorrt", "model.plan")}
 ONNX_TO_TRITON = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32"}
 
@@ -52,10 +50,12 @@ def check_request(sc: ServeConfig, man: Manifest, gpu: bool) -> dict[str, Any]:
         raise RepoError(f"{sc.backend}/{sc.variant} runs in PyTorch, which the NGC repository does "
                         "not serve (onnxruntime and tensorrt backends only): serve it with "
                         "`python -m deploy serve`, or pick an ort or trt variant")
-    servable = ONNX_VARIANTS if sc.backend == "ort" else TRT_VARIANTS
-    if sc.variant not in servable:
+    from common.variants import servable
+
+    ngc = servable("ngc", sc.backend)
+    if sc.variant not in {v.variant for v in ngc}:
         raise RepoError(f"{sc.backend}/{sc.variant} is not served by the NGC repository; "
-                        f"servable: {', '.join(f'{sc.backend}/{v}' for v in servable)}")
+                        f"servable: {', '.join(v.key for v in ngc)}")
     art = find_variant(sc.backend, sc.variant).artifact
     path = man.verify(art)
     facts: dict[str, Any] = {"artifact": art, "path": path}
@@ -67,12 +67,17 @@ def check_request(sc: ServeConfig, man: Manifest, gpu: bool) -> dict[str, Any]:
             raise RepoError("TensorRT models run on GPUs only (Triton's tensorrt backend refuses "
                             "KIND_CPU): drop --cpu, or serve an ort variant on CPU")
         e = man.get(art)
+        from common.trt import check_plan_for_server, triton_trt_version
+
+        # the Triton image loads only plans of its own TensorRT version
+        check_plan_for_server(str(e.get("device", {}).get("tensorrt")), triton_trt_version(), path)
         profile = from_recipe(TrtProfile, e["trt"]["fields"]["profile"], f"{art}'s profile")
         if sc.max_batch > profile.max_batch:
-            raise RepoError(f"--max-batch {sc.max_batch} is above the engine's profile (max batch "
+            raise RepoError(f"--max-batch {sc.max_batch} is above the engine's profiles (max batch "
                             f"{profile.max_batch}); the tensorrt backend would refuse the model. "
-                            f"Use --max-batch {profile.max_batch} or rebuild with "
-                            f"`python -m engines --trt-profile-max-batch {sc.max_batch}`")
+                            f"Use --max-batch {profile.max_batch} or rebuild with a larger batch "
+                            "bucket: `python -m engines --trt-profile-buckets-batches "
+                            f"{','.join(map(str, (*profile.buckets.batches, sc.max_batch)))}`")
         max_length = int(baseline_meta(man.root)["max_length"])
         if not profile.min_seq <= 1 or max_length > profile.max_seq:
             raise RepoError(f"the engine's profile admits sequences of {profile.min_seq}.."
@@ -98,7 +103,7 @@ def _onnx_input_types(path: Path) -> dict[str, str]:
 
 
 def model_config(pb: Any, name: str, sc: ServeConfig, gpu: bool, names: list[str],
-                 types: dict[str, str]) -> Any:
+                 types: dict[str, str], profile: Any = None) -> Any:
     backend, filename = TRITON_BACKEND[sc.backend]
     cfg = pb.ModelConfig(name=name, backend=backend, max_batch_size=sc.max_batch,
                          default_model_filename=filename)
@@ -108,7 +113,11 @@ def model_config(pb: Any, name: str, sc: ServeConfig, gpu: bool, names: list[str
     cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
     batching(cfg, sc)
     kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
-    cfg.instance_group.add(count=sc.instances, kind=kind)
+    group = cfg.instance_group.add(count=sc.instances, kind=kind)
+    if sc.backend == "trt" and profile is not None:
+        # every profile listed: Triton then picks, per batch, the one that admits its shapes and
+        # is tuned closest to them (unlisted, only profile 0 - batch 1 - would be used)
+        group.profile.extend(profile.triton_profiles())
     if sc.backend == "ort" and sc.threads:  # per instance; unset, every instance uses every core
         cfg.parameters["intra_op_thread_count"].string_value = str(sc.threads)
         cfg.parameters["inter_op_thread_count"].string_value = "1"
@@ -132,7 +141,7 @@ def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True
         folder = tmp / target
         (folder / "1").mkdir(parents=True)
         shutil.copy(facts["path"], folder / "1" / TRITON_BACKEND[sc.backend][1])
-        write_config(model_config(pb, target, sc, gpu, names, types), folder)
+        write_config(model_config(pb, target, sc, gpu, names, types, facts.get("profile")), folder)
         write_tokenizer(pb, tmp / "tokenizer", artifacts, man, sc, names, int(meta["max_length"]))
         write_postprocess(pb, tmp / "postprocess", sc)
         write_ensemble(pb, tmp / sc.model_name, sc, target, names)
@@ -149,7 +158,7 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
     shutil.copy(HERE / "triton_tokenizer.py", tok / "1" / "model.py")
     shutil.copy(artifacts / man.get("baseline")["path"] / "tokenizer.json", tok / "1" / "tokenizer.json")
     for rel in ("common/__init__.py", "common/errors.py", "common/feeds.py", "common/labels.py",
-                "deploy/service.py"):
+                "common/buckets.py", "common/probs.py", "deploy/service.py"):
         shutil.copy(PROJECT_ROOT / rel, tok / "1" / "project" / rel)
     (tok / "1" / "project" / "deploy" / "__init__.py").write_text("")
     from common.modelsource import load_tokenizer
@@ -168,8 +177,10 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
 
 
 def write_postprocess(pb: Any, post: Path, sc: ServeConfig) -> None:
-    (post / "1").mkdir(parents=True)
+    (post / "1" / "project" / "common").mkdir(parents=True)
     shutil.copy(HERE / "triton_postprocess.py", post / "1" / "model.py")
+    for rel in ("common/__init__.py", "common/labels.py", "common/probs.py"):
+        shutil.copy(PROJECT_ROOT / rel, post / "1" / "project" / rel)
     cfg = pb.ModelConfig(name="postprocess", backend="python", max_batch_size=sc.max_batch)
     cfg.input.add(name="logits", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
     cfg.output.add(name="label", data_type=pb.TYPE_STRING, dims=[1])

@@ -30,6 +30,29 @@ def check_provider(provider: str) -> str:
     return want
 
 
+def provider_options(provider: str, variant: str) -> dict[str, str]:
+    """Options of the execution provider. CUDA: an FP32 graph keeps FP32 matmuls (the CUDA EP
+    runs them in TF32 unless `use_tf32` is 0), so a GPU "fp32" row is FP32, as the TensorRT
+    fp32 engine (TF32 cleared) is."""
+    if provider == "cuda" and "fp32" in variant:
+        return {"use_tf32": "0"}
+    return {}
+
+
+def initializer_bytes(path: Path) -> int:
+    """Bytes of an ONNX graph's weights (initializers), read without ONNX Runtime."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        total += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
+
+
 class OrtRunner(BaseRunner):
     backend = "ort"
 
@@ -57,7 +80,9 @@ class OrtRunner(BaseRunner):
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
-        providers = [want] if want == "CPUExecutionProvider" else [want, "CPUExecutionProvider"]
+        opts = provider_options(self.provider, self.variant)
+        first = (want, opts) if opts else want
+        providers = [first] if want == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as exc:  # corrupt or truncated files fail here
@@ -71,6 +96,7 @@ class OrtRunner(BaseRunner):
         if self.input_names and set(self.input_names) != set(names):
             raise RunnerError(f"{self.path} takes inputs {names}, expected {self.input_names}")
         self.input_names = names
+        self.weight_bytes = initializer_bytes(self.path)
         super().load()
 
     def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -85,6 +111,14 @@ class OrtRunner(BaseRunner):
         return [self.path, *self.extra_files]
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "device": self.provider, "provider": PROVIDERS[self.provider],
-                "active_providers": self.session.get_providers() if self.session else None,
-                "graph_optimization": "ORT_ENABLE_ALL"}
+        out = {**super().info(), "device": self.provider, "provider": PROVIDERS[self.provider],
+               "active_providers": self.session.get_providers() if self.session else None,
+               "provider_options": provider_options(self.provider, self.variant),
+               "graph_optimization": "ORT_ENABLE_ALL"}
+        if self.session is not None:
+            out["weight_bytes"] = self.weight_bytes
+        if self.provider == "cuda":
+            from common.env import cuda_device
+
+            out["device_info"] = cuda_device()
+        return out

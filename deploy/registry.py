@@ -1,19 +1,48 @@
-"""Which artifact each (backend, variant) runs, and how to build its Runner.
+"""How each registered variant (common/variants.py) becomes a Runner.
 
-Every runner is created through `make_runner`, which first checks the artifact against the
-manifest (present, intact, built from the current inputs) and refuses it otherwise.
+One factory per runner key (by default the variant's backend), registered with `@runner_factory`.
+Every runner is created through `make_runner`, which first says whether the variant can run here
+(`common.variants.unavailable`), then checks the artifact against the manifest (present, intact,
+its recipe matching its key, built from the current inputs) and refuses it otherwise.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common import variants
 from common.checkpoint import baseline_meta
 from common.manifest import ArtifactError, Manifest
 from common.variants import Variant
 from deploy.runner import Runner, RunnerError
+
+
+@dataclass(frozen=True)
+class RunnerRequest:
+    """What a runner factory gets: the variant, its verified artifact and how to run it."""
+
+    variant: Variant
+    path: Path  # the artifact (verified against the manifest)
+    entry: dict[str, Any]  # its manifest entry
+    manifest: Manifest
+    input_names: tuple[str, ...]
+    threads: int
+    device: str
+    spin: bool
+
+
+_FACTORIES: dict[str, Callable[[RunnerRequest], Runner]] = {}
+
+
+def runner_factory(key: str) -> Callable[[Callable[[RunnerRequest], Runner]], Callable[[RunnerRequest], Runner]]:
+    def add(fn: Callable[[RunnerRequest], Runner]) -> Callable[[RunnerRequest], Runner]:
+        _FACTORIES[key] = fn
+        return fn
+    return add
 
 
 def find_variant(backend: str, variant: str) -> Variant:
@@ -34,42 +63,66 @@ def make_runner(backend: str, variant: str, artifacts: Path | str, threads: int 
     if not spin and backend != "ort":
         raise RunnerError(f"spin=False is an ONNX Runtime setting; {backend}/{variant} has none")
     spec = find_variant(backend, variant)
-    threads = threads or default_threads()
-    if backend == "trt":  # say what is missing here before saying what is not built
-        from common.trt import require_tensorrt
-
-        require_tensorrt(f"trt/{variant}")
+    why = variants.unavailable(spec, device)  # what is missing here, before what is not built
+    if why:
+        raise RunnerError(f"{spec.key} cannot run here: {why}")
     man = Manifest(artifacts)
     try:
         path = man.verify(spec.artifact)
     except ArtifactError as exc:
         raise RunnerError(str(exc)) from exc
+    factory = _FACTORIES.get(spec.runner_key)
+    if factory is None:
+        raise RunnerError(f"{spec.key}: no runner is registered for {spec.runner_key!r}")
     names = tuple(baseline_meta(artifacts)["input_names"])
-    baseline = artifacts / man.get("baseline")["path"]
-    if spec.device == "cuda" and not device.startswith("cuda"):
-        raise RunnerError(f"{backend}/{variant} runs on a CUDA GPU only: pass --device cuda "
-                          "(on a machine with one)")
-    if backend == "torch":
-        from deploy.torch_runner import TorchRunner
+    return factory(RunnerRequest(spec, path, man.get(spec.artifact), man, names,
+                                 threads or default_threads(), device, spin))
 
-        if variant in {"fp32", "fp16"}:
-            return TorchRunner(path, names, threads, device=device, variant=variant,
-                               dtype="float16" if variant == "fp16" else "float32")
-        return TorchRunner(baseline, names, threads, device=device, variant=variant, state_dict=path)
-    if backend == "ort":
-        from deploy.ort_runner import OrtRunner
 
-        return OrtRunner(path, names, threads, provider=device, variant=variant, spin=spin)
-    if backend == "qlora":
-        from deploy.qlora_runner import QloraRunner
+@runner_factory("torch")
+def _torch(r: RunnerRequest) -> Runner:
+    from deploy.torch_runner import TorchRunner
 
-        return QloraRunner(path, names, threads, device=device, variant=variant)
-    if backend == "trt":
-        from common.config import from_recipe
-        from common.trt import TrtProfile
-        from deploy.trt_runner import TrtRunner
+    v = r.variant.variant
+    if r.variant.artifact != "torch-ptq-dynamic":
+        return TorchRunner(r.path, r.input_names, r.threads, device=r.device, variant=v,
+                           dtype="float16" if v == "fp16" else "float32")
+    baseline = r.manifest.verify("baseline")
+    return TorchRunner(baseline, r.input_names, r.threads, device=r.device, variant=v,
+                       state_dict=r.path)
 
-        e = man.get(spec.artifact)
-        profile = from_recipe(TrtProfile, e["trt"]["fields"]["profile"], f"{spec.artifact}'s profile")
-        return TrtRunner(path, names, e["device"], profile, variant)
-    raise RunnerError(f"backend {backend!r} has no runner yet")
+
+@runner_factory("torch-graphs")
+def _torch_graphs(r: RunnerRequest) -> Runner:
+    from deploy.graphs_runner import CudaGraphRunner
+
+    max_length = int(baseline_meta(r.manifest.root)["max_length"])
+    return CudaGraphRunner(r.path, r.input_names, r.threads, max_length, device=r.device,
+                           variant=r.variant.variant)
+
+
+@runner_factory("ort")
+def _ort(r: RunnerRequest) -> Runner:
+    from deploy.ort_runner import OrtRunner
+
+    return OrtRunner(r.path, r.input_names, r.threads, provider=r.device, variant=r.variant.variant,
+                     spin=r.spin)
+
+
+@runner_factory("qlora")
+def _qlora(r: RunnerRequest) -> Runner:
+    from deploy.qlora_runner import QloraRunner
+
+    return QloraRunner(r.path, r.input_names, r.threads, device=r.device,
+                       variant=r.variant.variant)
+
+
+@runner_factory("trt")
+def _trt(r: RunnerRequest) -> Runner:
+    from common.config import from_recipe
+    from common.trt import TrtProfile
+    from deploy.trt_runner import TrtRunner
+
+    profile = from_recipe(TrtProfile, r.entry["trt"]["fields"]["profile"],
+                          f"{r.variant.artifact}'s profile")
+    return TrtRunner(r.path, r.input_names, r.entry["device"], profile, r.variant.variant)

@@ -17,6 +17,7 @@ import numpy as np
 
 from common.feeds import InputError, check_texts
 from common.labels import LABELS
+from common.probs import softmax
 
 MAX_TEXT_BYTES = 1 << 20  # 1 MiB per text: accepted (and truncated); anything larger is refused
 
@@ -54,12 +55,6 @@ class Prediction:
         return [LABELS[i] for i in self.label_ids]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
 class EmotionService:
     """One variant, loaded once: `predict(texts)` -> Prediction. Not thread-safe by design:
     Triton gives each model instance its own process."""
@@ -79,7 +74,7 @@ class EmotionService:
         logits = self.runner.infer(enc.batch(list(range(len(enc))), self.runner.input_names))
         if not np.isfinite(logits).all():
             raise RuntimeError("the model produced non-finite logits")
-        return Prediction(logits.argmax(-1).astype(np.int64), softmax(logits), enc.truncated)
+        return Prediction(logits.argmax(-1).astype(np.int64), softmax(logits).astype(np.float32), enc.truncated)
 
     def close(self) -> None:
         self.runner.close()

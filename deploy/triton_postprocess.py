@@ -1,10 +1,17 @@
 """Triton Python-backend `postprocess` model of the NGC repository (copied as 1/model.py):
-logits -> label (BYTES), label_id (INT64), probs (FP32, softmax). numpy only."""
+logits -> label (BYTES), label_id (INT64), probs (FP32, softmax). numpy only: the label names and
+the softmax are the project's own (common/labels.py, common/probs.py), copied beside it in
+project/."""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend stub
 
-LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")  # = common.labels.LABELS
+sys.path.insert(0, str(Path(__file__).resolve().parent / "project"))
+from common.labels import LABELS  # noqa: E402
+from common.probs import softmax  # noqa: E402
 
 
 class TritonPythonModel:
@@ -16,12 +23,11 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     "the model produced non-finite logits", pb_utils.TritonError.INTERNAL)))
                 continue
-            z = np.exp(logits - logits.max(axis=-1, keepdims=True))
             ids = logits.argmax(-1).astype(np.int64)
             names = np.array([LABELS[i].encode() for i in ids], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("label", names.reshape(-1, 1)),
                 pb_utils.Tensor("label_id", ids.reshape(-1, 1)),
-                pb_utils.Tensor("probs", (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)),
+                pb_utils.Tensor("probs", softmax(logits).astype(np.float32)),
             ]))
         return responses

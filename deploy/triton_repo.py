@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.config import doc
 from common.errors import ConfigError, UserError
 from common.labels import NUM_LABELS
 from common.manifest import Manifest
@@ -29,27 +30,31 @@ PROJECT_ROOT = HERE.parent
 class ServeConfig:
     """One served variant. The scheduling defaults are the CPU ones (CPU_DEFAULTS)."""
 
-    backend: str = "ort"
-    variant: str = "fp32"
-    model_name: str = "emotion"
+    backend: str = doc("ort", "ort | torch | qlora | trt (or give --variant as backend/name)")
+    variant: str = doc("fp32", "the variant served; `--help` lists them")
+    model_name: str = doc("emotion", "the name clients call")
     max_batch: int = 32
-    queue_delay_us: int = 0
+    queue_delay_us: int = doc(0, "dynamic batcher's wait for more requests (microseconds)")
     dynamic_batching: bool = True
-    instances: int = 1
-    threads: int = 0  # per instance; 0 = every core
+    instances: int = doc(1, "model instances")
+    threads: int = doc(0, "threads per instance; 0 = every core")
     # ONNX Runtime's intra-op threads spin-wait between runs (ORT's default) or sleep; the ort
     # backend only, other backends have no such setting and ignore it
-    spin: bool = False
+    spin: bool = doc(False, "ONNX Runtime's intra-op threads spin-wait between requests (ort only)")
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.instances < 1 or self.queue_delay_us < 0:
-            raise ConfigError("max_batch and instances must be >= 1, queue_delay_us >= 0")
+        if self.max_batch < 1 or self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
+            raise ConfigError("max_batch and instances must be >= 1, queue_delay_us and threads "
+                              ">= 0")
+        v = find_variant(self.backend, self.variant)  # an unknown variant fails here, with the list
+        if (v.backend, v.variant) != (self.backend, self.variant):  # written as backend/name
+            object.__setattr__(self, "backend", v.backend)
+            object.__setattr__(self, "variant", v.variant)
 
     @property
     def ort_spin(self) -> bool:
         """The spin setting the served Runner gets (True, ORT's default, for other backends)."""
         return self.spin or self.backend != "ort"
-        find_variant(self.backend, self.variant)  # unknown variants fail here, with the list
 
 
 # Scheduling defaults per device. CPU: what `make bench BACKEND=ort VARIANT=ptq` recommended on

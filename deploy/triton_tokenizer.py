@@ -7,9 +7,10 @@ baseline, and the project's input checks and feed builder, copied beside it in p
 special tokens added, truncated to max_length keeping the final token, padded with the
 tokenizer's own pad id.
 
-Every request of one execute() is padded to the same width, a bucket (a power of two from 8 up to
-max_length) of the longest of them: Triton's dynamic batcher joins requests downstream only when
-their shapes are equal, so requests of different lengths can share one model execution.
+Every request of one execute() is padded to the same width, the length bucket (common/buckets.py,
+the table the TensorRT profiles and the CUDA-graph runner share) of the longest of them: Triton's
+dynamic batcher joins requests downstream only when their shapes are equal, so requests of
+different lengths can share one model execution.
 """
 
 import json
@@ -24,10 +25,9 @@ sys.path.insert(0, str(HERE / "project"))
 
 def bucket(longest: int, max_length: int) -> int:
     """The padded width for a batch whose longest row has `longest` tokens."""
-    width = 8
-    while width < longest:
-        width *= 2
-    return min(width, max_length)
+    from common.buckets import Buckets
+
+    return Buckets().length_for(longest, max_length)
 
 
 def encode_rows(tokenizer, texts, max_length, pad_id):

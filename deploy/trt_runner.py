@@ -1,6 +1,8 @@
 """TensorRT runner: deserialises a plan, binds CUDA buffers (torch tensors) and runs
-execute_async_v3 on its own stream. Refuses an engine built for another GPU, compute capability
-or TensorRT version, naming the command that rebuilds it."""
+execute_async_v3 on its own stream, after selecting the optimization profile (TrtProfile: batch
+1, or batches 2..max) that admits the batch. Refuses an engine built for another GPU, compute
+capability or TensorRT version, or with other profiles than its recipe, naming the command that
+rebuilds it."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from common.trt import TrtProfile
+from common.trt import OutsideProfiles, TrtProfile
 from deploy.runner import BaseRunner, RunnerError
 
 
@@ -25,6 +27,7 @@ class TrtRunner(BaseRunner):
         self.engine: Any = None
         self.context: Any = None
         self.stream: Any = None
+        self.active_profile: int | None = None
 
     def load(self) -> None:
         from common.trt import check_engine_identity, gpu_identity, require_tensorrt
@@ -38,8 +41,10 @@ class TrtRunner(BaseRunner):
         self.engine = runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
             raise RunnerError(f"TensorRT could not deserialise {self.plan}; rebuild with `make engines`")
+        check_profiles(self.engine, self.profile, self.input_names[0], self.plan)
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
+        self.active_profile = None  # selected explicitly before the first shapes are set
         super().load()
 
     def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -49,12 +54,9 @@ class TrtRunner(BaseRunner):
         self._require_loaded()
         feed = self._check_feed(feed)
         batch, seq = feed[self.input_names[0]].shape
-        if not self.profile.admits(batch, seq):
-            raise RunnerError(f"shape (batch {batch}, sequence {seq}) is outside the engine's "
-                              f"profile {self.profile.shapes()}; rebuild it with a wider profile, e.g. "
-                              "`python -m engines --trt-profile-max-seq 256 --trt-profile-max-batch 128`")
         keep = []
         with torch.cuda.stream(self.stream):
+            self.select_profile(batch, seq)
             for i in range(self.engine.num_io_tensors):
                 name = self.engine.get_tensor_name(i)
                 dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -71,7 +73,22 @@ class TrtRunner(BaseRunner):
         self.stream.synchronize()  # latency includes the whole round trip, measured on the host
         return out.cpu().numpy()
 
+    def select_profile(self, batch: int, seq: int) -> int:
+        """Make the profile admitting (batch, seq) the context's, on the runner's stream, when it
+        is not already; input shapes are set after this (TensorRT invalidates them on a switch)."""
+        try:
+            index = self.profile.profile_for(batch, seq)
+        except OutsideProfiles as exc:
+            raise RunnerError(str(exc)) from None
+        if index != self.active_profile:
+            if not self.context.set_optimization_profile_async(index, self.stream.cuda_stream):
+                raise RunnerError(f"TensorRT refused optimization profile {index} of {self.plan}; "
+                                  "rebuild it with `make engines`")
+            self.active_profile = index
+        return index
+
     def close(self) -> None:
+        self.active_profile = None
         self.context = None
         self.engine = None
         super().close()
@@ -80,5 +97,21 @@ class TrtRunner(BaseRunner):
         return [self.plan]
 
     def info(self) -> dict[str, Any]:
+        from common.env import cuda_device
+
+        # weights in memory: the plan's bytes (TensorRT keeps the serialized weights on the GPU;
+        # activations come on top, in the context's device memory)
         return {**super().info(), "device": "cuda", "provider": "tensorrt",
-                "device_info": self.built_on}
+                "device_info": {**cuda_device(), "tensorrt": self.built_on.get("tensorrt")},
+                "weight_bytes": self.plan.stat().st_size}
+
+
+def check_profiles(engine: Any, recipe_profile: TrtProfile, input_name: str, path: Path) -> None:
+    """Refuse an engine whose optimization profiles are not the ones its recipe describes (the
+    runner selects them by index)."""
+    want = recipe_profile.profiles()
+    got = [tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(input_name, i))
+           for i in range(engine.num_optimization_profiles)]
+    if got != want:
+        raise RunnerError(f"{path} has optimization profiles {got} for {input_name}, its recipe "
+                          f"says {want}: rebuild it with `make engines`")

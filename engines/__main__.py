@@ -17,14 +17,14 @@ from typing import Any
 
 from common.config import add_flags, from_flags
 from common.data import DEFAULT_DATASET
-from common.errors import ConfigError, cli
+from common.errors import cli
 from common.modelsource import DEFAULT_MODEL
 from engines.pipeline import STAGES, BuildConfig, build_all, plan_all
 
 SHARED = ("model", "data", "device", "threads", "limit_train", "limit_eval")
 # BuildConfig field -> flag prefix; fields a step sets itself are left out of the flags.
 PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "finetune": ("", ()), "export": ("export-", ()), "fuse": ("fuse-", ()),
+    "finetune": ("", ()), "torch_fp16": ("torch-fp16-", ()), "export": ("export-", ()), "fuse": ("fuse-", ()),
     "torch_dynamic": ("torch-dynamic-", ()), "dynamic": ("dynamic-", ()), "calib": ("calib-", ()),
     "static": ("ptq-", ()), "qat": ("qat-", ()), "qat_export": ("qat-export-", ("flavour",)),
     "qlora": ("qlora-", ()), "optimum": ("optimum-", ()), "hf": ("hf-", ()),
@@ -75,17 +75,6 @@ def parse(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespac
                        stages=stages, force=a.force, overlap=a.overlap, **configs), a
 
 
-def replace_block(text: str, name: str, body: str) -> str:
-    """Replace what sits between <!-- {name}:start ... --> and <!-- {name}:end --> markers."""
-    import re
-
-    start, end = f"<!-- {name}:start", f"<!-- {name}:end -->"
-    m = re.search(re.escape(start) + r"[^\n]*\n", text)
-    if not m or end not in text:
-        raise ConfigError(f"the README has no {name} markers ({start} ... {end})")
-    return text[: m.end()] + body + "\n" + text[text.index(end):]
-
-
 @cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
@@ -94,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if a.readme:
             from common.manifest import write_text_atomic
+            from common.reports import replace_block
             from common.variants import variants_table
 
             text = replace_block(Path(a.readme).read_text(), "families", families_table())

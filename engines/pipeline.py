@@ -20,7 +20,7 @@ from calibration.calibset import CalibConfig
 from calibration.ptq_search import StaticConfig
 from common.config import recipe
 from common.data import DEFAULT_DATASET, dataset_fingerprint
-from common.env import cpu_device, versions
+from common.env import cpu_device, peak_memory, versions
 from common.errors import ConfigError
 from common.manifest import Manifest, atomic_output
 from common.modelsource import DEFAULT_MODEL, model_fingerprint
@@ -31,6 +31,7 @@ from export.optimum_anchors import OptimumConfig
 from export.ort_graphs import DynamicConfig, FuseConfig
 from export.qat_export import QatExportConfig
 from export.torch_dynamic import TorchDynamicConfig
+from export.torch_fp16 import TorchFp16Config
 from train.finetune import FinetuneConfig
 from train.qat import QatConfig
 from train.qlora import QloraConfig
@@ -54,6 +55,7 @@ class BuildConfig:
     # 16.6 min together vs 20.1 min in a row on 2 cores); False: one after the other
     overlap: bool = True
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    torch_fp16: TorchFp16Config = field(default_factory=TorchFp16Config)
     export: ExportConfig = field(default_factory=ExportConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     torch_dynamic: TorchDynamicConfig = field(default_factory=TorchDynamicConfig)
@@ -82,6 +84,7 @@ class Step:
     sources: Callable[[], dict[str, str]]  # other inputs: data fingerprints, model, GPU
     build: Callable[[Path], dict[str, Any] | None]
     skip: str | None = None  # why this step cannot be built here (one line)
+    code: str = ""  # fingerprint of the code that builds it (set by steps_for: common.codehash)
 
 
 def derived_skip(dep: str, why: str) -> str:
@@ -103,6 +106,7 @@ class Builder:
         self.skipped: dict[str, str] = {}
         self.in_run: set[str] = set()  # the steps of this run (their outputs will exist)
         self.background: Any = None  # engines.overlap.Background: QLoRA training beside us
+        self.record: list[dict[str, Any]] = []  # what each step did, its time and peak memory
 
     def art(self, name: str) -> str:
         """Input reference to another artifact: its current hash (it must be built)."""
@@ -112,7 +116,8 @@ class Builder:
         return self.root / self.manifest.get(name)["path"]
 
     def inputs(self, step: Step) -> dict[str, str]:
-        return {**{f"artifact:{d}": self.art(d) for d in step.deps}, **step.sources()}
+        return {**{f"artifact:{d}": self.art(d) for d in step.deps}, **step.sources(),
+                **({"code": step.code} if step.code else {})}
 
     def skip_reason(self, step: Step) -> str | None:
         if step.skip:
@@ -132,24 +137,32 @@ class Builder:
             print(f"[skip] {step.name}: {why}")
             self.skipped[step.name] = why
             self.manifest.record_skip(step.name, recipe(step.config), why)
+            self.record.append({"step": step.name, "action": "skipped", "reason": why})
             return
         inputs = self.inputs(step)
         rel = step.path(inputs)
-        if not self.cfg.force and self.manifest.is_current(step.name, recipe(step.config), inputs):
+        stale = "--force" if self.cfg.force else self.manifest.why_stale(
+            step.name, recipe(step.config), inputs)
+        if stale is None:
             print(f"[up to date] {step.name}: {self.root / rel}")
             self.up_to_date.append(step.name)
+            self.record.append({"step": step.name, "action": "up to date"})
             return
-        print(f"[build] {step.name} -> {self.root / rel}")
+        print(f"[build] {step.name} -> {self.root / rel} ({stale})")
         t0 = time.time()
-        with atomic_output(self.root / rel) as tmp:
+        with peak_memory() as peak, atomic_output(self.root / rel) as tmp:
             extra = step.build(tmp) or {}
-        extra["build_seconds"] = round(time.time() - t0, 1)
+        seconds = round(time.time() - t0, 1)
+        extra["build_seconds"] = seconds
+        extra["build_peak_rss_mb"] = peak.mb
         self.manifest.record(step.name, rel, recipe(step.config), inputs, versions(), cpu_device(),
                              extra)
         self.built.append(step.name)
+        self.record.append({"step": step.name, "action": "built", "why": stale,
+                            "seconds": seconds, "peak_rss_mb": peak.mb})
 
     def plan(self, steps: list[Step]) -> dict[str, str]:
-        """What `run` would do to each step, without building: "build", "up to date" or
+        """What `run` would do to each step, without building: "build: <why>", "up to date" or
         "skip: <why>". A step whose input artifact would be rebuilt is rebuilt too."""
         out: dict[str, str] = {}
         for step in steps:
@@ -157,12 +170,18 @@ class Builder:
             if why:
                 self.skipped[step.name] = why
                 out[step.name] = f"skip: {why}"
-            elif self.cfg.force or any(out.get(d) == "build" or not self.manifest.built(d)
-                                       for d in step.deps):
-                out[step.name] = "build"
+                continue
+            rebuilt = [d for d in step.deps if out.get(d, "").startswith("build")]
+            if self.cfg.force:
+                out[step.name] = "build: --force"
+            elif rebuilt:
+                out[step.name] = f"build: its input {rebuilt[0]} is rebuilt in this run"
+            elif not all(self.manifest.built(d) for d in step.deps):
+                missing = next(d for d in step.deps if not self.manifest.built(d))
+                out[step.name] = f"build: its input {missing} is built in this run"
             else:
-                current = self.manifest.is_current(step.name, recipe(step.config), self.inputs(step))
-                out[step.name] = "up to date" if current else "build"
+                stale = self.manifest.why_stale(step.name, recipe(step.config), self.inputs(step))
+                out[step.name] = "up to date" if stale is None else f"build: {stale}"
         return out
 
 
@@ -180,6 +199,9 @@ def validation_source(data: str) -> Callable[[], dict[str, str]]:
 
 
 def steps_for(b: Builder) -> list[Step]:
+    """The steps of the stages asked for, in build order, each carrying the fingerprint of the
+    code that builds it (its factory and what that imports: common.codehash)."""
+    from common.codehash import code_fingerprint
     from engines.steps import STEP_FACTORIES
 
     out: list[Step] = []
@@ -187,7 +209,10 @@ def steps_for(b: Builder) -> list[Step]:
         if stage in b.cfg.stages:
             for factory in STEP_FACTORIES[stage]:
                 made = factory(b)
-                out += made if isinstance(made, list) else [made]
+                code = code_fingerprint(factory)
+                for step in made if isinstance(made, list) else [made]:
+                    step.code = step.code or code
+                    out.append(step)
     return out
 
 
@@ -199,13 +224,19 @@ def start_overlap(b: Builder, steps: list[Step]) -> Any:
     pair = [s for s in steps if s.name in ("baseline", "qlora")]
     if not b.cfg.overlap or len(pair) != 2 or not overlap.eligible(b.cfg.finetune, b.cfg.qlora):
         return None
-    if set(Builder(b.cfg).plan(pair).values()) != {"build"}:
+    if not all(v.startswith("build") for v in Builder(b.cfg).plan(pair).values()):
         return None
     return overlap.start(b.cfg.qlora, b.root)
 
 
+RECORD_NAME = "build-record.json"
+
+
 def build_all(cfg: BuildConfig) -> Builder:
+    """Build every step of the stages asked for; when anything was built, write the run's record
+    (each step's action, wall time and peak memory, measured here) to artifacts/build-record.json."""
     b = Builder(cfg)
+    t0 = time.time()
     steps = steps_for(b)
     b.in_run = {s.name for s in steps}
     b.background = start_overlap(b, steps)
@@ -220,6 +251,7 @@ def build_all(cfg: BuildConfig) -> Builder:
         if b.background is not None:
             b.background.abandon()  # nothing left to do after a collect; else stop the child
     if b.built:
+        write_record(b, time.time() - t0)
         print(f"built: {', '.join(b.built)}" +
               (f"; up to date: {', '.join(b.up_to_date)}" if b.up_to_date else ""))
     elif b.up_to_date:
@@ -227,6 +259,16 @@ def build_all(cfg: BuildConfig) -> Builder:
     if b.skipped:
         print(f"skipped ({len(b.skipped)}, reasons above): {', '.join(b.skipped)}")
     return b
+
+
+def write_record(b: Builder, seconds: float) -> None:
+    from common.manifest import write_json_atomic
+
+    write_json_atomic(b.root / RECORD_NAME, {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_minutes": round(seconds / 60, 2), "stages": list(b.cfg.stages),
+        "overlap": b.background is not None, "device": cpu_device(), "versions": versions(),
+        "steps": b.record})
 
 
 def plan_all(cfg: BuildConfig) -> dict[str, str]:

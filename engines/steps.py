@@ -12,7 +12,20 @@ from typing import Any
 
 from common.config import recipe
 from common.manifest import Manifest
-from engines.pipeline import Builder, Step, fixed, training_sources, validation_source
+from engines.pipeline import STAGES, Builder, Step, fixed, training_sources, validation_source
+
+Factory = Callable[[Builder], "Step | list[Step]"]
+# stage -> the step factories that build its artifacts, in build order (register_step)
+STEP_FACTORIES: dict[str, list[Factory]] = {stage: [] for stage in STAGES}
+
+
+def register_step(stage: str) -> Callable[[Factory], Factory]:
+    """Add a step factory to a stage. Its code (the factory and what it imports) goes into the
+    key of every step it makes (common.codehash)."""
+    def add(factory: Factory) -> Factory:
+        STEP_FACTORIES[stage].append(factory)
+        return factory
+    return add
 
 
 def family(b: Builder):
@@ -33,6 +46,15 @@ def baseline_step(b: Builder) -> Step:
                 "model_type": r["model_type"]}
 
     return Step("baseline", fixed("baseline"), ft, (), training_sources(ft.data, ft.model), build)
+
+
+def torch_fp16_step(b: Builder) -> Step:
+    """torch/fp16 (and the CUDA-graph runner): the baseline's weights saved in FP16, what a GPU
+    deployment ships and loads (half the bytes of the FP32 checkpoint)."""
+    from export.torch_fp16 import save_fp16
+
+    return Step("torch-fp16", fixed("torch/fp16"), b.cfg.torch_fp16, ("baseline",), dict,
+                lambda tmp: save_fp16(b.path("baseline"), tmp, b.cfg.torch_fp16))
 
 
 def onnx_step(b: Builder) -> Step:
@@ -286,62 +308,65 @@ def optimum_steps(b: Builder) -> list[Step]:
 
 
 def hf_steps(b: Builder) -> list[Step]:
-    """artifacts/hf/<variant>/: every built ONNX Runtime variant (and the baseline) as a folder
-    optimum / transformers load, with its model card (export.hf)."""
+    """artifacts/hf/<name>/: every variant the registry marks `hf` (the ONNX Runtime variants, and
+    the PyTorch baseline as "baseline") as a folder optimum / transformers load, with its model
+    card (export.hf), carrying the scores of the report that measured this very artifact."""
     import hashlib
     import json
 
-    from common.variants import HF_VARIANTS
+    from common.variants import variants
 
     c = b.cfg.hf
     steps = []
-    for variant, artifact in HF_VARIANTS:
-        report = Path(b.cfg.reports) / (f"ort-{variant}.json" if variant != "baseline"
-                                        else "torch-fp32.json")
+    for v in (v for v in variants() if v.hf):
+        folder = "baseline" if v.backend == "torch" else v.variant
+        report = Path(b.cfg.reports) / f"{v.backend}-{v.variant}.json"
 
-        def scored(report: Path = report, artifact: str = artifact) -> dict[str, Any] | None:
+        def scored(report: Path = report, artifact: str = v.artifact) -> dict[str, Any] | None:
             """The variant's report, if it scored this very artifact (not an older build or
             another model's)."""
-            import json
-
             if not report.is_file() or not b.manifest.built(artifact):
                 return None
-            rep = json.loads(report.read_text())
-            return rep if rep.get("made_by", {}).get("sha256") == b.art(artifact) else None
+            try:
+                rep = json.loads(report.read_text())
+            except (OSError, ValueError):  # a truncated report is no score
+                return None
+            made = rep.get("made_by", {}) if isinstance(rep, dict) else {}
+            return rep if made.get("sha256") == b.art(artifact) else None
 
         def sources(scored=scored) -> dict[str, str]:
             rep = scored()
             return {"report": hashlib.sha256(json.dumps(rep, sort_keys=True).encode()).hexdigest()
                     if rep else "none"}
 
-        def build(tmp: Path, variant: str = variant, artifact: str = artifact,
+        def build(tmp: Path, folder: str = folder, artifact: str = v.artifact,
                   scored=scored) -> dict[str, Any]:
             from export.hf import write_folder
 
             rep = scored()
-            onnx = None if variant == "baseline" else b.path(artifact)
+            onnx = None if folder == "baseline" else b.path(artifact)
             return write_folder(tmp, b.path("baseline"), onnx, b.manifest.get(artifact), rep,
-                                variant, c)
+                                folder, c)
 
-        deps = ("baseline",) if variant == "baseline" else (artifact, "baseline")
-        steps.append(Step(f"hf-{variant}", fixed(f"hf/{variant}"), c, deps, sources, build))
+        deps = ("baseline",) if folder == "baseline" else (v.artifact, "baseline")
+        steps.append(Step(f"hf-{folder}", fixed(f"hf/{folder}"), c, deps, sources, build))
     return steps
 
 
-# (variant, precision, source ONNX artifact): what the trt backend can run.
-TRT_ENGINES = (("fp32", "fp32", "onnx-fp32"), ("fp16", "fp16", "onnx-fp32"),
-               ("int8", "int8-implicit", "onnx-fp32"), ("ptq", "int8-explicit", "onnx-ptq-s8"),
-               ("qat", "int8-explicit", "onnx-qat-s8"))
-
-
 def trt_steps(b: Builder) -> list[Step]:
+    """One engine per trt variant of the registry, from its declared precision and source ONNX."""
     from common.trt import tensorrt_status
+    from common.variants import variants
 
     ok, why = tensorrt_status()
     steps = []
-    for variant, precision, src in TRT_ENGINES:
+    for v in (v for v in variants() if v.backend == "trt"):
+        precision, src = v.param("precision"), v.param("source")
+        # the profiles span the baseline's own max length (its recipe's, known before it is built)
         cfg = dataclasses.replace(b.cfg.trt, precision=precision,
-                                  calib_batch_size=b.cfg.calib.batch_size)
+                                  calib_batch_size=b.cfg.calib.batch_size,
+                                  profile=dataclasses.replace(b.cfg.trt.profile,
+                                                              max_seq=b.cfg.finetune.max_length))
         deps = (src, "calibration") if precision == "int8-implicit" else (src,)
         skip = None if ok else f"TensorRT is not usable here: {why}"
         if ok and precision == "int8-implicit":
@@ -352,7 +377,7 @@ def trt_steps(b: Builder) -> list[Step]:
             if trt_major(trt.__version__) >= 11:
                 skip = (f"implicit INT8 calibration does not exist in TensorRT {trt.__version__}; "
                         "trt/ptq (explicit Q/DQ) is built instead")
-        steps.append(Step(f"trt-{variant}", fixed(f"trt/{variant}.plan"), cfg, deps,
+        steps.append(Step(v.artifact, fixed(f"trt/{v.variant}.plan"), cfg, deps,
                           _gpu_source if ok else dict, _trt_build(b, src, cfg), skip=skip))
     return steps
 
@@ -382,19 +407,36 @@ def _trt_build(b: Builder, src: str, cfg: Any) -> Callable[[Path], dict[str, Any
     return build
 
 
-STEP_FACTORIES: dict[str, list[Callable[[Builder], Any]]] = {
-    "baseline": [baseline_step],
-    "onnx": [onnx_step, fused_step],
-    "dynamic": [torch_dynamic_step, lambda b: ort_dynamic_step(b, False),
-                lambda b: ort_dynamic_step(b, True)],
-    "calibration": [calibration_step],
-    # u8: the CPU flavour (evaluated as ort/ptq); s8: its chosen recipe for TensorRT; fused: the
-    # chosen recipe on the fused graph (ort/ptq-fused).
-    "ptq": [ptq_step, ptq_s8_step, ptq_fused_step],
-    # u8: the CPU flavour (ort/qat); s8: the same trained model for TensorRT (trt/qat).
-    "qat": [qat_step, lambda b: qat_onnx_step(b, "u8"), lambda b: qat_onnx_step(b, "s8")],
-    "qlora": [qlora_step],
-    "optimum": [optimum_steps],
-    "hf": [hf_steps],
-    "trt": [trt_steps],
-}
+def ort_dynamic_plain_step(b: Builder) -> Step:
+    return ort_dynamic_step(b, False)
+
+
+def ort_dynamic_fused_step(b: Builder) -> Step:
+    return ort_dynamic_step(b, True)
+
+
+def qat_onnx_u8_step(b: Builder) -> Step:
+    """ort/qat: the CPU flavour."""
+    return qat_onnx_step(b, "u8")
+
+
+def qat_onnx_s8_step(b: Builder) -> Step:
+    """ort/qat-s8 and trt/qat: the same trained model with S8 activations for TensorRT."""
+    return qat_onnx_step(b, "s8")
+
+
+# Build order inside a stage: later factories read earlier artifacts (ptq: the search first, then
+# its S8 (TensorRT) flavour and the fused-graph version of its recipe).
+for _stage, _factories in (
+        ("baseline", (baseline_step, torch_fp16_step)),
+        ("onnx", (onnx_step, fused_step)),
+        ("dynamic", (torch_dynamic_step, ort_dynamic_plain_step, ort_dynamic_fused_step)),
+        ("calibration", (calibration_step,)),
+        ("ptq", (ptq_step, ptq_s8_step, ptq_fused_step)),
+        ("qat", (qat_step, qat_onnx_u8_step, qat_onnx_s8_step)),
+        ("qlora", (qlora_step,)),
+        ("optimum", (optimum_steps,)),
+        ("hf", (hf_steps,)),
+        ("trt", (trt_steps,))):
+    for _f in _factories:
+        register_step(_stage)(_f)

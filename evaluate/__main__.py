@@ -1,8 +1,11 @@
-"""python -m evaluate --backend torch|ort|trt|qlora [--variant fp32] [--data ...] [--split test]
-python -m evaluate --all      every built variant on every backend available here + comparison
+"""python -m evaluate --variant ort/ptq [--data ...] [--split test]   (or --backend ort --variant ptq)
+python -m evaluate --all      every built variant that can run here, then the comparison
 python -m evaluate --compare  rebuild reports/comparison.* from the reports already written
-python -m evaluate --backend ort --speedup fp32-fused,fp32,ptq,qat
-                              those variants timed in interleaved rounds -> reports/speedup-ort.*"""
+python -m evaluate --gpu-check every GPU row this machine can score (one line per skip or failure)
+python -m evaluate --backend ort --speedup default  (or a comma list of variants)
+                              variants timed in interleaved rounds -> reports/speedup-ort.*
+
+Every EvalConfig field has a flag (generated from the dataclass, as engines' are)."""
 
 from __future__ import annotations
 
@@ -11,48 +14,47 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from common.data import DEFAULT_DATASET
+from common.config import add_flags, from_flags
 from common.errors import ConfigError, UserError, cli
 from common.manifest import Manifest
+from common.variants import backends, find_variant, variants
 from evaluate.report import write_report
 from evaluate.run import EvalConfig, evaluate
 
 
-def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=["torch", "ort", "trt", "qlora"])
-    p.add_argument("--variant", default="fp32")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__ + "\n\nvariants: " + ", ".join(v.key for v in variants()))
     p.add_argument("--all", action="store_true", help="every built variant, then the comparison")
     p.add_argument("--compare", action="store_true", help="only rebuild the comparison")
     p.add_argument("--gpu-check", action="store_true",
                    help="score every GPU row this machine can into --out (one line per skip)")
     p.add_argument("--speedup", default="",
-                   help="comma list of variants of --backend to time in interleaved rounds "
-                        "(speed-up vs the first, or --reference)")
+                   help="`default` (the registry's list for --backend) or a comma list of "
+                        "variants of --backend to time in interleaved rounds")
     p.add_argument("--reference", default="", help="with --speedup: the variant ratios divide by")
     p.add_argument("--readme", default=None,
                    help="with --all/--compare: write the comparison into this README's Results block")
-    p.add_argument("--data", default=DEFAULT_DATASET)
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="0 = every core available")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (torch device / ORT provider)")
-    p.add_argument("--artifacts", default="artifacts")
-    p.add_argument("--out", default="reports")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--latency-samples", type=int, default=0,
-                   help="0 = every sentence of the split (--speedup: the first 2000)")
-    p.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
+    add_flags(p, EvalConfig, title="what is scored and how (EvalConfig)",
+              choices={"backend": list(backends()), "split": ["train", "validation", "test"]})
+    return p
+
+
+def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace]:
+    p = parser()
     a = p.parse_args(argv)
-    if not (a.all or a.compare or a.backend or a.gpu_check):
-        p.error("give --backend (with --variant), or --all, or --compare, or --gpu-check")
+    if not (a.all or a.compare or a.backend or a.gpu_check or (a.variant and "/" in a.variant)):
+        p.error("give --variant backend/name (or --backend with --variant), or --all, "
+                "--compare, --gpu-check")
     if a.speedup and not a.backend:
         p.error("--speedup needs --backend (ratios are taken within one backend)")
-    cfg = EvalConfig(backend=a.backend or "", variant=a.variant, data=a.data, split=a.split,
-                     batch_size=a.batch_size, threads=a.threads, device=a.device,
-                     artifacts=a.artifacts, out=a.out, warmup=a.warmup,
-                     latency_samples=a.latency_samples, limit=a.limit)
+    cfg = from_flags(EvalConfig, a)
+    if a.variant and "/" in a.variant:  # --variant ort/ptq
+        v = find_variant(cfg.backend, cfg.variant)
+        cfg = dataclasses.replace(cfg, backend=v.backend, variant=v.variant)
+    elif cfg.backend and not (a.all or a.compare or a.gpu_check or a.speedup):
+        find_variant(cfg.backend, cfg.variant)  # an unknown name fails here, with the list
     return cfg, a
 
 
@@ -70,48 +72,51 @@ def run_one(cfg: EvalConfig) -> Path:
     return paths["json"]
 
 
+def not_runnable(v, man: Manifest, device: str) -> str | None:
+    """Why a registered variant is not scored here, or None (one line, with what to do)."""
+    from common.variants import unavailable
+
+    why = unavailable(v, device)
+    if why:
+        return why
+    if man.skipped(v.artifact):  # the family or the machine cannot build it (engines says why)
+        return f"skipped by make engines: {man.skipped(v.artifact)}"
+    if v.artifact not in man.entries:
+        return f"not built ({v.artifact}): run `make engines`"
+    return None
+
+
 def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[dict]]:
     """Score every variant that can run here (measure=False: only list those that cannot)."""
-    from common.trt import tensorrt_status
-    from common.variants import VARIANTS
-
     man = Manifest(Path(base.artifacts))
-    trt_ok, trt_why = tensorrt_status()
     done, missing = [], []
-    for v in VARIANTS:
-        if v.backend == "trt" and not trt_ok:
-            missing.append({"backend": v.backend, "variant": v.variant, "reason": f"backend unavailable: {trt_why}"})
-            continue
-        if v.device == "cuda" and not base.device.startswith("cuda"):
-            missing.append({"backend": v.backend, "variant": v.variant,
-                            "reason": "runs on a CUDA GPU only (`make gpu-check` there)"})
-            continue
-        if man.skipped(v.artifact):  # the family or the machine cannot build it (engines says why)
-            missing.append({"backend": v.backend, "variant": v.variant,
-                            "reason": f"skipped by make engines: {man.skipped(v.artifact)}"})
-            continue
-        if v.artifact not in man.entries:
-            missing.append({"backend": v.backend, "variant": v.variant,
-                            "reason": f"not built ({v.artifact}): run `make engines`"})
+    for v in variants():
+        why = not_runnable(v, man, base.device)
+        if why:
+            missing.append({"backend": v.backend, "variant": v.variant, "reason": why})
             continue
         if not measure:
             continue
         try:
-            cfg = dataclasses.replace(base, backend=v.backend, variant=v.variant)
-            done.append(run_one(cfg))
+            done.append(run_one(dataclasses.replace(base, backend=v.backend, variant=v.variant)))
         except UserError as exc:
             missing.append({"backend": v.backend, "variant": v.variant, "reason": str(exc)})
     return done, missing
 
 
 def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
+    from common.variants import speedup_variants
     from evaluate.speedup import SpeedupConfig, run_speedup, write_speedup
 
+    names = speedup_variants(cfg.backend) if a.speedup == "default" else tuple(
+        v for v in a.speedup.split(",") if v)
+    for name in names:
+        find_variant(cfg.backend, name)
     try:
-        sc = SpeedupConfig(backend=cfg.backend, variants=tuple(v for v in a.speedup.split(",") if v),
-                           reference=a.reference, data=cfg.data, split=cfg.split,
-                           sentences=cfg.latency_samples or SpeedupConfig.sentences, batch_size=cfg.batch_size,
-                           warmup=cfg.warmup, threads=cfg.threads, device=cfg.device,
+        sc = SpeedupConfig(backend=cfg.backend, variants=names, reference=a.reference,
+                           data=cfg.data, split=cfg.split,
+                           sentences=cfg.latency_samples or SpeedupConfig.sentences,
+                           batch_size=cfg.batch_size, threads=cfg.threads, device=cfg.device,
                            artifacts=cfg.artifacts, out=cfg.out)
     except ValueError as exc:
         raise ConfigError(f"--speedup: {exc}") from None
@@ -130,18 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.gpu_check:
         from evaluate.gpu_check import run_gpu_check
 
-        run_gpu_check(cfg, Path(cfg.out))
-        return 0
+        return run_gpu_check(cfg, Path(cfg.out)).exit_code
     if a.all or a.compare:
         from evaluate.compare import write_comparison
 
         files, missing = run_all(cfg) if a.all else (None, run_all(cfg, measure=False)[1])
-        paths = write_comparison(Path(cfg.out), missing, files)
+        paths = write_comparison(Path(cfg.out), missing, files, Path(cfg.artifacts))
         print(f"comparison -> {paths['md']}")
         if a.readme:
             from evaluate.compare import update_readme
 
-            update_readme(Path(a.readme), paths["md"], Path(a.readme).parent / "docs" / "results")
+            update_readme(Path(a.readme), paths["md"], Path(a.readme).parent / "docs" / "results",
+                          Path(cfg.artifacts))
             print(f"results section of {a.readme} updated")
     elif a.speedup:
         run_speedup_cli(cfg, a)

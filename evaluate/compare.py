@@ -1,6 +1,12 @@
-"""The comparison: every variant's report in one table, with ratios formed only within one
-backend, device and thread count, agreement with the PyTorch FP32 model, and the rows that could
-not be measured, each with its reason."""
+"""The comparison: every current variant report in one table, with ratios formed only within one
+backend, device and thread count, agreement with the PyTorch FP32 model, the rows that could not
+be measured, each with its reason, and the reports that are stale.
+
+A report is compared only when the artifact it measured is the one the manifest says is current
+(same sha256 and key: recipe, inputs and the code's fingerprint); any other is listed as stale,
+with its reason and the fix (`make report`), and its numbers are left out. Publishing (the README's
+Results block and docs/results/) copies exactly what the comparison lists.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,17 @@ from typing import Any
 import numpy as np
 
 from common.labels import LABELS
-from common.manifest import write_json_atomic, write_text_atomic
+from common.manifest import Manifest, write_json_atomic, write_text_atomic
 from evaluate.report import load_report, stem
 
 AGREEMENT_REFERENCE = ("torch", "fp32")
 # FP32 rows each backend is divided by; QLoRA runs in PyTorch, so its reference is torch/fp32.
 FP32_REFS = {"torch": (("torch", "fp32"),), "ort": (("ort", "fp32"), ("ort", "fp32-fused")),
              "trt": (("trt", "fp32"),), "qlora": (("torch", "fp32"),)}
+FIX = "make report"
+# report families besides the variant reports: file prefix -> kind
+OTHER_REPORTS = {"serve-": "serving", "study-": "study", "speedup-": "speedup"}
+NOT_REPORTS = ("comparison", "ptq-search", "baseline-", "build-record")
 
 
 def device_key(r: dict) -> tuple:
@@ -64,15 +74,72 @@ def _preds(r: dict, reports_dir: Path, key: str = "logits_file") -> np.ndarray |
     return np.load(reports_dir / r[key]).argmax(-1) if key in r else None
 
 
-def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path) -> dict:
+def report_files(reports_dir: Path) -> dict[str, list[Path]]:
+    """The JSON reports of a folder by kind: "variant", "serving", "study", "speedup"."""
+    out: dict[str, list[Path]] = {"variant": [], "serving": [], "study": [], "speedup": []}
+    for p in sorted(Path(reports_dir).glob("*.json")):
+        if p.name.startswith(NOT_REPORTS):
+            continue
+        kind = next((k for pre, k in OTHER_REPORTS.items() if p.name.startswith(pre)), "variant")
+        out[kind].append(p)
+    return out
+
+
+def why_stale(report: Any, man: Manifest, kind: str) -> str | None:
+    """None when every artifact the report measured is the manifest's current one."""
+    if not isinstance(report, dict):
+        return "not a report (no JSON object)"
+    if kind == "study" and report.get("task") != "classifier":
+        return None  # a language-model study reads no artifact
+    made = report.get("made_by")
+    if kind == "speedup":
+        if not isinstance(made, dict) or not made:
+            return "it records no artifact hashes (written by older code)"
+        for variant, m in made.items():
+            why = man.freshness(m)
+            if why:
+                return f"{variant}: {why}"
+        return None
+    return man.freshness(made)
+
+
+def load_current(reports_dir: Path, man: Manifest, files: list[Path] | None = None
+                 ) -> tuple[dict[str, list[tuple[Path, dict]]], list[dict[str, str]]]:
+    """The reports whose artifacts are current, by kind, and the stale ones with why."""
+    found = report_files(reports_dir)
+    if files is not None:
+        found["variant"] = list(files)
+    current: dict[str, list[tuple[Path, dict]]] = {k: [] for k in found}
+    stale = []
+    for kind, paths in found.items():
+        for p in paths:
+            try:
+                r = load_report(p)
+            except (OSError, ValueError) as exc:
+                stale.append({"report": p.name, "why": f"unreadable ({type(exc).__name__})",
+                              "fix": FIX})
+                continue
+            why = why_stale(r, man, kind)
+            if why:
+                stale.append({"report": p.name, "why": why, "fix": FIX})
+            else:
+                current[kind].append((p, r))
+    return current, stale
+
+
+def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path,
+                     others: dict[str, list[tuple[Path, dict]]] | None = None,
+                     stale: list[dict] | None = None) -> dict:
     from common.metrics import bootstrap_weights, paired_delta_ci
 
+    others = others or {}
     by = {(r["backend"], r["variant"]): r for r in reports}
     agree_ref = by.get(AGREEMENT_REFERENCE) or by.get(("ort", "fp32"))
     # delta F1 of every row against the FP32 model's batch-1 predictions, on one set of
     # bootstrap resamples (paired: both sides scored on the same rows of each resample)
     ref_pred = _preds(agree_ref, reports_dir) if agree_ref and "labels" in agree_ref else None
     weights = bootstrap_weights(len(ref_pred)) if ref_pred is not None else None
+    ref_name = stem(*AGREEMENT_REFERENCE) if agree_ref is by.get(AGREEMENT_REFERENCE) else "ort-fp32"
     rows = []
     for r in reports:
         refs = [by[k] for k in FP32_REFS.get(r["backend"], ()) if k in by]
@@ -83,41 +150,47 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
         delta = None
         if (weights is not None and ref_pred is not None and pred is not None
                 and len(pred) == len(ref_pred) and "labels" in r):
-            delta = {"reference": stem(*AGREEMENT_REFERENCE if agree_ref is by.get(
-                AGREEMENT_REFERENCE) else ("ort", "fp32")),
-                **paired_delta_ci(weights, np.asarray(r["labels"]), pred, ref_pred)}
+            delta = {"reference": ref_name,
+                     **paired_delta_ci(weights, np.asarray(r["labels"]), pred, ref_pred)}
+        ref_pc = agree_ref if head is None else head
         rows.append({
             "backend": r["backend"], "variant": r["variant"], "device": r["device"].get("name"),
             "device_kind": r["device"].get("kind"), "threads": r["threads"], "provider": r.get("provider"),
             "macro_f1": r["macro_f1"], "accuracy": r["accuracy"], "size_mb": r["size_mb"],
+            "weights_in_memory_mb": r.get("weights_in_memory_mb"),
             "batched": r.get("batched"), "batch_invariance": r.get("batch_invariance"),
             "delta_f1": delta,
             "latency_ms": r["latency_ms"], "throughput": r["throughput"],
+            "cold_first_calls_ms": r.get("cold_first_calls_ms"),
             "vs_fp32": ratio_vs(r, head), "vs_each_fp32": [ratio_vs(r, x) for x in refs],
             "agreement": agreement(r, agree_ref, reports_dir),
-            "what_changed": what_changed(r, agree_ref if head is None else head),
+            "what_changed": what_changed(r, ref_pc),
             "per_class_f1": {c: r["per_class"][c]["f1"] for c in LABELS},
+            "per_class_delta_pt": None if agree_ref is None else {
+                c: 100 * (r["per_class"][c]["f1"] - agree_ref["per_class"][c]["f1"]) for c in LABELS},
             "confusion_matrix": r["confusion_matrix"], "measurement": r["measurement"],
-            "versions": r["versions"], "report": f"{stem(r['backend'], r['variant'])}.md",
+            "versions": r["versions"], "made_by": {k: r["made_by"].get(k) for k in
+                                                   ("artifact", "sha256", "key", "code")},
+            "report": f"{stem(r['backend'], r['variant'])}.md",
         })
     serving = []
-    for f in sorted(Path(reports_dir).glob("serve-*.json")):  # `python -m deploy bench` reports
-        b = load_report(f)
+    for f, b in others.get("serving", []):  # `python -m deploy bench` reports
         serving.append({"backend": b["backend"], "variant": b["variant"],
                         "device": b["device"].get("name"), "goals": b["goals"],
-                        "recommended": b.get("recommended"), "report": f.with_suffix(".md").name})
-    studies = [{"task": load_report(f)["task"], "report": f.with_suffix(".md").name}
-               for f in sorted(Path(reports_dir).glob("study-*.json"))]  # `python -m study`
+                        "recommended": b.get("recommended"), "report": f.with_suffix(".md").name,
+                        "figure": f.with_suffix(".png").name})
+    studies = [{"task": st["task"], "report": f.with_suffix(".md").name,
+                "figures": [p.name for p in sorted(f.parent.glob(f"{f.stem}-*.png"))]}
+               for f, st in others.get("study", [])]
     speedups = []
-    for f in sorted(Path(reports_dir).glob("speedup-*.json")):  # `python -m evaluate --speedup`
-        sp = load_report(f)
+    for f, sp in others.get("speedup", []):  # `python -m evaluate --speedup`
         speedups.append({"backend": sp["backend"], "reference": sp["reference"],
                          "device": sp["device"].get("name"), "threads": sp["threads"],
                          "rows": [{k: x[k] for k in ("variant", "p50_ms", "speedup_b1", "speedup_b1_ci95",
                                                      "speedup_batched")} for x in sp["rows"]],
-                         "report": f.with_suffix(".md").name})
-    return {"rows": rows, "missing": missing, "serving": serving, "studies": studies,
-            "speedups": speedups}
+                         "report": f.with_suffix(".md").name, "figure": f.with_suffix(".png").name})
+    return {"rows": rows, "missing": missing, "stale": stale or [], "serving": serving,
+            "studies": studies, "speedups": speedups, "reference": ref_name}
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -143,6 +216,9 @@ def _invariant(r: dict) -> str:
     return "-" if not inv else ("yes" if inv["batch_invariant"] else f"no ({inv['differ']} differ)")
 
 
+FIGURES = {"headline": "comparison-f1-vs-speedup.png", "per_class": "comparison-per-class-delta.png"}
+
+
 def comparison_markdown(c: dict) -> str:
     out = ["# Comparison", "",
            "Macro F1 is scored at batch 1 (every test sentence on its own, as a per-request "
@@ -150,25 +226,28 @@ def comparison_markdown(c: dict) -> str:
            "`batch-invariant` says whether any prediction differs between the two (dynamic INT8 "
            "takes activation ranges per batch). delta F1: against the PyTorch FP32 model's batch-1 "
            "predictions, with a paired bootstrap 95% interval (the same 2,000 resamples of the test "
-           "rows for every row); `*` marks a delta whose interval excludes zero. Ratios compare a "
-           "variant with the fastest FP32 graph of its own backend (QLoRA: the PyTorch FP32 model) "
-           "measured on the same device with the same threads (named in `vs`); other pairs are "
-           "refused. QLoRA's size is its adapter files; its in-memory NF4 weight bytes are in "
-           "its report (`weight_memory`). Agreement: top-1 agreement and max |delta logit| against "
-           "the PyTorch FP32 model on the same test inputs.",
+           "rows for every row); `*` marks a delta whose interval excludes zero, every other delta "
+           "is a tie with FP32. Latency and throughput are warm: every distinct input shape ran "
+           "once before the timed pass (those first calls are in each report). The sequential "
+           "ratios below compare a variant with the fastest FP32 graph of its own backend, timed "
+           "minutes apart; the interleaved speed-ups further down are the ones to read. Size: "
+           "what the variant ships and loads (QLoRA: its adapters and the whole base it "
+           "re-quantizes); in memory: its weights' bytes once loaded. Only reports of the artifacts "
+           "the manifest holds now are listed.",
            "",
            "| variant | backend | device | threads | macro F1 (b=1) | delta F1 pt [95% CI] | "
-           "macro F1 (batched) | batch-invariant | accuracy | size MB | p50 ms (b=1) | "
-           "p95 ms (b=1) | throughput ex/s (batch) | vs | speed-up b=1 | size ratio | "
+           "macro F1 (batched) | batch-invariant | accuracy | size MB | weights in memory MB | "
+           "p50 ms (b=1) | p95 ms (b=1) | throughput ex/s (batch) | vs | speed-up b=1 | size ratio | "
            "top-1 agree % | max abs dlogit |",
-           "|" + "---|" * 18]
+           "|" + "---|" * 19]
     for r in c["rows"]:
         v, a = r["vs_fp32"] or {}, r["agreement"] or {}
         batched = r.get("batched") or {}
         out.append(
             f"| {r['variant']} | {r['backend']} | {r['device']} | {r['threads']} | {r['macro_f1']:.4f} | "
             f"{_ci(r.get('delta_f1'))} | {_fmt(batched.get('macro_f1'), '.4f')} | {_invariant(r)} | "
-            f"{r['accuracy']:.4f} | {r['size_mb']:.1f} | {r['latency_ms']['p50']:.2f} | "
+            f"{r['accuracy']:.4f} | {r['size_mb']:.1f} | {_fmt(r.get('weights_in_memory_mb'), '.1f')} | "
+            f"{r['latency_ms']['p50']:.2f} | "
             f"{r['latency_ms']['p95']:.2f} | {r['throughput']['examples_per_s']:.0f} ({r['throughput']['batch_size']}) | "
             f"{v.get('reference', '-')} | {_fmt(v.get('speedup_batch1'), '.2f')} | "
             f"{_fmt(v.get('size_ratio'), '.2f')} | "
@@ -176,6 +255,11 @@ def comparison_markdown(c: dict) -> str:
     if c["missing"]:
         out += ["", "## Not measured", "", "| variant | backend | why |", "|---|---|---|"]
         out += [f"| {m['variant']} | {m['backend']} | {m['reason']} |" for m in c["missing"]]
+    if c.get("stale"):
+        out += ["", "## Stale reports (left out)", "",
+                "Each measured an artifact that is no longer the current one; rerun the fix to "
+                "measure the current build.", "", "| report | why | fix |", "|---|---|---|"]
+        out += [f"| {s['report']} | {s['why']} | `{s['fix']}` |" for s in c["stale"]]
     if c.get("serving"):
         out += ["", "## Serving on Triton (`python -m deploy bench`)", "",
                 "| variant | backend | device | failed / requests | recommended server | req/s at 16 "
@@ -193,7 +277,7 @@ def comparison_markdown(c: dict) -> str:
         out += ["", f"## Interleaved speed-up, {sp['backend']} (`python -m evaluate --speedup`)", "",
                 f"{sp['device']}, {sp['threads']} threads; every variant timed in the same rounds, "
                 f"ratios vs `{sp['reference']}` with bootstrap 95% intervals: "
-                f"[{sp['report']}]({sp['report']}). Read these ratios before the sequential ones above.",
+                f"[{sp['report']}]({sp['report']}).",
                 "", "| variant | p50 ms (b=1) | speed-up b=1 | 95% interval | speed-up batched |",
                 "|---|---|---|---|---|"]
         out += [f"| {x['variant']} | {x['p50_ms']:.2f} | {x['speedup_b1']:.2f} | "
@@ -213,35 +297,33 @@ def comparison_markdown(c: dict) -> str:
         vers = ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items()))
         out.append(f"- **{r['backend']}/{r['variant']}**: {r['provider']} on {r['device']}, {r['threads']} "
                    f"threads; batch 1: {m['batch1']}; batched: {m['batched']}; max length "
-                   f"{m['max_length']}; {vers}. Details: [{r['report']}]({r['report']})")
-    out += ["", "![confusion matrices](comparison-confusion.png)", "",
-            "![per-class F1](comparison-per-class-f1.png)", "",
-            "![macro F1 vs latency](comparison-f1-vs-latency.png)", ""]
+                   f"{m['max_length']}; artifact {r['made_by']['artifact']} sha256 "
+                   f"{str(r['made_by']['sha256'])[:12]}; {vers}. Details: [{r['report']}]({r['report']})")
+    out += ["", f"![macro F1 delta vs interleaved speed-up]({FIGURES['headline']})", "",
+            f"![per-class F1 delta]({FIGURES['per_class']})", ""]
     return "\n".join(out)
 
 
 def write_comparison(reports_dir: Path, missing: list[dict],
-                     report_files: list[Path] | None = None) -> dict[str, Path]:
-    """Compare `report_files` (default: every variant report in reports_dir)."""
+                     report_paths: list[Path] | None = None,
+                     artifacts: Path = Path("artifacts")) -> dict[str, Path]:
+    """Compare the current reports of reports_dir (`report_paths`: these variant reports only)
+    against the manifest in `artifacts`."""
     from evaluate import plots
 
     reports_dir = Path(reports_dir)
-    if report_files is None:
-        report_files = [p for p in sorted(reports_dir.glob("*.json"))
-                        if not p.name.startswith(("comparison", "serve-", "study-", "speedup-",
-                                                  "ptq-search", "baseline-"))]
-    reports = [load_report(p) for p in report_files]
-    c = build_comparison(reports, missing, reports_dir)
+    current, stale = load_current(reports_dir, Manifest(Path(artifacts)), report_paths)
+    c = build_comparison([r for _, r in current["variant"]], missing, reports_dir, current, stale)
     paths = {"json": reports_dir / "comparison.json", "md": reports_dir / "comparison.md",
-             "confusion": reports_dir / "comparison-confusion.png",
-             "per_class": reports_dir / "comparison-per-class-f1.png",
-             "scatter": reports_dir / "comparison-f1-vs-latency.png"}
+             "headline": reports_dir / FIGURES["headline"],
+             "per_class": reports_dir / FIGURES["per_class"]}
     write_json_atomic(paths["json"], c)
     write_text_atomic(paths["md"], comparison_markdown(c))
     if c["rows"]:
-        plots.confusion_grid(c["rows"], paths["confusion"])
-        plots.per_class_bars(c["rows"], paths["per_class"])
-        plots.f1_vs_latency(c["rows"], paths["scatter"])
+        plots.f1_delta_vs_speedup(c, paths["headline"])
+        plots.per_class_delta(c["rows"], c["reference"], paths["per_class"])
+    for s in stale:
+        print(f"stale: {s['report']} ({s['why']}); left out - run `{s['fix']}`")
     return paths
 
 
@@ -249,32 +331,92 @@ RESULTS_START = "<!-- results:start (generated by `make readme-results`; do not 
 RESULTS_END = "<!-- results:end -->"
 
 
+def interleaved(c: dict) -> dict[tuple[str, str], tuple[dict, str]]:
+    """(backend, variant) -> (its interleaved speed-up row, the run's reference)."""
+    return {(sp["backend"], x["variant"]): (x, sp["reference"]) for sp in c.get("speedups", [])
+            for x in sp["rows"]}
+
+
+def _overlaps(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
 def readme_table(c: dict) -> str:
-    """The compact results table of the README: one line per measured row. Speed-ups come from
-    the interleaved benchmark where it measured the row (drift-free), else the sequential runs."""
-    inter = {(sp["backend"], x["variant"]): (x, sp["reference"]) for sp in c.get("speedups", [])
-             for x in sp["rows"]}
-    lines = ["| variant | macro F1 (b=1) | delta F1 pt [95% CI] | batch-invariant | size ratio | "
-             "speed-up b=1 [95% CI] (vs) |", "|---|---|---|---|---|---|"]
+    """The README's results table, on one speed-up basis: the interleaved ONNX Runtime run
+    (absolute batch-1 ms and the ratio to its reference, with intervals). Rows of other backends
+    show their own interleaved run's numbers below the table, never in the same column."""
+    inter = interleaved(c)
+    ort_ref = next((sp["reference"] for sp in c.get("speedups", []) if sp["backend"] == "ort"), None)
+    lines = ["| variant | macro F1 (b=1) | delta F1 pt [95% CI] | batch-invariant | size MB (ratio) | "
+             f"p50 ms b=1 | speed-up b=1 vs ort/{ort_ref or '-'} [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
     for r in c["rows"]:
         v = r["vs_fp32"] or {}
-        if (r["backend"], r["variant"]) in inter:
-            x, ref = inter[(r["backend"], r["variant"])]
-            lo, hi = x["speedup_b1_ci95"]
-            speed = f"{x['speedup_b1']:.2f} [{lo:.2f}, {hi:.2f}] ({r['backend']}-{ref}, interleaved)"
+        x = inter.get((r["backend"], r["variant"])) if r["backend"] == "ort" else None
+        if x is not None:
+            row, _ = x
+            lo, hi = row["speedup_b1_ci95"]
+            ms, speed = f"{row['p50_ms']:.2f}", f"{row['speedup_b1']:.2f} [{lo:.2f}, {hi:.2f}]"
         else:
-            speed = f"{_fmt(v.get('speedup_batch1'), '.2f')} ({v.get('reference', '-')})"
+            ms, speed = "-", "-"
+        size = f"{r['size_mb']:.1f} ({_fmt(v.get('size_ratio'), '.2f')})"
         lines.append(f"| {r['backend']}/{r['variant']} | {r['macro_f1']:.4f} | {_ci(r.get('delta_f1'))} | "
-                     f"{_invariant(r)} | {_fmt(v.get('size_ratio'), '.2f')} | {speed} |")
+                     f"{_invariant(r)} | {size} | {ms} | {speed} |")
     return "\n".join(lines)
+
+
+def readme_notes(c: dict) -> list[str]:
+    """Generated sentences under the table: other backends' interleaved runs, and which speed-ups
+    tie (overlapping intervals) with the fastest quantized ONNX Runtime graph."""
+    notes = []
+    for sp in c.get("speedups", []):
+        if sp["backend"] == "ort":
+            quant = [x for x in sp["rows"] if "fp32" not in x["variant"]]
+            if quant:
+                best = max(quant, key=lambda x: x["speedup_b1"])
+                ties = [x["variant"] for x in quant if x is not best
+                        and _overlaps(x["speedup_b1_ci95"], best["speedup_b1_ci95"])]
+                notes.append(f"Fastest INT8 graph at batch 1 in this run: ort/{best['variant']} "
+                             f"({best['speedup_b1']:.2f}x)" + (
+                                 f"; its interval overlaps {', '.join('ort/' + t for t in ties)}, "
+                                 "so those tie with it." if ties else ", ahead of every other "
+                                 "INT8 graph (no interval overlaps)."))
+        else:
+            notes.append(f"{sp['backend']} rows in their own interleaved run vs "
+                         f"{sp['backend']}/{sp['reference']}: " + "; ".join(
+                             f"{x['variant']} {x['p50_ms']:.2f} ms, {x['speedup_b1']:.2f}x "
+                             f"[{x['speedup_b1_ci95'][0]:.2f}, {x['speedup_b1_ci95'][1]:.2f}]"
+                             for x in sp["rows"]) + ".")
+    ties = [f"{r['backend']}/{r['variant']}" for r in c["rows"]
+            if r.get("delta_f1") and not r["delta_f1"]["distinguishable"]
+            and (r["backend"], r["variant"]) != AGREEMENT_REFERENCE]
+    if ties:
+        notes.append("Macro F1 ties with FP32 (interval includes zero): " + ", ".join(ties) + ".")
+    return notes
 
 
 PUBLISHED = "published.txt"  # what the last publish copied (so the next one replaces only that)
 
 
-def publish(reports_dir: Path, results_dir: Path) -> list[Path]:
-    """Copy the comparison and the reports it links (Markdown and PNG only; no logits, no JSON
-    dumps) into a committed folder, so the README's links work on a fresh clone."""
+def published_files(c: dict, reports_dir: Path) -> list[Path]:
+    """Exactly what the comparison lists: itself, its figures, and each listed report's Markdown
+    and figures."""
+    names = ["comparison.md", "comparison.json", *FIGURES.values()]
+    for r in c["rows"]:
+        s = Path(r["report"]).stem
+        names += [f"{s}.md", f"{s}-confusion.png"]
+    for kind in ("serving", "speedups"):
+        for x in c.get(kind, []):
+            names += [x["report"], x["figure"]]
+    for st in c.get("studies", []):
+        names += [st["report"], *st["figures"]]
+    return [Path(reports_dir) / n for n in dict.fromkeys(names) if (Path(reports_dir) / n).is_file()]
+
+
+def publish(reports_dir: Path, results_dir: Path, artifacts: Path | None = None) -> list[Path]:
+    """Copy what the comparison lists (and the build record) into a committed folder, so the
+    README's links work on a fresh clone."""
+    import json
     import shutil
 
     results_dir = Path(results_dir)
@@ -285,34 +427,38 @@ def publish(reports_dir: Path, results_dir: Path) -> list[Path]:
     if listing.is_file():
         for name in listing.read_text(encoding="utf-8").split():
             (results_dir / Path(name).name).unlink(missing_ok=True)
-    copied = []
-    for f in sorted(Path(reports_dir).iterdir()):
-        if f.suffix in {".md", ".png"}:
-            copied.append(Path(shutil.copy2(f, results_dir / f.name)))
+    c = json.loads((Path(reports_dir) / "comparison.json").read_text(encoding="utf-8"))
+    copied = [Path(shutil.copy2(f, results_dir / f.name)) for f in published_files(c, reports_dir)]
+    if artifacts is not None:
+        from evaluate.build_record import write_build_record
+
+        copied += write_build_record(Path(artifacts), results_dir)
     listing.write_text("".join(f"{p.name}\n" for p in copied), encoding="utf-8")
     return copied
 
 
-def update_readme(readme: Path, comparison_md: Path, results_dir: Path) -> None:
-    """Publish reports/ into results_dir and replace the README's Results block with the compact
-    table, linking the full comparison there (paths relative to the README)."""
+def update_readme(readme: Path, comparison_md: Path, results_dir: Path,
+                  artifacts: Path | None = None) -> None:
+    """Publish what the comparison lists into results_dir and replace the README's Results block
+    with the table, linking the full comparison there (paths relative to the README)."""
     import json
+
+    from common.reports import replace_block
 
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise ValueError(f"{readme} has no results markers ({RESULTS_START} ... {RESULTS_END})")
+    replace_block(text, "results", "")  # no markers: refused before anything is published
     reports_dir = Path(comparison_md).parent
-    publish(reports_dir, results_dir)
+    publish(reports_dir, results_dir, artifacts)
     c = json.loads((reports_dir / "comparison.json").read_text(encoding="utf-8"))
     rel = Path(results_dir).resolve().relative_to(readme.resolve().parent).as_posix()
     dev = sorted({f"{r['device']} ({r['threads']} threads)" for r in c["rows"]})
-    body = "\n".join([
-        f"Measured on {', '.join(dev)}; every number, its interval and how it was measured: "
-        f"[{rel}/comparison.md]({rel}/comparison.md). `*`: the interval excludes zero.", "",
-        readme_table(c), "", f"![macro F1 vs latency]({rel}/comparison-f1-vs-latency.png)"])
-    head, rest = text.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    from common.manifest import write_text_atomic
-
-    write_text_atomic(readme, f"{head}{RESULTS_START}\n{body}\n{RESULTS_END}{tail}")
+    body = [f"Measured on {', '.join(dev) or '-'}; every number, its interval and how it was "
+            f"measured: [{rel}/comparison.md]({rel}/comparison.md) (machine-readable: "
+            f"[{rel}/comparison.json]({rel}/comparison.json)). `*`: the interval excludes zero.",
+            "", readme_table(c), ""]
+    body += [f"- {n}" for n in readme_notes(c)]
+    if c.get("stale"):
+        body += [f"- Left out as stale ({len(c['stale'])} reports): rerun `{FIX}`."]
+    body += ["", f"![macro F1 delta vs interleaved speed-up]({rel}/{FIGURES['headline']})"]
+    write_text_atomic(readme, replace_block(text, "results", "\n".join(body)))

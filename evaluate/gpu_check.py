@@ -1,53 +1,87 @@
-"""`make gpu-check` / `python -m evaluate --gpu-check`: every GPU row this machine can score, into
-reports/gpu/, and one line per row it cannot, saying why. On a machine without a CUDA GPU: one
-line saying so, and nothing else.
+"""`make gpu-check` / `python -m evaluate --gpu-check`: every GPU row of the variant registry
+(`gpu_row`) this machine can score, into reports/gpu/, one line per row it cannot, saying why. On
+a machine without a CUDA GPU: one line saying so, and nothing else.
 
-Rows: torch FP32 and FP16 on CUDA, QLoRA NF4 on CUDA (bitsandbytes), ONNX Runtime's CUDA provider
-(FP32 and the static INT8 graph) where onnxruntime-gpu is installed, and the TensorRT engines
-where TensorRT is (built by `make engines` in the NGC image)."""
+Each row is isolated: a row that fails prints one line with its error and the others still score;
+the end prints a table (row, macro F1, p50, throughput, size, or why not) and the exit code is 1
+when any row failed (a skipped row is not a failure)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GPU_ROWS = (("torch", "fp32"), ("torch", "fp16"), ("qlora", "nf4"), ("ort", "fp32"), ("ort", "ptq"),
-            ("trt", "fp32"), ("trt", "fp16"), ("trt", "int8"), ("trt", "ptq"), ("trt", "qat"))
+
+@dataclass
+class GpuCheck:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # backend, variant, status, ...
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(r["status"] == "failed" for r in self.rows) else 0
+
+    def table(self) -> str:
+        out = ["| row | status | macro F1 | p50 ms (b=1) | throughput ex/s | size MB | note |",
+               "|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            if r["status"] == "scored":
+                out.append(f"| {r['row']} | scored | {r['macro_f1']:.4f} | {r['p50_ms']:.2f} | "
+                           f"{r['throughput']:.0f} | {r['size_mb']:.1f} | |")
+            else:
+                out.append(f"| {r['row']} | {r['status']} | - | - | - | - | {r['why']} |")
+        return "\n".join(out)
 
 
-def plan(built: set[str], cuda: bool, ort_providers: list[str], trt: tuple[bool, str],
-         bnb: bool) -> list[tuple[str, str, str | None]]:
-    """(backend, variant, why it is skipped or None) for every GPU row."""
-    from common.variants import find_variant
+def plan(device: str, built: set[str]) -> list[tuple[Any, str | None]]:
+    """(variant, why it is skipped or None) for every GPU row of the registry."""
+    from common.variants import unavailable, variants
 
-    if not cuda:
-        return []
     out = []
-    for backend, variant in GPU_ROWS:
-        why = None
-        art = find_variant(backend, variant).artifact
-        if backend == "ort" and "CUDAExecutionProvider" not in ort_providers:
-            why = ("ONNX Runtime has no CUDAExecutionProvider here (install onnxruntime-gpu; "
-                   f"available: {', '.join(ort_providers)})")
-        elif backend == "trt" and not trt[0]:
-            why = f"TensorRT is not usable: {trt[1]}"
-        elif backend == "qlora" and not bnb:
-            why = "bitsandbytes is not installed (pip install 'bitsandbytes==0.50.*')"
-        elif art not in built:
-            why = f"{art} is not built here (run `make engines` first)"
-        out.append((backend, variant, why))
+    for v in (v for v in variants() if v.gpu_row):
+        why = unavailable(v, device)
+        if why is None and v.artifact not in built:
+            why = f"{v.artifact} is not built here (run `make engines` first)"
+        out.append((v, why))
     return out
 
 
-def run_gpu_check(base: Any, out: Path) -> list[str]:
-    """Score every row it can; returns the lines it printed."""
-    import importlib.util
+def score_rows(rows: list[tuple[Any, str | None]], score: Callable[[Any], Path],
+               say: Callable[[str], None]) -> GpuCheck:
+    """Score each runnable row with `score(variant) -> report path`; a row that raises is one
+    line and a failed row, and the rest go on."""
+    check = GpuCheck()
+    for v, why in rows:
+        if why:
+            say(f"[skip] {v.key}: {why}")
+            check.rows.append({"row": v.key, "status": "skipped", "why": why})
+            continue
+        try:
+            path = score(v)
+        except Exception as exc:  # noqa: BLE001 - one row's failure must not lose the others
+            first = (str(exc).strip().splitlines() or [""])[0]
+            say(f"[failed] {v.key}: {type(exc).__name__}: {first}")
+            check.rows.append({"row": v.key, "status": "failed",
+                               "why": f"{type(exc).__name__}: {first}"})
+            continue
+        r = json.loads(Path(path).read_text(encoding="utf-8"))
+        say(f"[scored] {v.key} -> {path}")
+        check.rows.append({"row": v.key, "status": "scored", "macro_f1": r["macro_f1"],
+                           "p50_ms": r["latency_ms"]["p50"],
+                           "throughput": r["throughput"]["examples_per_s"],
+                           "size_mb": r["size_mb"], "report": str(path)})
+    return check
 
+
+def run_gpu_check(base: Any, out: Path) -> GpuCheck:
+    """Score every GPU row it can; print a line per row and the table at the end."""
     import torch
 
     from common.manifest import Manifest
-    from common.trt import tensorrt_status
     from evaluate.__main__ import run_one
 
     lines: list[str] = []
@@ -59,21 +93,15 @@ def run_gpu_check(base: Any, out: Path) -> list[str]:
     if not torch.cuda.is_available():
         say("gpu-check: no CUDA GPU here (torch sees none); nothing to score. Run it in the NGC "
             "image: docker/Dockerfile.gpu, `make gpu-check`.")
-        return lines
-    import onnxruntime as ort
-
+        return GpuCheck(lines=lines)
     man = Manifest(Path(base.artifacts))
     built = {k for k in man.entries if man.built(k)}
-    rows = plan(built, True, ort.get_available_providers(), tensorrt_status(),
-                importlib.util.find_spec("bitsandbytes") is not None)
+    rows = plan("cuda", built)
     say(f"gpu-check on {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}): "
-        f"{sum(w is None for *_, w in rows)} rows to score, {sum(w is not None for *_, w in rows)} skipped")
-    for backend, variant, why in rows:
-        if why:
-            say(f"[skip] {backend}/{variant}: {why}")
-            continue
-        cfg = dataclasses.replace(base, backend=backend, variant=variant, device="cuda",
-                                  out=str(out))
-        path = run_one(cfg)
-        say(f"[scored] {backend}/{variant} -> {path}")
-    return lines
+        f"{sum(w is None for _, w in rows)} rows to score, {sum(w is not None for _, w in rows)} "
+        "skipped")
+    check = score_rows(rows, lambda v: run_one(dataclasses.replace(
+        base, backend=v.backend, variant=v.variant, device="cuda", out=str(out))), say)
+    check.lines = lines
+    say(check.table())
+    return check

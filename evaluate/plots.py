@@ -1,4 +1,5 @@
-"""The evaluator's figures: confusion matrices, per-class F1 bars, macro F1 vs latency."""
+"""The evaluator's figures: a report's confusion matrix; the comparison's headline (macro-F1
+delta against interleaved speed-up, both with intervals) and per-class delta heatmap."""
 
 from __future__ import annotations
 
@@ -40,44 +41,66 @@ def _label(r: dict) -> str:
     return f"{r['backend']}/{r['variant']}"
 
 
-def confusion_grid(rows: list[dict], path: Path) -> Path:
-    n = len(rows)
-    cols = min(3, n)
-    nrows = -(-n // cols)
-    fig, axes = pyplot().subplots(nrows, cols, figsize=(4.6 * cols, 4.3 * nrows), squeeze=False)
-    for ax, r in zip(axes.ravel(), rows, strict=False):
-        draw_confusion(ax, r["confusion_matrix"], f"{_label(r)} (macro F1 {r['macro_f1']:.3f})")
-    for ax in axes.ravel()[n:]:
+def _colours(n: int) -> list:
+    """n distinct colours (tab10, then tab20's paler half): no two rows share one."""
+    plt = pyplot()
+    base = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    return [base[i % len(base)] for i in range(n)]
+
+
+def f1_delta_vs_speedup(c: dict, path: Path) -> Path | None:
+    """The headline: macro-F1 delta vs FP32 (pt, paired-bootstrap 95% interval) against the
+    interleaved batch-1 speed-up (bootstrap 95% interval over rounds), one marker and colour per
+    variant named in the legend (no labels on the points to overlap), one panel per backend run."""
+    from evaluate.compare import interleaved
+
+    inter = interleaved(c)
+    rows = [r for r in c["rows"] if (r["backend"], r["variant"]) in inter and r.get("delta_f1")]
+    plt = pyplot()
+    runs = sorted({r["backend"] for r in rows})
+    if not rows:
+        fig, ax = plt.subplots(figsize=(7, 2))
         ax.axis("off")
-    fig.suptitle("Confusion matrices, rows normalised (counts in cells)")
+        ax.text(0.5, 0.5, "no variant has both an interleaved speed-up and a delta F1",
+                ha="center", va="center")
+        return save(fig, path, dpi=110)
+    fig, axes = plt.subplots(1, len(runs), figsize=(7.5 * len(runs), 5.2), squeeze=False)
+    markers = "osD^vP*Xh<>p"
+    for ax, backend in zip(axes[0], runs, strict=True):
+        mine = [r for r in rows if r["backend"] == backend]
+        for i, (r, colour) in enumerate(zip(mine, _colours(len(mine)), strict=True)):
+            x, ref = inter[(r["backend"], r["variant"])]
+            d = r["delta_f1"]
+            y, (ylo, yhi) = 100 * d["delta"], (100 * d["ci95"][0], 100 * d["ci95"][1])
+            xlo, xhi = x["speedup_b1_ci95"]
+            ax.errorbar(x["speedup_b1"], y, xerr=[[x["speedup_b1"] - xlo], [xhi - x["speedup_b1"]]],
+                        yerr=[[y - ylo], [yhi - y]], fmt=markers[i % len(markers)], color=colour,
+                        ms=8, capsize=3, label=f"{_label(r)} ({r['size_mb']:.0f} MB)")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.axvline(1, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(f"batch-1 speed-up vs {backend}/{ref} (interleaved, 95% interval)")
+        ax.set_ylabel(f"macro F1 delta vs {c['reference']} (pt, 95% interval)")
+        dev = mine[0]["device"]
+        ax.set_title(f"{backend}: {dev}, {mine[0]['threads']} threads", fontsize=10)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save(fig, path, dpi=110)
 
 
-def per_class_bars(rows: list[dict], path: Path) -> Path:
-    fig, ax = pyplot().subplots(figsize=(max(8, 1.6 * len(LABELS) + 0.2 * len(rows)), 4.5))
-    width = 0.8 / len(rows)
-    x = np.arange(len(LABELS))
-    for i, r in enumerate(rows):
-        ax.bar(x + i * width - 0.4 + width / 2, [r["per_class_f1"][c] for c in LABELS], width,
-               label=_label(r))
-    ax.set_xticks(x, LABELS)
-    ax.set_ylabel("F1 (test)")
-    lo = min(min(r["per_class_f1"].values()) for r in rows)
-    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Per-class F1 by variant")
-    return save(fig, path, dpi=110)
-
-
-def f1_vs_latency(rows: list[dict], path: Path) -> Path:
-    fig, ax = pyplot().subplots(figsize=(7, 5))
-    for r in rows:
-        ax.scatter(r["latency_ms"]["p50"], r["macro_f1"], s=max(20.0, 4 * r["size_mb"]), alpha=0.6,
-                   label=f"{_label(r)} on {r['device_kind']} ({r['size_mb']:.0f} MB)")
-        ax.annotate(_label(r), (r["latency_ms"]["p50"], r["macro_f1"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("batch-1 latency p50 (ms)")
-    ax.set_ylabel("macro F1 (test)")
-    ax.set_title("Macro F1 vs batch-1 latency (marker area ~ model size)")
-    ax.legend(fontsize=7, loc="lower right")
+def per_class_delta(rows: list[dict], reference: str, path: Path) -> Path:
+    """Per-class F1 delta (pt) of every variant against the FP32 reference, as a heatmap."""
+    rows = [r for r in rows if r.get("per_class_delta_pt")]
+    plt = pyplot()
+    data = np.array([[r["per_class_delta_pt"][c] for c in LABELS] for r in rows]) if rows else \
+        np.zeros((1, len(LABELS)))
+    lim = max(1.0, float(np.abs(data).max()))
+    fig, ax = plt.subplots(figsize=(1.1 * len(LABELS) + 3.2, 0.42 * max(len(rows), 1) + 1.6))
+    im = ax.imshow(data, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(LABELS)), LABELS)
+    ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            ax.text(j, i, f"{data[i, j]:+.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(data[i, j]) > 0.6 * lim else "black")
+    fig.colorbar(im, ax=ax, label=f"per-class F1 delta vs {reference} (pt)")
+    ax.set_title(f"Per-class F1 change against {reference} (test split, batch 1)", fontsize=10)
     return save(fig, path, dpi=110)

@@ -31,7 +31,6 @@ class SpeedupConfig:
     round_size: int = 20  # sentences per variant per round
     batch_size: int = 32
     batches: int = 8  # batched rounds (one batch per variant per round)
-    warmup: int = 20
     threads: int = 0
     device: str = "cpu"
     artifacts: str = "artifacts"
@@ -47,6 +46,8 @@ class SpeedupConfig:
             raise ValueError(f"reference {self.reference!r} is not among {self.variants}")
         if self.sentences < self.round_size or self.round_size < 1:
             raise ValueError("need 1 <= round_size <= sentences")
+        if self.batch_size < 1 or self.batches < 1 or self.threads < 0:
+            raise ValueError("need batch_size >= 1, batches >= 1 and threads >= 0")
 
     @property
     def ref(self) -> str:
@@ -75,35 +76,38 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
 
     from common.checkpoint import baseline_encoder
     from common.data import load_split
-    from common.env import cpu_device, versions
+    from common.env import cpu_device, cuda_device, versions
     from common.feeds import batches
-    from common.timing import time_each
-    from deploy.registry import default_threads, make_runner
+    from common.manifest import Manifest
+    from common.timing import first_calls, time_each
+    from deploy.registry import default_threads, find_variant, make_runner
 
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
     split = load_split(cfg.data, cfg.split)
     n = min(cfg.sentences, len(split))
     enc = baseline_encoder(artifacts).encode(split.texts)
+    man = Manifest(artifacts)
     times: dict[str, list[np.ndarray]] = {v: [] for v in cfg.variants}
     btimes: dict[str, list[float]] = {v: [] for v in cfg.variants}
     with ExitStack() as stack:
         runners = {v: stack.enter_context(make_runner(cfg.backend, v, artifacts, threads, cfg.device))
                    for v in cfg.variants}
         names = next(iter(runners.values())).input_names
-        for r in runners.values():
-            time_each(r.infer, (), warmup=(enc.batch([i], names) for i in range(min(cfg.warmup, n))))
+        plan = batches(len(enc), cfg.batch_size)[: cfg.batches]
+        singles = [enc.batch([i], names) for i in range(n)]
+        batched = [enc.batch(b, names) for b in plan]
+        for v, r in runners.items():  # every shape's first call, untimed, before any round
+            first_calls(r.infer, singles + batched, progress=f"{v}: first call per shape")
         order = list(cfg.variants)
         rounds = [list(range(s, min(s + cfg.round_size, n))) for s in range(0, n, cfg.round_size)]
         for k, rnd in enumerate(tqdm(rounds, desc=f"{cfg.backend} interleaved batch 1", leave=False)):
             for v in _rotated(order, k):
                 times[v].append(time_each(runners[v].infer, (enc.batch([i], names) for i in rnd))[0])
-        plan = batches(len(enc), cfg.batch_size)[: cfg.batches]
-        for k, b in enumerate(tqdm(plan, desc=f"{cfg.backend} interleaved batch {cfg.batch_size}",
-                                   leave=False)):
-            feed = enc.batch(b, names)
-            for v in _rotated(order, k):  # one untimed run warms this shape, then one timed
-                btimes[v].append(float(time_each(runners[v].infer, [feed], warmup=[feed])[0][0]))
+        for k, feed in enumerate(tqdm(batched, desc=f"{cfg.backend} interleaved batch "
+                                      f"{cfg.batch_size}", leave=False)):
+            for v in _rotated(order, k):
+                btimes[v].append(float(time_each(runners[v].infer, [feed])[0][0]))
     rows = []
     for v in cfg.variants:
         ms = np.concatenate(times[v]) * 1e3
@@ -115,8 +119,9 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
                      "batched_ms_median": float(np.median(btimes[v]) * 1e3),
                      "speedup_batched": bs, "speedup_batched_ci95": [blo, bhi]})
     return {"backend": cfg.backend, "reference": cfg.ref, "config": asdict(cfg), "threads": threads,
-            "device": cpu_device() if cfg.device == "cpu" else {"name": cfg.device},
-            "rounds": len(times[cfg.ref]), "sentences": n, "rows": rows, "versions": versions()}
+            "device": cpu_device() if cfg.device == "cpu" else cuda_device(),
+            "rounds": len(times[cfg.ref]), "sentences": n, "rows": rows, "versions": versions(),
+            "made_by": {v: man.made_by(find_variant(cfg.backend, v).artifact) for v in cfg.variants}}
 
 
 def markdown(r: dict) -> str:
@@ -125,9 +130,10 @@ def markdown(r: dict) -> str:
              f"{r['device'].get('name')}, {r['threads']} threads. Batch 1: the first {r['sentences']} "
              f"{c['split']} sentences, unpadded, in {r['rounds']} rounds of {c['round_size']}; in each "
              "round every variant runs the same sentences back to back (first place rotates), after "
-             f"{c['warmup']} warm-up runs each. Batched: {c['batches']} batches of {c['batch_size']}, "
-             "each padded to its longest sentence, one timed run per variant per batch after one "
-             f"untimed run. Speed-up vs `{r['reference']}`: median over rounds of the ratio of the "
+             "one untimed call per distinct input shape each. Batched: "
+             f"{c['batches']} batches of {c['batch_size']}, each padded to its longest sentence, one "
+             f"timed run per variant per batch. Speed-up vs `{r['reference']}`: median over rounds "
+             "of the ratio of the "
              "round medians, with a bootstrap 95% interval over rounds.", "",
              "| variant | p50 ms (b=1) | p95 ms (b=1) | speed-up b=1 | 95% interval | "
              f"batch {c['batch_size']} ms | speed-up batched | 95% interval |", "|" + "---|" * 8]

@@ -93,7 +93,11 @@ def _yaml_str(s: str) -> str:
 
 def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
                report: dict[str, Any] | None, cfg: HfConfig) -> str:
-    base = meta.get("base_model", "?")
+    from common.modelsource import hub_id
+
+    ref = meta.get("base_model")
+    source = ref.get("source") if isinstance(ref, dict) else ref
+    base = hub_id(source) or str(source)
     lines = ["---", f"license: {cfg.license}", "library_name: " +
              ("transformers" if name == "baseline" else "optimum"),
              "pipeline_tag: text-classification", f"datasets:\n- {cfg.dataset}",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import doc
+from common.config import doc, location
 from common.data import DEFAULT_DATASET, load_split
 from common.errors import UserError
 from common.feeds import Encoded, batches
@@ -33,7 +33,7 @@ class ExportConfig:
     atol: float = doc(1e-3, "max |delta logit| vs PyTorch (FP32 vs FP32 differs by kernel "
                       "order only, ~1e-5 measured)")
     n_validate: int = doc(128, "real test sentences used for the check")
-    data: str = DEFAULT_DATASET
+    data: str = location(DEFAULT_DATASET, "where the validation rows come from")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import doc
+from common.config import doc, location
 from common.data import DEFAULT_DATASET
 from common.errors import UserError
 from common.onnx_graph import op_counts
@@ -26,7 +26,7 @@ class FuseConfig:
     # the fused graph's kernels (fused attention, SkipLayerNorm) sum in another order
     atol: float = doc(2e-3, "max |delta logit| vs PyTorch")
     n_validate: int = 128
-    data: str = DEFAULT_DATASET
+    data: str = location(DEFAULT_DATASET, "where the validation rows come from")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class DynamicConfig:
     # A trained classifier's margins are wide; INT8 weight noise flips a few per cent at most.
     min_top1: float = doc(0.95, "build fails below this top-1 agreement with the FP32 graph")
     n_validate: int = 128
-    data: str = DEFAULT_DATASET
+    data: str = location(DEFAULT_DATASET, "where the validation rows come from")
 
 
 class FusionError(UserError, RuntimeError):

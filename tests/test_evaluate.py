@@ -32,7 +32,7 @@ def test_evaluator_writes_reports(tiny_artifacts, data_dir, tmp_path, backend):
     out = tmp_path / "reports"
     rc = evaluate_main(["--backend", backend, "--data", str(data_dir), "--artifacts", str(tiny_artifacts),
                         "--out", str(out), "--threads", "1", "--batch-size", "16",
-                        "--latency-samples", "30", "--warmup", "3"])
+                        "--latency-samples", "30"])
     assert rc == 0
     r = json.loads((out / f"{backend}-fp32.json").read_text())
     for key in ("backend", "variant", "model", "device", "threads", "n_examples", "accuracy",

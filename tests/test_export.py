@@ -19,7 +19,9 @@ def test_export_is_validated_and_recorded(tiny_artifacts, data_dir):
     e = Manifest(tiny_artifacts).get("onnx-fp32")
     v = e["validation"]
     assert v["top1_agreement"] == 1.0 and v["max_abs_diff"] <= v["atol"] and v["n"] >= 48
-    assert e["inputs"] == {"artifact:baseline": Manifest(tiny_artifacts).get("baseline")["sha256"]}
+    # what it was made from: the baseline, and the code that exported it (common.codehash)
+    assert e["inputs"] == {"artifact:baseline": Manifest(tiny_artifacts).get("baseline")["sha256"],
+                           "code": e["inputs"]["code"]} and len(e["inputs"]["code"]) == 64
     ckpt = tiny_artifacts / "baseline"
     model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
     enc = encode(load_tokenizer(ckpt), load_split(data_dir, "test").texts, 64)

@@ -165,7 +165,7 @@ def test_family_through_every_stage(built, family, data_dir, tmp_path):
 
     rc = evaluate_main(["--backend", "ort", "--variant", "ptq", "--data", str(data_dir),
                         "--artifacts", str(art), "--out", str(tmp_path / "r"), "--threads", "1",
-                        "--latency-samples", "5", "--warmup", "1", "--limit", "24"])
+                        "--latency-samples", "5", "--limit", "24"])
     assert rc == 0
     rep = json.loads((tmp_path / "r" / "ort-ptq.json").read_text())
     assert rep["n_examples"] == 24 and rep["batch_invariance"]["differ"] >= 0

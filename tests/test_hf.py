@@ -12,7 +12,7 @@ import yaml
 
 from common.data import load_split
 from common.manifest import Manifest
-from common.variants import HF_VARIANTS
+from common.variants import hf_folders
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -33,7 +33,7 @@ def pipeline_labels(folder, texts):
     return [r["label"] for r in clf(list(texts), batch_size=1)]
 
 
-@pytest.mark.parametrize("variant", [v for v, _ in HF_VARIANTS])
+@pytest.mark.parametrize("variant", [v for v, _ in hf_folders()])
 def test_folder_loads_in_optimum_and_pipeline_like_the_runner(tiny_artifacts, data_dir, variant):
     from common.labels import LABELS
     from deploy.service import EmotionService
@@ -79,7 +79,7 @@ def test_card_numbers_are_the_report_numbers(tiny_artifacts, tiny_model_dir, dat
     assert "make report" in (art / "hf" / "ptq" / "README.md").read_text()
     assert evaluate_main(["--backend", "ort", "--variant", "ptq", "--data", str(data_dir),
                           "--artifacts", str(art), "--out", str(reports), "--threads", "1",
-                          "--latency-samples", "10", "--warmup", "1"]) == 0
+                          "--latency-samples", "10"]) == 0
     b = build_all(tiny_build_config(tiny_model_dir, data_dir, art, stages=("hf",),
                                     reports=str(reports)))
     assert b.built == ["hf-ptq"]  # only the card whose report changed

@@ -79,3 +79,48 @@ def test_names_ports_and_batch_agree_with_the_triton_configs(tiny_artifacts, tmp
     assert m["service"]["spec"]["selector"] == m["deployment"]["spec"]["selector"]["matchLabels"]
     assert m["hpa"]["spec"]["scaleTargetRef"]["name"] == m["deployment"]["metadata"]["name"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_cpu_manifests_plain_yaml_and_refusals(tmp_path):
+    """--cpu (gpus 0) asks for no GPU anywhere; the YAML has no anchors; an unknown or unservable
+    variant is refused in one line before anything is written."""
+    from common.errors import UserError
+
+    paths = write_manifests(tmp_path, ServeConfig(backend="ort", variant="ptq-fused"),
+                            K8sConfig(gpus=0))
+    for p in paths:
+        text = p.read_text()
+        assert "nvidia.com/gpu" not in text and "&id" not in text and "*id" not in text
+    gpu = write_manifests(tmp_path / "gpu", ServeConfig(), K8sConfig())
+    text = next(p for p in gpu if p.stem == "deployment").read_text()
+    assert "&id" not in text and text.count("nvidia.com/gpu") == 2
+    with pytest.raises(UserError, match="unknown variant ort/nope"):
+        ServeConfig(backend="ort", variant="nope")
+    with pytest.raises(UserError, match="not served by these manifests"):
+        write_manifests(tmp_path / "q", ServeConfig(backend="qlora", variant="nf4"), K8sConfig())
+    with pytest.raises(UserError, match="GPUs only"):
+        write_manifests(tmp_path / "t", ServeConfig(backend="trt", variant="fp16"), K8sConfig(gpus=0))
+    assert not (tmp_path / "q").exists() and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("cmd", ["serve", "triton-repo", "k8s", "bench"])
+def test_every_deploy_subcommand_help_works(cmd, capsys):
+    from deploy.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--variant" in out and "usage:" in out
+
+
+def test_deploy_refuses_an_unknown_variant_in_one_line(tmp_path, capsys):
+    from deploy.__main__ import main
+
+    for cmd in (["k8s", "--out", str(tmp_path / "k")], ["triton-repo", "--out", str(tmp_path / "r")]):
+        assert main([*cmd, "--variant", "nope"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "unknown variant ort/nope" in err[0]
+    assert not (tmp_path / "k").exists() and not (tmp_path / "r").exists()
+    assert main(["k8s", "--out", str(tmp_path / "c"), "--variant", "ort/ptq-fused", "--cpu"]) == 0
+    assert "nvidia.com/gpu" not in (tmp_path / "c" / "deployment.yaml").read_text()

@@ -151,10 +151,13 @@ def test_refusals_leave_the_old_repository_untouched(tiny_artifacts, tmp_path):
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
     with pytest.raises(RepoError, match="runs in PyTorch.*deploy serve"):
         write_ngc_repo(repo, tiny_artifacts, ServeConfig(backend="torch"), gpu=False)
-    with pytest.raises(RepoError, match="not served by the NGC repository"):
-        write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="ptq-s8"), gpu=False)
+    with pytest.raises(RepoError, match="runs in PyTorch"):
+        write_ngc_repo(repo, tiny_artifacts, ServeConfig(backend="qlora", variant="nf4"), gpu=False)
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
-    # a new variant replaces the repository whole: the qat model does not stay behind
+    # every ORT variant is servable, the static-INT8 fused graph (QAttention) included
+    write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="ptq-fused"), gpu=False)
+    assert (repo / "emotion_ort_ptq_fused" / "1" / "model.onnx").is_file()
+    # a new variant replaces the repository whole: the older model does not stay behind
     write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="fp32"), gpu=False)
     assert not (repo / "emotion_ort_qat").exists() and (repo / TARGET).is_dir()
     assert not list(tmp_path.glob(".r.*"))  # no temporary folder left
@@ -162,9 +165,10 @@ def test_refusals_leave_the_old_repository_untouched(tiny_artifacts, tmp_path):
 
 def test_tensorrt_requests_are_checked_against_the_engine(tiny_artifacts, tmp_path):
     """Without TensorRT: a manifest entry as the builder writes it, for a placeholder plan."""
+    from common.buckets import Buckets
     from common.config import recipe
     from common.manifest import Manifest
-    from common.trt import TrtProfile
+    from common.trt import TrtProfile, TrtUnavailable
     from engines.trt_build import TrtConfig
 
     art = tmp_path / "a"
@@ -172,16 +176,26 @@ def test_tensorrt_requests_are_checked_against_the_engine(tiny_artifacts, tmp_pa
     (art / "trt").mkdir(exist_ok=True)
     (art / "trt" / "fp16.plan").write_bytes(b"plan")
     man = Manifest(art)
-    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {},
-               {"trt": recipe(TrtConfig(profile=TrtProfile(max_batch=32, max_seq=128)))})
+    built = {"tensorrt": "10.8.0.43", "name": "NVIDIA H200", "compute_capability": "9.0"}
+    small = TrtProfile(Buckets(batches=(1, 2, 4, 8, 16, 32)), max_seq=128)
+    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, built, {"trt": recipe(TrtConfig(profile=small))})
     with pytest.raises(RepoError, match="GPUs only"):
         check_request(ServeConfig(backend="trt", variant="fp16"), Manifest(art), gpu=False)
     with pytest.raises(RepoError, match="--max-batch 64 is above the engine's profile.*32"):
         check_request(ServeConfig(backend="trt", variant="fp16", max_batch=64), Manifest(art), True)
     assert check_request(ServeConfig(backend="trt", variant="fp16", max_batch=32),
                          Manifest(art), True)["profile"].max_batch == 32
-    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {},
-               {"trt": recipe(TrtConfig(profile=TrtProfile(min_seq=4, opt_seq=8, max_seq=16)))})
+    # both profiles are listed for Triton to choose from
+    write_ngc_repo(tmp_path / "repo", art, ServeConfig(backend="trt", variant="fp16", max_batch=32))
+    group = parse(tmp_path / "repo" / "emotion_trt_fp16" / "config.pbtxt").instance_group[0]
+    assert list(group.profile) == ["0", "1"]
+    # a plan built by another TensorRT than the Triton image's is refused
+    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {**built, "tensorrt": "10.13.0"},
+               {"trt": recipe(TrtConfig(profile=small))})
+    with pytest.raises(TrtUnavailable, match="10.13"):
+        check_request(ServeConfig(backend="trt", variant="fp16", max_batch=32), Manifest(art), True)
+    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, built,
+               {"trt": recipe(TrtConfig(profile=TrtProfile(min_seq=4, max_seq=16)))})
     with pytest.raises(RepoError, match="admits sequences of 4..16"):
         check_request(ServeConfig(backend="trt", variant="fp16"), Manifest(art), True)
 

@@ -140,7 +140,7 @@ def test_qat_artifact_recipe_and_selection(tiny_artifacts):
     scores = [h["val_macro_f1"] for h in recipe["history"]]
     assert recipe["best_val_macro_f1"] == max(scores) == e["best_val_macro_f1"]
     assert [h["step"] for h in recipe["history"]] == [0, 5, 10]
-    assert set(e["inputs"]) == {"artifact:baseline", "artifact:calibration", "data:train",
+    assert set(e["inputs"]) == {"artifact:baseline", "artifact:calibration", "code", "data:train",
                                 "data:validation"}
     assert "classification head" in recipe["quantization"]["fp32"]
     assert recipe["quantizers"]["attention_matmuls"] is True and recipe["model_type"] == "bert"
@@ -278,7 +278,7 @@ def test_evaluate_ort_qat_reports_how_it_was_made(tiny_artifacts, data_dir, tmp_
     out = tmp_path / "reports"
     rc = evaluate_main(["--backend", "ort", "--variant", "qat", "--data", str(data_dir),
                         "--artifacts", str(tiny_artifacts), "--out", str(out), "--threads", "1",
-                        "--latency-samples", "10", "--warmup", "2"])
+                        "--latency-samples", "10"])
     assert rc == 0
     r = json.loads((out / "ort-qat.json").read_text())
     assert r["made_by"]["artifact"] == "onnx-qat" and r["made_by"]["qat"]["lr"] == 1e-4

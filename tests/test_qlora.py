@@ -102,7 +102,9 @@ def test_saved_adapter_reloads_with_identical_logits(cfg, tmp_path):
     with torch.no_grad():
         before = model(**feed).logits
     model.save_pretrained(tmp_path)
-    (tmp_path / "recipe.json").write_text(json.dumps({"base_model": cfg.model,
+    from common.modelsource import base_reference
+
+    (tmp_path / "recipe.json").write_text(json.dumps({"base_model": base_reference(cfg.model),
                                                       "nf4": vars(cfg.nf4())}))
     reloaded, _ = load_qlora(tmp_path)
     with torch.no_grad():

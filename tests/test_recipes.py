@@ -41,7 +41,7 @@ def dependents(cfg, names: set[str]) -> set[str]:
 
 
 def rebuilt(plan: dict[str, str]) -> set[str]:
-    return {k for k, v in plan.items() if v == "build"}
+    return {k for k, v in plan.items() if v.startswith("build")}
 
 
 def skipped(plan: dict[str, str]) -> set[str]:
@@ -171,24 +171,45 @@ def test_saved_models_written_by_other_code_are_refused_in_one_line(tiny_artifac
         load_qat_model(qat)
 
 
-def test_an_added_field_is_in_the_recipe_only_when_set():
-    """A field added later (`added`) with the default that reproduces older artifacts keeps
-    their recipes, and so their hashes, unchanged; set, it is part of the recipe."""
+def test_the_recipe_holds_every_field_but_where_data_is_read():
+    """A field added later is in the recipe from the start, so if its default ever changes, an
+    old artifact's key no longer matches (it used to be left out while equal to the default);
+    the data and model locations are not in it (their content is keyed instead)."""
     from dataclasses import dataclass
 
-    from common.config import added, from_recipe, recipe
+    from common.config import doc, location, recipe
+    from train.finetune import FinetuneConfig
 
     @dataclass(frozen=True)
-    class Before:
+    class Cfg:
         lr: float = 1e-4
+        average_last: int = doc(0, "a later option")
+        data: str = location("x", "where")
 
-    @dataclass(frozen=True)
-    class Before2:  # the same config after a field was added
-        lr: float = 1e-4
-        average_last: int = added(0, "a later option")
+    assert recipe(Cfg())["fields"] == {"lr": 1e-4, "average_last": 0}
+    assert recipe(Cfg(data="y")) == recipe(Cfg())
+    fields = recipe(FinetuneConfig())["fields"]
+    assert {"layer_decay", "focal_gamma", "average_last"} <= fields.keys()
+    assert not {"model", "data", "device", "threads"} & fields.keys()
 
-    Before2.__name__ = Before.__name__
-    assert recipe(Before2()) == recipe(Before())
-    assert recipe(Before2(average_last=3))["fields"] == {"lr": 1e-4, "average_last": 3}
-    assert from_recipe(Before2, recipe(Before())) == Before2()
-    assert from_recipe(Before2, recipe(Before2(average_last=3))).average_last == 3
+
+def test_keys_do_not_depend_on_how_the_data_path_is_spelled(tiny_artifacts, tiny_model_dir,
+                                                            data_dir, monkeypatch):
+    """The same data folder given relative, absolute or with a trailing slash plans nothing new
+    (the data is keyed by content); every step says why when it would be rebuilt."""
+    import os
+
+    from engines.pipeline import plan_all
+    from tests.conftest import tiny_build_config
+
+    rel = os.path.relpath(data_dir, tiny_artifacts.parent)
+    monkeypatch.chdir(tiny_artifacts.parent)
+    for spelled in (str(data_dir), str(data_dir) + "/", rel, rel + "/"):
+        plan = plan_all(tiny_build_config(tiny_model_dir, spelled, tiny_artifacts))
+        assert {k: v for k, v in plan.items() if v.startswith("build")} == {}, spelled
+    plan = plan_all(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts,
+                                      finetune=__import__("dataclasses").replace(
+                                          tiny_build_config(tiny_model_dir, data_dir,
+                                                            tiny_artifacts).finetune, lr=1e-3)))
+    assert plan["baseline"] == "build: recipe field(s) changed: lr"
+    assert plan["onnx-fp32"] == "build: its input baseline is rebuilt in this run"

@@ -102,8 +102,10 @@ def test_study_classifier_end_to_end(tiny_artifacts, data_dir, tmp_path):
     assert (tmp_path / "study-classifier-quality-memory.png").stat().st_size > 0
     from evaluate.compare import write_comparison
 
-    comparison = write_comparison(tmp_path, [])  # the study is linked, not read as a variant
+    # the study is linked (it measured the current baseline), not read as a variant
+    comparison = write_comparison(tmp_path, [], artifacts=tiny_artifacts)
     assert "[study-classifier.md](study-classifier.md)" in comparison["md"].read_text()
+    assert r["made_by"]["artifact"] == "baseline"
 
 
 def test_study_lm_end_to_end(tiny_gpt2, shared_data, tmp_path):

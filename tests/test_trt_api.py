@@ -22,7 +22,16 @@ TRT_MODULES = ["engines/trt_build.py", "common/trt.py", "calibration/trt_calibra
 OBJECTS = {"builder": "Builder", "config": "IBuilderConfig", "network": "INetworkDefinition",
            "parser": "OnnxParser", "profile": "IOptimizationProfile",
            "calib_profile": "IOptimizationProfile", "runtime": "Runtime",
-           "self.engine": "ICudaEngine", "self.context": "IExecutionContext"}
+           "engine": "ICudaEngine", "self.engine": "ICudaEngine",
+           "self.context": "IExecutionContext"}
+# TensorRT 11 removed these; each use must sit where 10.x is already established (the functions
+# named here check the version first), so an 11.x build never reaches them.
+REMOVED_IN_11 = {"FP16", "INT8", "BF16", "FP8", "OBEY_PRECISION_CONSTRAINTS",
+                 "PREFER_PRECISION_CONSTRAINTS", "int8_calibrator", "set_calibration_profile",
+                 "IInt8EntropyCalibrator2"}
+GUARDED_10X = {"engines/trt_build.py": {"configure", "build_engine"},
+               "calibration/trt_calibrator.py": {"make_entropy_calibrator", "EntropyCalibrator",
+                                                 "__init__"}}
 
 
 def _stub_files() -> list[Path]:
@@ -129,3 +138,17 @@ def test_every_tensorrt_name_is_declared(stubs, module):
     src = (REPO / module).read_text()
     assert "trt." in src
     assert undeclared(src, *stubs) == []
+
+
+def test_names_removed_in_tensorrt_11_stay_on_the_10x_paths():
+    for module in TRT_MODULES:
+        tree = ast.parse((REPO / module).read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            inner = {id(n) for f in ast.walk(fn) if f is not fn and
+                     isinstance(f, (ast.FunctionDef, ast.ClassDef)) for n in ast.walk(f)}
+            used = {n.attr for n in ast.walk(fn) if isinstance(n, ast.Attribute)
+                    and id(n) not in inner and n.attr in REMOVED_IN_11}
+            if used:
+                assert fn.name in GUARDED_10X.get(module, set()), (module, fn.name, used)

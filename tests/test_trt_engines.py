@@ -54,3 +54,37 @@ def test_engine_from_another_gpu_is_refused(trt_artifacts, tmp_path):
     (art / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RunnerError, match="compute_capability.*make engines"):
         make_runner("trt", "fp16", art).load()
+
+
+def test_runner_switches_between_the_single_and_batched_profiles(trt_artifacts, data_dir):
+    """Profile 0 serves batch 1, profile 1 batches; alternating between them gives the same
+    logits per row (padding is masked out; fp32 engine, TF32 cleared)."""
+    from deploy.registry import make_runner
+
+    texts = load_split(data_dir, "test").texts[:8]
+    enc = encode(load_tokenizer(trt_artifacts / "baseline"), texts, 64)
+    rows = list(range(len(texts)))
+    with make_runner("trt", "fp32", trt_artifacts) as t:
+        assert t.engine.num_optimization_profiles == len(t.profile.profiles()) == 2
+        batched = t.infer(enc.batch(rows, t.input_names))
+        assert t.active_profile == 1
+        single = np.concatenate([t.infer(enc.batch([i], t.input_names)) for i in rows])
+        assert t.active_profile == 0
+        again = t.infer(enc.batch(rows, t.input_names))
+    np.testing.assert_allclose(single, batched, atol=1e-3)
+    np.testing.assert_allclose(again, batched, atol=1e-5)
+
+
+def test_fp16_engine_records_what_its_layers_run_in(trt_artifacts):
+    """10.x: the FP16 flag; 11.x: no flag, an FP16-typed ONNX with LayerNorm kept FP32."""
+    import tensorrt as trt
+
+    from common.manifest import Manifest
+    from common.trt import trt_major
+
+    p = Manifest(trt_artifacts).get("trt-fp16")["precision"]
+    if trt_major(trt.__version__) >= 11:
+        assert p["flags"] == [] and p["strongly_typed"] is True
+        assert p["source_fp16_onnx"]["fp32_ops"] == ["LayerNormalization"]
+    else:
+        assert p["flags"] == ["FP16"] and "source_fp16_onnx" not in p

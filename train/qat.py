@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import doc, recipe, run_only
+from common.config import doc, location, recipe, run_only
 from common.errors import ConfigError
 from common.feeds import encode
 from train.loop import (
@@ -37,7 +37,7 @@ from train.loop import (
 class QatConfig:
     # 3: the loss carries the baseline recipe's class weights; fused AdamW
     VERSION = 3
-    data: str = "dair-ai/emotion"
+    data: str = location("dair-ai/emotion", "Hub dataset name or local folder of jsonl")
     # Quantizers (INT8 symmetric everywhere; weights per channel, activations per tensor).
     calib_method: str = doc("percentile", "max | percentile (of |x|, mean over calibration batches)")
     percentile: float = 99.99

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import doc, recipe, run_only
+from common.config import doc, location, recipe, run_only
 from common.errors import ConfigError
 from common.feeds import encode
-from common.modelsource import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve_model
+from common.modelsource import DEFAULT_MODEL, base_reference, load_classifier, load_tokenizer
 from common.qlora_model import Nf4Spec
 from train.loop import (
     bucketed_batches,
@@ -44,8 +44,8 @@ TARGETS = ("attention", "attention+ffn")
 @dataclass(frozen=True)
 class QloraConfig:
     VERSION = 2
-    model: str = DEFAULT_MODEL
-    data: str = "dair-ai/emotion"
+    model: str = location(DEFAULT_MODEL, "Hub id or local dir (default: the packaged MiniLM)")
+    data: str = location("dair-ai/emotion", "Hub dataset name or local folder of jsonl")
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -65,6 +65,7 @@ class QloraConfig:
     max_length: int = 128
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
+    class_weights: str = doc("none", "none | sqrt-inverse (the baseline's loss weights)")
     seed: int = 42
     device: str = run_only("auto", "auto | cpu | cuda")
     limit_train: int = 0
@@ -75,6 +76,8 @@ class QloraConfig:
             raise ConfigError(f"targets must be one of {TARGETS}, not {self.targets!r}")
         if self.compute_dtype not in {"float32", "bfloat16", "float16"}:
             raise ConfigError("compute_dtype must be float32, bfloat16 or float16")
+        if self.class_weights not in {"none", "sqrt-inverse"}:
+            raise ConfigError(f"class_weights must be none or sqrt-inverse, not {self.class_weights!r}")
 
     def nf4(self) -> Nf4Spec:
         return Nf4Spec(self.double_quant, self.compute_dtype, self.quantize_embeddings)
@@ -111,6 +114,9 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     names = input_names(model.get_base_model().config)
     tr, va = encode(tok, train.texts, cfg.max_length), encode(tok, val.texts, cfg.max_length)
     y = torch.tensor(train.labels)
+    from train.finetune import class_weights
+
+    weights = class_weights(cfg.class_weights, np.asarray(train.labels), device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
@@ -123,7 +129,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
         ema = 0.0
         for step, b in enumerate(bar, 1):
             loss = train_step(model, tr.batch(b, names), y[b], device, opt, sched, params,
-                              f"QLoRA epoch {epoch} step {step}")
+                              f"QLoRA epoch {epoch} step {step}", class_weights=weights)
             ema = loss if step == 1 else 0.98 * ema + 0.02 * loss
             bar.set_postfix(loss=f"{ema:.4f}")
         row = validation_row(model, va, names, val.labels, device, epoch, ema, (time.time() - t0) / 60)
@@ -139,7 +145,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     model.save_pretrained(out_dir)  # adapters + the trained head/pooler (modules_to_save)
     tok.save_pretrained(out_dir)
     fp32_bytes = sum(p.numel() * 4 for p in load_classifier(cfg.model).parameters())
-    meta = {"config": recipe(cfg), "base_model": resolve_model(cfg.model), "nf4": vars(cfg.nf4()),
+    meta = {"config": recipe(cfg), "base_model": base_reference(cfg.model), "nf4": vars(cfg.nf4()),
             "fp32_weight_bytes": fp32_bytes, "max_length": cfg.max_length,
             "targets": sorted(model.peft_config["default"].target_modules),
             "head": sorted(model.peft_config["default"].modules_to_save or ()),

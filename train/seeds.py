@@ -30,6 +30,7 @@ import numpy as np
 
 from common.config import add_flags, from_flags, recipe
 from common.errors import ConfigError, cli
+from common.probs import softmax
 from train.finetune import FinetuneConfig
 
 
@@ -104,11 +105,6 @@ def run_one(cfg: FinetuneConfig, logits_to: Path | None = None) -> list[dict[str
         rows[-1]["val_macro_f1_in_sample"] = rows[-1]["val_macro_f1"]
         rows[-1]["val_macro_f1"] = crossfit_bias_f1(vl, vy)  # what choosing may look at
     return rows
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
 
 
 def ensemble_row(report: dict[str, Any], names: list[str], logits_dir: Path) -> dict[str, Any]:
