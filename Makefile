@@ -59,7 +59,8 @@ report: $(SETUP)
 	$(PY) -m engines --stages hf --data $(DATA) $(MODEL_ARG) --artifacts $(ARTIFACTS) --reports $(REPORTS)
 
 # Variants of one backend timed in interleaved rounds (drift-free ratios) -> reports/speedup-<backend>.*
-SPEEDUP ?= fp32-fused,fp32,dynamic,dynamic-fused,ptq,ptq-fused,qat,optimum-dynamic,optimum-static
+# `default`: the registry's list for that backend (common/variants.py, reference first)
+SPEEDUP ?= default
 speedup: $(SETUP)
 	$(PY) -m evaluate --backend $(BACKEND) --speedup $(SPEEDUP) --data $(DATA) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
@@ -69,6 +70,7 @@ speedup: $(SETUP)
 readme-results: $(SETUP)
 	$(PY) -m evaluate --compare --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) --readme README.md
 	$(PY) -m engines --families --readme README.md
+	$(PY) -m engines --families --readme docs/contributing.md
 
 # A real Triton server for one variant (Ctrl-C / SIGTERM stops it); SERVE_ARGS for the rest.
 SERVE_ARGS ?=

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import doc
+from common.config import check_ranges, doc
 from common.data import load_split
 from common.errors import ConfigError
 from common.feeds import encode
@@ -33,8 +33,11 @@ class CalibConfig:
                        "up to a multiple of 8; an integer: pad/truncate every row to that length")
 
     def __post_init__(self) -> None:
-        if self.size < 1 or self.batch_size < 1:
-            raise ConfigError("calibration size and batch size must be >= 1")
+        check_ranges(self, size=">= 1", batch_size=">= 1", seed=">= 0")
+        if self.size < self.batch_size:
+            raise ConfigError(f"the calibration set's size {self.size} is less than one batch "
+                              f"({self.batch_size}): raise --calib-size or lower "
+                              "--calib-batch-size")
         if self.seq_len != "longest" and not self.seq_len.isdigit():
             raise ConfigError(f"seq_len must be 'longest' or an integer, not {self.seq_len!r}")
 
@@ -55,6 +58,10 @@ def sample_calibration(data: str, tokenizer, names: list[str], max_length: int, 
 
 def build_calibration_set(data: str, tokenizer, names: list[str], max_length: int,
                           cfg: CalibConfig, out: Path) -> dict:
+    n_val = len(load_split(data, SPLIT))
+    if min(cfg.size, n_val) < cfg.batch_size:  # ONNX Runtime would say "No data is collected"
+        raise ConfigError(f"the {SPLIT} split of {data} has {n_val} rows, fewer than one "
+                          f"calibration batch ({cfg.batch_size}): lower --calib-batch-size")
     feed, idx = sample_calibration(data, tokenizer, names, max_length, cfg.size, cfg.seed,
                                    cfg.seq_len)
     with open(out, "wb") as f:  # np.savez on a handle: no ".npz" appended to the temp name

@@ -2,10 +2,8 @@
 for ort/ptq (calibration method, percentile, rows), applied to the graph with fused Attention.
 
 Why a second graph: ONNX Runtime has no QDQ form of its fused Attention, so ort/ptq's QDQ graph
-runs attention unfused, while dynamic INT8 on the fused graph runs QAttention. Measured 2026-12-02
-(docs/decisions.md, MiniLM-L6, no-VNNI AVX2 CPU, batch 1, 2 threads, interleaved): ort/ptq 1.22x
-of fused FP32, dynamic-fused 1.34x, this graph 1.34x, with KL(FP32 || INT8) on validation half A
-0.0020 against ort/ptq's 0.0025 and dynamic-fused's 0.0099. Unlike dynamic-fused it is static:
+runs attention unfused, while dynamic INT8 on the fused graph runs QAttention: this graph is as
+fast as dynamic-fused and closer to FP32 (docs/decisions.md). Unlike dynamic-fused it is static:
 every scale is a constant, so an answer does not depend on the batch it is computed in.
 
 Construction (each step is ONNX Runtime's own quantizer where it has one):

@@ -1,10 +1,10 @@
 """ONNX Runtime static PTQ in QDQ format: one point of the recipe space (`Recipe`) turned into a
 quantized graph. What is searched and how one recipe is chosen is calibration/ptq_search.py.
 
-Fixed by construction (measured 2026-11-24 on all-MiniLM-L6; docs/decisions.md): weights S8 per
+Fixed by construction (the measurements behind it: docs/decisions.md): weights S8 per
 channel, symmetric; Q/DQ on MatMul inputs only, so ONNX Runtime runs MatMulIntegerToFloat and no
-MatMul output is rounded twice before the bias and residual Adds (with outputs quantized too, the
-validation drop was 1.1-3.9 pt and a block had to stay FP32); FP32: LayerNorm, Softmax, GELU,
+MatMul output is rounded twice before the bias and residual Adds (quantizing outputs too cost
+points of validation F1); FP32: LayerNorm, Softmax, GELU,
 residual Adds, the classification head (Gemm/MatMul outside the layer stack).
 """
 

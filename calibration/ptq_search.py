@@ -39,7 +39,7 @@ from calibration.ort_static import (
     select,
 )
 from common.calibset import CalibrationSet
-from common.config import doc
+from common.config import check_ranges, doc
 from common.data import stratified_halves
 from common.errors import ConfigError
 
@@ -50,17 +50,13 @@ class StaticConfig:
     CPU). The TensorRT flavour (s8) reuses the chosen recipe, symmetric."""
 
     VERSION = 2
-    # Entropy is left out by default: measured 2026-11-24, ORT's Entropy calibrator gave the
-    # same ranges as MinMax on MiniLM (same F1 to 4 digits) at many times the calibration time.
+    # Entropy is left out by default: the same ranges as MinMax at many times the calibration
+    # time (docs/decisions.md)
     methods: tuple[str, ...] = doc(("minmax", "percentile"), f"calibrations tried, of {METHODS}")
-    # 99.99 was measured (2026-12-01, MiniLM): KL 10x that of 99.999 or MinMax (it clips the
-    # activations' real tails), so the default space leaves it out
+    # 99.99 clips the activations' real tails (KL many times 99.999's: docs/decisions.md)
     percentiles: tuple[float, ...] = (99.999,)
-    # 1024 rows left out by default (measured 2026-12-01, MiniLM, two builds): its KL on half A
-    # differed from 256 rows' by less than one recipe's calibration-seed spread (0.0022 vs 0.0026
-    # in one build, 0.0043 vs 0.0025 in the other; 256 rows with seeds 0-2: 0.0025-0.0041), for
-    # 4x the calibration time and the build's peak memory (ORT keeps every activation of every
-    # calibration row); `--ptq-calib-rows 256,1024` puts it back
+    # 1024 rows left out by default: no better than 256 within the calibration-seed spread, for
+    # 4x the time and peak memory (docs/decisions.md); `--ptq-calib-rows 256,1024` puts it back
     calib_rows: tuple[int, ...] = doc((256,), "calibration rows tried (prefixes of the "
                                       "calibration set; validation rows only)")
     # no-ffn-out is left out by default: measured 0.37x of FP32 (a quarter of the layer weights
@@ -87,6 +83,8 @@ class StaticConfig:
             raise ConfigError(f"placements must be among {PLACEMENTS} and include 'all'")
         if not self.calib_rows or min(self.calib_rows) < 1 or self.tolerable_loss < 0:
             raise ConfigError("calib_rows must be >= 1 and tolerable_loss >= 0")
+        check_ranges(self, percentiles="in (0, 100]", max_size_ratio="> 0", split_seed=">= 0",
+                     spread_seeds=">= 0", latency_rounds=">= 1")
 
     def calibrations(self, available: int) -> list[Recipe]:
         """Every calibration of the space, rows capped at what the calibration set holds (a

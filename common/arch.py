@@ -47,6 +47,8 @@ class Family:
     # Optimum's static quantizer refuses such graphs ("not supported for models with subgraphs")
     onnx_subgraphs: bool = False
     aliases: tuple[str, ...] = field(default=())
+    # found by looking at the model's modules (a family outside the table: discover_family)
+    discovered: bool = False
 
 
 _BERT_LIKE = dict(layers="encoder.layer", query="attention.self.query", key="attention.self.key",
@@ -78,15 +80,70 @@ for _f in list(FAMILIES.values()):
         FAMILIES[_a] = _f
 
 
+_DISCOVERED: dict[str, Family] = {}
+
+
 def family_of(config: Any) -> Family:
-    """The family of a transformers config object (or of a model, through its .config)."""
+    """The family of a transformers config object (or of a model, through its .config): from the
+    table, or, for a model_type outside it, discovered from the model's own modules."""
     config = getattr(config, "config", config)
+    mt = str(getattr(config, "model_type", None))
+    if mt in FAMILIES:
+        return FAMILIES[mt]
+    if mt not in _DISCOVERED:
+        _DISCOVERED[mt] = discover_family(config)
+    return _DISCOVERED[mt]
+
+
+def family_by_type(model_type: str) -> Family:
+    """A family by model_type: the table's, or one discovered earlier in this process."""
+    fam = FAMILIES.get(model_type) or _DISCOVERED.get(model_type)
+    if fam is None:
+        raise UnsupportedModel(f"model_type {model_type!r}: no facts yet (load its config first)")
+    return fam
+
+
+def discover_family(config: Any) -> Family:
+    """The facts of an encoder family outside the table, read off the model built from `config`
+    on the meta device (no weights): the layer stack is the ModuleList of num_hidden_layers
+    layers; in a layer, the first four Linears under an attention module are Q, K, V and the
+    attention output, the Linears after them the feed-forward; the head is what the classifier
+    model holds besides its base model. Stages that need facts discovery cannot give (ONNX
+    Runtime's attention fusion, QAT's attention matmuls) are skipped with the reason."""
+    import inspect
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
     mt = getattr(config, "model_type", None)
-    if mt not in FAMILIES:
-        known = ", ".join(sorted(FAMILIES))
-        raise UnsupportedModel(f"model_type {mt!r} is not an encoder family this toolchain knows "
-                               f"({known}); add its Linear names to common/arch.py:FAMILIES")
-    return FAMILIES[mt]
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - transformers raises ValueError/KeyError/...
+        raise UnsupportedModel(f"model_type {mt!r} has no sequence-classification model in "
+                               f"transformers ({type(exc).__name__}: {exc})") from None
+    base = model.base_model
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    stack = next((name for name, m in base.named_modules()
+                  if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers and n_layers), None)
+    if stack is None:
+        raise UnsupportedModel(f"model_type {mt!r}: no stack of {n_layers} layers found; add its "
+                               "facts to common/arch.py:FAMILIES")
+    layer = base.get_submodule(stack)[0]
+    linears = [n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
+    attn = [n for n in linears if "att" in n.split(".")[0].lower() or ".att" in n.lower()]
+    if len(attn) < 4 or len(linears) < 6:
+        raise UnsupportedModel(f"model_type {mt!r}: its layers' Linears {linears} do not read as "
+                               "Q, K, V, attention output and a feed-forward; add its facts to "
+                               "common/arch.py:FAMILIES")
+    q, k, v, o = attn[:4]
+    ffn = tuple(n for n in linears[linears.index(o) + 1:])
+    head = tuple(n for n, _ in model.named_children() if n != model.base_model_prefix)
+    takes_types = "token_type_ids" in inspect.signature(type(model).forward).parameters
+    return Family(str(mt), layers=stack, query=q, key=k, value=v, attention_out=o, ffn=ffn,
+                  head=head, token_types=takes_types, attention_matmuls=None, ort_fusion=None,
+                  ort_fusion_why_not=f"model_type {mt} is outside the families table: ONNX "
+                  "Runtime's attention fusion is not known to apply to it", discovered=True)
 
 
 @dataclass(frozen=True)
@@ -101,7 +158,7 @@ class ModelSpec:
 
     @property
     def family(self) -> Family:
-        return FAMILIES[self.model_type]
+        return family_by_type(self.model_type)
 
 
 def input_names(config: Any) -> tuple[str, ...]:
@@ -185,7 +242,7 @@ def skipped_steps(model_type: str) -> dict[str, str]:
     """The `make engines` steps this family cannot build, with the one-line reason the pipeline
     prints and records; the steps made from them are skipped in turn (engines.pipeline names
     their source). Machine-dependent skips, such as TensorRT, are not family facts."""
-    fam = FAMILIES[model_type]
+    fam = family_by_type(model_type)
     out = {}
     if not fam.ort_fusion:
         out["onnx-fp32-fused"] = fam.ort_fusion_why_not
@@ -227,4 +284,14 @@ def families_table() -> str:
                       if fam.aliases else "")
         support = stage_support(mt)
         lines.append(f"| {label} | {names} | " + " | ".join(support[c] for c in STAGE_COLUMNS) + " |")
+    other = {"baseline + ONNX": "yes", "fused FP32 (ORT)": "skipped: fusion not known to apply",
+             "dynamic INT8": "yes", "dynamic INT8 fused": "skipped with the fused graph",
+             "static PTQ": "yes (ptq; ptq-fused skipped with the fused graph)",
+             "QAT": "yes (every layer Linear found in its modules; attention matmuls stay FP32)",
+             "QLoRA": "yes (NF4 base, LoRA on every layer Linear)",
+             "Optimum rows": "where Optimum's exporter knows it",
+             "TensorRT": "where TensorRT and a GPU are (NGC image)"}
+    lines.append("| any other encoder (facts read off its modules, `discover_family`; tested: mpnet) "
+                 "| input_ids, attention_mask (+ token_type_ids when its forward takes them) | "
+                 + " | ".join(other[c] for c in STAGE_COLUMNS) + " |")
     return "\n".join(lines)

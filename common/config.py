@@ -35,6 +35,27 @@ def location(default: Any, help: str = "") -> Any:
     return dataclasses.field(default=default, metadata={"recipe": False, "help": help})
 
 
+def _within(v: float, rule: str) -> bool:
+    op, _, rest = rule.partition(" ")
+    if op == "in":  # "in [0, 1)": brackets say closed or open
+        lo, hi = (float(x.strip("[]() ")) for x in rest.split(","))
+        return (v >= lo if rest[0] == "[" else v > lo) and (v <= hi if rest[-1] == "]" else v < hi)
+    bound = float(rest)
+    return {">=": v >= bound, ">": v > bound, "<=": v <= bound, "<": v < bound}[op]
+
+
+def check_ranges(cfg: Any, **rules: str) -> None:
+    """Range-check numeric fields of a config: `check_ranges(self, lr="> 0", seed=">= 0",
+    dropout="in [0, 1)")`; a tuple field has each element checked. The first value out of range
+    raises ConfigError (one line naming the field, its rule and the value; NaN is never in
+    range)."""
+    for name, rule in rules.items():
+        value = getattr(cfg, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not _within(v, rule):
+                raise ConfigError(f"{name} must be {rule}, not {v!r}")
+
+
 def version_of(cls: type) -> int:
     return int(getattr(cls, "VERSION", 1))
 

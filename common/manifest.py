@@ -5,7 +5,9 @@ versions. A build step is skipped only when its key (recipe + input hashes) is u
 file on disk still has the recorded hash; loaders refuse an artifact whose hash no longer matches,
 or whose inputs have since been rebuilt, naming the command that rebuilds it.
 Files are written to a temporary name and renamed into place, so an interrupted build never
-leaves a half-written file that a later run would trust.
+leaves a half-written file that a later run would trust. A writer re-reads the file under a
+lock and merges (two writers never lose each other's entries), and keeps a copy of each entry in
+.entries/, from which a corrupt manifest is rebuilt without throwing intact artifacts away.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write under a temporary name in the same folder, fsync, rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the pid in the name: a later build removes it only once this process is gone
+    # (common.workdir.clean_leftovers)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -135,19 +140,146 @@ def describe_change(entry: dict[str, Any], recipe: dict[str, Any], inputs: dict[
     return "its key changed"
 
 
-class Manifest:
-    """artifacts/manifest.json: {name: entry}. Paths inside are relative to the artifacts root."""
+ENTRIES_DIR = ".entries"  # a copy of each built entry: what a corrupt manifest is rebuilt from
+UPDATE_LOCK = ".manifest.lock"  # held while one writer re-reads, changes and writes the manifest
 
-    def __init__(self, root: Path):
+
+class ManifestCorrupt(ArtifactError):
+    """manifest.json cannot be read as {name: entry}. `make engines` rebuilds it from the entry
+    copies of the artifacts still intact (never by throwing the artifacts away)."""
+
+    def __init__(self, path: Path, why: str):
+        self.why = why
+        super().__init__(
+            f"{path} is corrupt ({why}); run `{REBUILD_HINT}`: it rebuilds the manifest from the "
+            f"entry copies in {path.parent / ENTRIES_DIR}, keeping every intact artifact")
+
+
+def _json_type(obj: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(obj), type(obj).__name__)
+
+
+def entry_problem(name: str, e: Any) -> str | None:
+    """Why `e` is not a usable manifest entry (one phrase), or None."""
+    if not isinstance(e, dict):
+        return f"entry {name!r} is {_json_type(e)}, not an object"
+    if "skipped" in e:
+        return None if isinstance(e["skipped"], str) else f"entry {name!r}: skipped is not text"
+    missing = [k for k in ("path", "sha256", "key") if not isinstance(e.get(k), str)]
+    if missing:
+        return f"entry {name!r} lacks {', '.join(missing)}"
+    bad = [k for k in ("recipe", "inputs") if not isinstance(e.get(k, {}), dict)]
+    return f"entry {name!r}: {', '.join(bad)} not an object" if bad else None
+
+
+def read_entries(path: Path) -> dict[str, dict[str, Any]]:
+    """The manifest file's entries, each checked for what readers use (path, sha256, key)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path} ({exc.strerror or exc})") from None
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ManifestCorrupt(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestCorrupt(path, f"invalid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(obj, dict):
+        raise ManifestCorrupt(path, f"a JSON {_json_type(obj)}, not an object")
+    for name, e in obj.items():
+        why = entry_problem(name, e)
+        if why:
+            raise ManifestCorrupt(path, why)
+    return obj
+
+
+def entry_copy_path(root: Path, name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return Path(root) / ENTRIES_DIR / f"{safe}.json"
+
+
+def recovered_entries(root: Path) -> dict[str, dict[str, Any]]:
+    """The entry copies under root/.entries whose artifact is intact: its file still has the
+    recorded sha256 and its stored recipe and inputs still match its key."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted((Path(root) / ENTRIES_DIR).glob("*.json")):
+        try:
+            saved = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        name = saved.get("name") if isinstance(saved, dict) else None
+        e = saved.get("entry") if isinstance(saved, dict) else None
+        if not isinstance(name, str) or not isinstance(e, dict) or entry_problem(name, e) \
+                or "skipped" in e:
+            continue
+        if Manifest.key(e.get("recipe", {}), e.get("inputs", {})) != e["key"]:
+            continue
+        path = Path(root) / e["path"]
+        if path.exists() and sha256_of(path) == e["sha256"]:
+            out[name] = e
+    return out
+
+
+class Manifest:
+    """artifacts/manifest.json: {name: entry}. Paths inside are relative to the artifacts root.
+
+    recover=True (a build, a dry run): a corrupt file is replaced, in memory, by the entries
+    recovered from root/.entries (`corrupt` says why); `repair()` writes them. Otherwise a corrupt
+    file is refused in one line."""
+
+    def __init__(self, root: Path, recover: bool = False):
         self.root = Path(root)
         self.path = self.root / MANIFEST_NAME
         self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
+        self.corrupt: str | None = None
+        if self.path.exists():
             try:
-                self.entries = json.loads(self.path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ArtifactError(f"{self.path} is corrupt ({exc}); delete it and run "
-                                    f"`{REBUILD_HINT}` to rebuild every artifact") from exc
+                self.entries = read_entries(self.path)
+            except ManifestCorrupt as exc:
+                if not recover:
+                    raise
+                self.corrupt = exc.why
+                self.entries = recovered_entries(self.root)
+        elif recover and (self.root / ENTRIES_DIR).is_dir():  # deleted: the copies still say
+            self.entries = recovered_entries(self.root)
+            self.corrupt = "it was missing" if self.entries else None
+
+    def repair(self) -> str | None:
+        """Write the recovered entries as the manifest, the corrupt file kept beside it as
+        manifest.json.corrupt-<time>; returns the line saying so (None: nothing to repair)."""
+        if self.corrupt is None:
+            return None
+        kept = self.path.with_name(f"{MANIFEST_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        if self.path.exists():
+            os.replace(self.path, kept)
+        write_json_atomic(self.path, self.entries)
+        line = (f"{self.path} was corrupt ({self.corrupt}"
+                f"{f'; kept as {kept.name}' if kept.exists() else ''}): rebuilt from the entry "
+                f"copies of {len(self.entries)} intact artifact(s); the others are rebuilt")
+        self.corrupt = None
+        return line
+
+    def save_copies(self) -> None:
+        """Write the entry copy of every built entry that lacks one (artifacts built before the
+        copies existed), so a later corrupt manifest loses none of them."""
+        for name, e in self.entries.items():
+            copy = entry_copy_path(self.root, name)
+            if "skipped" not in e and not copy.is_file():
+                write_json_atomic(copy, {"name": name, "entry": e})
+
+    def _update(self, change: Callable[[dict[str, dict[str, Any]]], bool]) -> None:
+        """Under root/.manifest.lock: re-read the manifest from disk (what another writer recorded
+        meanwhile is kept), apply `change`, write it back when `change` says it changed it."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / UPDATE_LOCK, "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self.entries = read_entries(self.path)
+            if change(self.entries):
+                write_json_atomic(self.path, self.entries)
 
     @staticmethod
     def key(recipe: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -185,18 +317,28 @@ class Manifest:
             "versions": versions, "device": device,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
         }
-        self.entries[name] = entry
-        write_json_atomic(self.path, self.entries)
+
+        def change(entries: dict[str, dict[str, Any]]) -> bool:
+            write_json_atomic(entry_copy_path(self.root, name), {"name": name, "entry": entry})
+            entries[name] = entry
+            return True
+
+        self._update(change)
         return entry
 
     def record_skip(self, name: str, recipe: dict[str, Any], reason: str) -> None:
         """A step the model family or this machine cannot build: the reason, instead of a file."""
-        old = self.entries.get(name, {})
-        if old.get("skipped") == reason and old.get("recipe") == recipe:
-            return  # unchanged: a second run leaves the manifest as it was
-        self.entries[name] = {"skipped": reason, "recipe": recipe,
-                              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json_atomic(self.path, self.entries)
+
+        def change(entries: dict[str, dict[str, Any]]) -> bool:
+            old = entries.get(name, {})
+            if old.get("skipped") == reason and old.get("recipe") == recipe:
+                return False  # unchanged: a second run leaves the manifest as it was
+            entries[name] = {"skipped": reason, "recipe": recipe,
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            entry_copy_path(self.root, name).unlink(missing_ok=True)
+            return True
+
+        self._update(change)
 
     def made_by(self, name: str) -> dict[str, Any]:
         """What a report records of the artifact it measured, so whoever publishes the report can

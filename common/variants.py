@@ -236,10 +236,7 @@ def variants_table() -> str:
         notes = []
         if v.batch_dependent:
             notes.append("batch-dependent")
-        if v.device == "cuda":
-            notes.append("GPU only")
-        elif v.gpu_row:
-            notes.append("CPU and GPU")
+        notes.append("GPU only" if v.device == "cuda" else "CPU and GPU" if v.gpu_row else "CPU")
         if "ngc" in v.serve:
             notes.append("NGC Triton")
         lines.append(f"| `{v.key}` | {v.about} | {', '.join(notes)} |")

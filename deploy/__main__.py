@@ -120,6 +120,24 @@ def bench(a) -> int:
     return 0
 
 
+def check_output(a: argparse.Namespace) -> None:
+    """Where the subcommand writes, checked before it loads or measures anything (one line
+    naming the path: a file, read-only, no room)."""
+    from common.workdir import check_writable
+
+    if a.cmd == "triton-repo":  # replaced as a whole (common.manifest.atomic_output)
+        if Path(a.out).exists():
+            check_writable(a.out, 0, "--out")
+        check_writable(Path(a.out).resolve().parent, 1 << 20, f"--out {a.out}: its parent")
+    elif a.cmd == "bench":
+        from deploy.bench import BenchConfig
+
+        check_writable(a.out or BenchConfig().out, 1 << 20, "--out")
+    else:
+        check_writable(a.repo if a.cmd == "serve" else a.out, 1 << 20,
+                       "--repo" if a.cmd == "serve" else "--out")
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
@@ -150,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     _serve_args(b)
     add_flags(b, BenchConfig, skip=("serve", "artifacts"), title="the sweep (BenchConfig)")
     a = p.parse_args(argv)
+    _serve_config(a)  # an unknown variant or a bad flag is refused before anything is written
+    check_output(a)
     return {"serve": serve, "triton-repo": triton_repo, "k8s": k8s, "bench": bench}[a.cmd](a)
 
 

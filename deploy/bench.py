@@ -134,9 +134,8 @@ class TritonClient:
 
 class RawHttpClient:
     """KServe v2 REST with JSON bodies over one keep-alive `http.client` connection: no client
-    library, about the least work a client can do per request. Measured 2026-12-01, tritonclient's
-    own CPU was ~0.9 ms of a 1-client request on two shared cores; this client shows how much of
-    the 1-client overhead is the server's and how much tritonclient's."""
+    library, about the least work a client can do per request: it shows how much of the 1-client
+    overhead is the server's and how much tritonclient's (docs/serving.md)."""
 
     def __init__(self, url: str):
         import http.client

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import doc
+from common.config import check_ranges, doc
 from common.errors import ConfigError
 from deploy.triton_repo import ServeConfig
 from deploy.triton_server import LIVE_PATH, METRICS_PATH, READY_PATH, Ports
@@ -48,6 +48,7 @@ class K8sConfig:
             raise ConfigError("need 1 <= replicas <= max_replicas")
         if self.gpus < 0:
             raise ConfigError("gpus must be >= 0 (0 = CPU serving)")
+        check_ranges(self, cpu_target="in [1, 100]", queue_target_us=">= 1")
 
 
 def triton_args(sc: ServeConfig, ports: Ports, repo: str) -> list[str]:

@@ -156,14 +156,15 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
     (tok / "1" / "project" / "common").mkdir(parents=True)
     (tok / "1" / "project" / "deploy").mkdir(parents=True)
     shutil.copy(HERE / "triton_tokenizer.py", tok / "1" / "model.py")
-    shutil.copy(artifacts / man.get("baseline")["path"] / "tokenizer.json", tok / "1" / "tokenizer.json")
+    baseline = man.verify("baseline")  # the tokenizer served is the one the variant was made with
+    shutil.copy(baseline / "tokenizer.json", tok / "1" / "tokenizer.json")
     for rel in ("common/__init__.py", "common/errors.py", "common/feeds.py", "common/labels.py",
                 "common/buckets.py", "common/probs.py", "deploy/service.py"):
         shutil.copy(PROJECT_ROOT / rel, tok / "1" / "project" / rel)
     (tok / "1" / "project" / "deploy" / "__init__.py").write_text("")
     from common.modelsource import load_tokenizer
 
-    pad = load_tokenizer(artifacts / man.get("baseline")["path"]).pad_token_id
+    pad = load_tokenizer(baseline).pad_token_id
     (tok / "1" / "settings.json").write_text(json.dumps(
         {"max_length": max_length, "input_names": names, "pad_id": int(pad or 0)}))
     cfg = pb.ModelConfig(name="tokenizer", backend="python", max_batch_size=sc.max_batch)

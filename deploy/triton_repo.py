@@ -57,13 +57,12 @@ class ServeConfig:
         return self.spin or self.backend != "ort"
 
 
-# Scheduling defaults per device. CPU: what `make bench BACKEND=ort VARIANT=ptq` recommended on
-# 2026-12-01 (2-core AMD EPYC, AVX2): 1 instance x 2 threads with the batcher and no queue delay
-# (Triton batches only what is already waiting), ONNX Runtime's threads not spinning: 1-client
-# p50 8.6 ms vs 10.3 ms without the batcher with spinning threads, 158 vs 107 req/s at 16 HTTP
-# clients, server CPU 11-12 vs 17-20 ms per request (docs/serving.md has the sweep). GPU: not measured
-# here (no GPU was lent); a GPU runs a batch of 32 short sentences in about the time of one, so
-# the batcher with a short window is the usual choice there (model-analyzer finds the best one).
+# Scheduling defaults per device. CPU: what `make bench` recommended (docs/serving.md has the
+# sweep): 1 instance x every core with the batcher and no queue delay (Triton batches only what is
+# already waiting), ONNX Runtime's threads not spinning (they share the cores with the HTTP server
+# and its clients). GPU: not measured here; a GPU runs a batch of 32 short sentences in about the
+# time of one, so the batcher with a short window is the usual choice (model-analyzer finds the
+# best one).
 CPU_DEFAULTS: dict[str, Any] = {
     "dynamic_batching": True, "queue_delay_us": 0, "instances": 1, "threads": 0, "spin": False}
 GPU_DEFAULTS: dict[str, Any] = {

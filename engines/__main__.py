@@ -17,7 +17,7 @@ from typing import Any
 
 from common.config import add_flags, from_flags
 from common.data import DEFAULT_DATASET
-from common.errors import cli
+from common.errors import ConfigError, cli
 from common.modelsource import DEFAULT_MODEL
 from engines.pipeline import STAGES, BuildConfig, build_all, plan_all
 
@@ -86,9 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             from common.reports import replace_block
             from common.variants import variants_table
 
-            text = replace_block(Path(a.readme).read_text(), "families", families_table())
-            write_text_atomic(Path(a.readme), replace_block(text, "variants", variants_table()))
-            print(f"families and variants tables of {a.readme} updated")
+            text = Path(a.readme).read_text()
+            done = []
+            for name, table in (("families", families_table()), ("variants", variants_table())):
+                if f"<!-- {name}:start" in text:
+                    text = replace_block(text, name, table)
+                    done.append(name)
+            if not done:
+                raise ConfigError(f"{a.readme} has no families or variants markers")
+            write_text_atomic(Path(a.readme), text)
+            print(f"{' and '.join(done)} table(s) of {a.readme} updated")
         else:
             print(families_table())
         return 0

@@ -1,10 +1,8 @@
 """QLoRA trained beside the baseline on a CPU build, one thread each.
 
-Why: on a small CPU a training step does not scale with threads. Measured 2026-12-01 (MiniLM,
-batch 32, 2-core AMD EPYC): 0.96 s per baseline step with 2 threads, 1.25 s with 1. Side by side
-the two contend (about 1.1 s per baseline step, 1.2 s per QLoRA step), still less than one after
-the other: baseline + QLoRA took 16.6 min together against 12.9 + 7.2 min in a row on the same
-box. QLoRA reads nothing the baseline writes (it starts from the pre-trained encoder), so it is
+Why: on a small CPU a training step does not scale with threads, so two trainings side by side,
+one thread each, finish sooner than one after the other (measured: docs/decisions.md). QLoRA
+reads nothing the baseline writes (it starts from the pre-trained encoder), so it is
 the one training that can run beside it. When it ends, the baseline takes every thread again
 from its next step. Only where both are built in this run, on CPU, with more than one core and
 no --threads given; `--no-overlap` runs them one after the other.

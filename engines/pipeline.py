@@ -21,9 +21,11 @@ from calibration.ptq_search import StaticConfig
 from common.config import recipe
 from common.data import DEFAULT_DATASET, dataset_fingerprint
 from common.env import cpu_device, peak_memory, versions
-from common.errors import ConfigError
+from common.errors import ConfigError, UserError
 from common.manifest import Manifest, atomic_output
 from common.modelsource import DEFAULT_MODEL, model_fingerprint
+from common.workdir import build_lock, check_writable, clean_leftovers
+from engines.preflight import check_calibration, check_models, missing_inputs, model_bytes
 from engines.trt_build import TrtConfig
 from export.hf import HfConfig
 from export.onnx_export import ExportConfig
@@ -73,6 +75,18 @@ class BuildConfig:
         unknown = set(self.stages) - set(STAGES)
         if unknown:
             raise ConfigError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
+        # static PTQ calibrates on prefixes of the calibration set, in whole calibration batches
+        rows, batch = self.static.calib_rows, self.calib.batch_size
+        if min(rows) < batch:
+            raise ConfigError(f"--ptq-calib-rows {min(rows)} is less than one calibration batch "
+                              f"(--calib-batch-size {batch}): raise it or lower the batch size")
+        if max(rows) > self.calib.size:
+            raise ConfigError(f"--ptq-calib-rows {max(rows)} is more than the calibration set "
+                              f"holds (--calib-size {self.calib.size}): raise --calib-size")
+
+
+class MissingInput(UserError):
+    """A step of the run reads an artifact that is neither built nor built in this run."""
 
 
 @dataclass
@@ -100,7 +114,9 @@ class Builder:
     def __init__(self, cfg: BuildConfig):
         self.cfg = cfg
         self.root = Path(cfg.artifacts)
-        self.manifest = Manifest(self.root)
+        # a corrupt manifest is replaced by the entries recovered from .entries (build_all
+        # writes them; a dry run plans with them)
+        self.manifest = Manifest(self.root, recover=True)
         self.built: list[str] = []
         self.up_to_date: list[str] = []
         self.skipped: dict[str, str] = {}
@@ -113,7 +129,9 @@ class Builder:
         return self.manifest.get(name)["sha256"]
 
     def path(self, name: str) -> Path:
-        return self.root / self.manifest.get(name)["path"]
+        """An artifact a step reads, verified (intact, made from the current inputs) like every
+        other read of a built artifact."""
+        return self.manifest.verify(name)
 
     def inputs(self, step: Step) -> dict[str, str]:
         return {**{f"artifact:{d}": self.art(d) for d in step.deps}, **step.sources(),
@@ -128,8 +146,24 @@ class Builder:
             if why:
                 return derived_skip(d, why)
             if d not in self.in_run and not self.manifest.built(d):
-                return f"its input {d} is not built (add its stage to --stages)"
+                raise MissingInput(missing_inputs(self, [step]) or f"{d} is not built")
         return None
+
+    def check_inputs(self, steps: list[Step]) -> None:
+        """Before anything is built: every artifact a step reads is built, or built in this run,
+        or skipped (the step is then skipped too); else one line naming the stages to add."""
+        why = missing_inputs(self, steps)
+        if why:
+            raise MissingInput(why)
+
+    def expected_bytes(self, step: Step) -> int:
+        """Disk space a step will take: its artifact's size when built before, else that of the
+        artifact it is made from, else twice the base model's weights (a training step)."""
+        for name in (step.name, *step.deps):
+            e = self.manifest.entries.get(name, {})
+            if isinstance(e.get("size_bytes"), int):
+                return e["size_bytes"]
+        return 2 * model_bytes(self.cfg.model)
 
     def run(self, step: Step) -> None:
         why = self.skip_reason(step)
@@ -148,6 +182,8 @@ class Builder:
             self.up_to_date.append(step.name)
             self.record.append({"step": step.name, "action": "up to date"})
             return
+        # room for it, said before the step's work rather than after it
+        check_writable((self.root / rel).parent, self.expected_bytes(step), "--artifacts")
         print(f"[build] {step.name} -> {self.root / rel} ({stale})")
         t0 = time.time()
         with peak_memory() as peak, atomic_output(self.root / rel) as tmp:
@@ -234,11 +270,37 @@ RECORD_NAME = "build-record.json"
 
 def build_all(cfg: BuildConfig) -> Builder:
     """Build every step of the stages asked for; when anything was built, write the run's record
-    (each step's action, wall time and peak memory, measured here) to artifacts/build-record.json."""
-    b = Builder(cfg)
+    (each step's action, wall time and peak memory, measured here) to artifacts/build-record.json.
+
+    Before any step: the folder is writable with room for the largest step, no other build holds
+    it (artifacts/.lock), what killed builds left is cleaned (an interrupted swap put back), a
+    corrupt manifest is rebuilt from the entry copies, the base model is checked, and every input
+    of the run is built or built in it."""
+    root = check_writable(cfg.artifacts, 0, "--artifacts")
+    with build_lock(root):
+        for line in clean_leftovers(root, locked=True):
+            print(f"[clean] {line}")
+        b = Builder(cfg)
+        repaired = b.manifest.repair()
+        if repaired:
+            print(f"[repair] {repaired}")
+        b.manifest.save_copies()
+        return _build(b)
+
+
+def _build(b: Builder) -> Builder:
+    cfg = b.cfg
     t0 = time.time()
+    check_models(cfg)
+    check_calibration(cfg)
     steps = steps_for(b)
     b.in_run = {s.name for s in steps}
+    b.check_inputs(steps)
+    planned = Builder(cfg)
+    planned.in_run = b.in_run
+    plan = planned.plan(steps)
+    todo = [s for s in steps if plan[s.name].startswith("build")]
+    check_writable(b.root, max((b.expected_bytes(s) for s in todo), default=0), "--artifacts")
     b.background = start_overlap(b, steps)
     try:
         for step in steps:
@@ -272,7 +334,15 @@ def write_record(b: Builder, seconds: float) -> None:
 
 
 def plan_all(cfg: BuildConfig) -> dict[str, str]:
+    """What build_all would do to each step (nothing is written; a corrupt manifest is planned
+    with the entries a build would recover, and says so)."""
     b = Builder(cfg)
+    if b.manifest.corrupt:
+        print(f"[repair] {b.manifest.path} is corrupt ({b.manifest.corrupt}): a build rebuilds it "
+              f"from the entry copies of {len(b.manifest.entries)} intact artifact(s)")
+    check_models(cfg)
+    check_calibration(cfg)
     steps = steps_for(b)
     b.in_run = {s.name for s in steps}
+    b.check_inputs(steps)
     return b.plan(steps)

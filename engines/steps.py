@@ -331,8 +331,9 @@ def hf_steps(b: Builder) -> list[Step]:
                 rep = json.loads(report.read_text())
             except (OSError, ValueError):  # a truncated report is no score
                 return None
-            made = rep.get("made_by", {}) if isinstance(rep, dict) else {}
-            return rep if made.get("sha256") == b.art(artifact) else None
+            if card_problem(rep):  # not a report the model card can read: no score either
+                return None
+            return rep if rep["made_by"].get("sha256") == b.art(artifact) else None
 
         def sources(scored=scored) -> dict[str, str]:
             rep = scored()
@@ -351,6 +352,34 @@ def hf_steps(b: Builder) -> list[Step]:
         deps = ("baseline",) if folder == "baseline" else (v.artifact, "baseline")
         steps.append(Step(f"hf-{folder}", fixed(f"hf/{folder}"), c, deps, sources, build))
     return steps
+
+
+def card_problem(rep: Any) -> str | None:
+    """Why a report cannot go on a model card (export.hf.model_card reads these fields; a
+    truncated, hand-edited or foreign report must not break the build), or None."""
+    from common.labels import LABELS
+
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    def obj(x: Any, *keys: str) -> bool:
+        return isinstance(x, dict) and all(k in x for k in keys)
+
+    if not obj(rep, "made_by", "macro_f1", "accuracy", "size_mb", "latency_ms", "batched",
+               "batch_invariance", "device", "provider", "threads", "per_class"):
+        return "not a report object with every field a model card reads"
+    if not (obj(rep["made_by"], "sha256") and obj(rep["latency_ms"], "p50", "p95")
+            and obj(rep["batched"], "batch_size", "macro_f1")
+            and obj(rep["batch_invariance"], "differ") and obj(rep["device"])
+            and obj(rep["per_class"], *LABELS)):
+        return "its made_by, latency_ms, batched, batch_invariance, device or per_class is short"
+    rows = [rep["per_class"][c] for c in LABELS]
+    if not all(obj(r, "precision", "recall", "f1") for r in rows):
+        return "a per_class row lacks precision, recall or f1"
+    values = [rep["macro_f1"], rep["accuracy"], rep["size_mb"], rep["latency_ms"]["p50"],
+              rep["latency_ms"]["p95"], rep["batched"]["macro_f1"],
+              *(r[k] for r in rows for k in ("precision", "recall", "f1"))]
+    return None if all(number(v) for v in values) else "a score is not a number"
 
 
 def trt_steps(b: Builder) -> list[Step]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import doc
+from common.config import check_ranges, doc
 from common.errors import ConfigError, UserError
 from common.trt import TrtProfile, require_implicit_int8, trt_major
 
@@ -50,6 +50,7 @@ class TrtConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        check_ranges(self, workspace_mb=">= 1", calib_batch_size=">= 1")
 
 
 class EngineBuildError(UserError, RuntimeError):

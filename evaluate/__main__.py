@@ -18,6 +18,7 @@ from common.config import add_flags, from_flags
 from common.errors import ConfigError, UserError, cli
 from common.manifest import Manifest
 from common.variants import backends, find_variant, variants
+from common.workdir import check_writable
 from evaluate.report import write_report
 from evaluate.run import EvalConfig, evaluate
 
@@ -132,10 +133,11 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
 @cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
-    if a.gpu_check:
+    if a.gpu_check:  # checks --out itself, once it knows there is a GPU to score on
         from evaluate.gpu_check import run_gpu_check
 
         return run_gpu_check(cfg, Path(cfg.out)).exit_code
+    check_writable(cfg.out, 1 << 20, "--out")  # before the scoring run, not after it
     if a.all or a.compare:
         from evaluate.compare import write_comparison
 

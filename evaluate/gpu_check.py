@@ -94,6 +94,9 @@ def run_gpu_check(base: Any, out: Path) -> GpuCheck:
         say("gpu-check: no CUDA GPU here (torch sees none); nothing to score. Run it in the NGC "
             "image: docker/Dockerfile.gpu, `make gpu-check`.")
         return GpuCheck(lines=lines)
+    from common.workdir import check_writable
+
+    check_writable(out, 1 << 20, "--out")  # before the first row is scored
     man = Manifest(Path(base.artifacts))
     built = {k for k in man.entries if man.built(k)}
     rows = plan("cuda", built)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from common.config import check_ranges
+
 
 @dataclass(frozen=True)
 class SpeedupConfig:
@@ -46,8 +48,7 @@ class SpeedupConfig:
             raise ValueError(f"reference {self.reference!r} is not among {self.variants}")
         if self.sentences < self.round_size or self.round_size < 1:
             raise ValueError("need 1 <= round_size <= sentences")
-        if self.batch_size < 1 or self.batches < 1 or self.threads < 0:
-            raise ValueError("need batch_size >= 1, batches >= 1 and threads >= 0")
+        check_ranges(self, batch_size=">= 1", batches=">= 1", threads=">= 0", seed=">= 0")
 
     @property
     def ref(self) -> str:

@@ -63,25 +63,37 @@ def write_folder(out: Path, baseline: Path, onnx_path: Path | None, entry: dict[
     return {"files": sorted(p.name for p in out.iterdir()), "card_has_results": report is not None}
 
 
+def graph_ops(entry: dict[str, Any]) -> dict[str, int]:
+    """The quantized operators the shipped graph runs, from its manifest entry."""
+    return {**entry.get("quantized_ops", {}), **entry.get("qdq_ops", {}), **entry.get("qdq", {})}
+
+
 def ort_config(entry: dict[str, Any]) -> dict[str, Any] | None:
     """What was quantized and how, in the keys of optimum's ORTConfig.quantization where they
-    exist (informational: ORTModel runs the graph as it is)."""
+    exist (informational: ORTModel runs the graph as it is), describing the graph shipped."""
     if "static" in entry:
         s = entry["static"]
+        fused = "static_qattention" in entry  # ort/ptq-fused: QAttention + QDQ MatMuls
         return {"quantization": {
-            "is_static": True, "format": "QDQ", "mode": "QLinearOps",
+            "is_static": True, "format": "QDQ + QOperator (QAttention)" if fused else "QDQ",
+            "mode": "QLinearOps",
             "activations_dtype": "QUInt8" if s["activation_type"] == "u8" else "QInt8",
             "activations_symmetric": s["symmetric"], "weights_dtype": "QInt8",
-            "weights_symmetric": True, "per_channel": True, "operators_to_quantize": ["MatMul", "Gather"],
+            "weights_symmetric": True, "per_channel": True,
+            "operators_to_quantize": (["Attention", "EmbedLayerNormalization", "MatMul"] if fused
+                                      else ["MatMul", "Gather"]),
+            "graph_ops": graph_ops(entry),
             "calibration": {"method": s["method"], "percentile": s["percentile"],
                             "rows": s["calib_rows"]},
             "placement": s["placement"], "blocks_fp32": s["fp32_blocks"]}}
     if "qdq" in entry:
         return {"quantization": {"is_static": True, "format": "QDQ", "source": "QAT",
-                                 "flavour": entry.get("flavour"), **entry.get("quantization", {})}}
+                                 "flavour": entry.get("flavour"), "graph_ops": graph_ops(entry),
+                                 **entry.get("quantization", {})}}
     if "quantized_ops" in entry:
         return {"quantization": {"is_static": False, "format": "QOperator",
-                                 "weights_dtype": "QInt8", **entry.get("recipe", {}).get("fields", {})}}
+                                 "weights_dtype": "QInt8", "graph_ops": graph_ops(entry),
+                                 **entry.get("recipe", {}).get("fields", {})}}
     if "optimum" in entry:
         return {"quantization": entry["optimum"]}
     return None
@@ -91,19 +103,43 @@ def _yaml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid YAML scalar
 
 
+FP32_NAMES = {"baseline", "fp32", "fp32-fused", "optimum-fp32"}
+
+
+def usage(name: str) -> list[str]:
+    """The card's snippet: runs as written once `path` names this folder (tests run it)."""
+    load = (["from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
+             "", f'path = "artifacts/hf/{name}"  # this folder',
+             "model = AutoModelForSequenceClassification.from_pretrained(path)"]
+            if name == "baseline" else
+            ["from optimum.onnxruntime import ORTModelForSequenceClassification",
+             "from transformers import AutoTokenizer, pipeline", "",
+             f'path = "artifacts/hf/{name}"  # this folder',
+             "model = ORTModelForSequenceClassification.from_pretrained(path)"])
+    return ["```python", *load,
+            'clf = pipeline("text-classification", model=model,',
+            "               tokenizer=AutoTokenizer.from_pretrained(path), truncation=True)",
+            'print(clf("i feel wonderful today"))', "```"]
+
+
 def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
                report: dict[str, Any] | None, cfg: HfConfig) -> str:
-    from common.modelsource import hub_id
+    """A Hugging Face model card: YAML metadata (license, language, library, base_model as a Hub
+    id, datasets, metrics, model-index results), then what the folder ships, its intended use and
+    limitations, how to run it, how it was made, its scores, and how to rebuild it."""
+    from common.modelsource import DEFAULT_MODEL, hub_id
 
     ref = meta.get("base_model")
     source = ref.get("source") if isinstance(ref, dict) else ref
     base = hub_id(source) or str(source)
-    lines = ["---", f"license: {cfg.license}", "library_name: " +
-             ("transformers" if name == "baseline" else "optimum"),
+    onnx = name != "baseline"
+    tags = ["text-classification", "emotion"] + (["onnx"] if onnx else []) + (
+        ["int8", "quantized"] if name not in FP32_NAMES else [])
+    lines = ["---", f"license: {cfg.license}", "language:\n- en",
+             "library_name: " + ("optimum" if onnx else "transformers"),
              "pipeline_tag: text-classification", f"datasets:\n- {cfg.dataset}",
-             "tags:\n- text-classification\n- emotion\n- onnx" +
-             ("\n- int8\n- quantized" if name not in {"baseline", "fp32", "fp32-fused", "optimum-fp32"} else ""),
-             f"base_model: {_yaml_str(str(base))}"]
+             "metrics:\n- f1\n- accuracy", "tags:\n" + "\n".join(f"- {t}" for t in tags),
+             f"base_model: {_yaml_str(base)}"]
     if report:
         lines += ["model-index:", f"- name: {_yaml_str('emotion-' + name)}", "  results:",
                   "  - task:", "      type: text-classification", "      name: Text Classification",
@@ -112,21 +148,25 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
                   f"    - type: f1\n      name: macro F1 (batch 1)\n      value: {report['macro_f1']:.4f}"
                   "\n      args:\n        average: macro",
                   f"    - type: accuracy\n      name: accuracy (batch 1)\n      value: {report['accuracy']:.4f}"]
+    what = ("the PyTorch weights (safetensors)" if not onnx else
+            "an ONNX graph for ONNX Runtime" + (
+                f" running {', '.join(f'{v} {k}' for k, v in sorted(graph_ops(entry).items()))}"
+                if graph_ops(entry) else ""))
     lines += ["---", "", f"# emotion / {name}", "",
               f"A 6-way emotion classifier ({', '.join(LABELS)}) fine-tuned from `{base}` on "
-              f"{cfg.dataset} (split configuration: train 16,000 / validation 2,000 / test 2,000), "
-              f"{'in PyTorch' if name == 'baseline' else 'as an ONNX graph for ONNX Runtime'}. "
-              f"Max length {meta['max_length']} tokens; inputs {', '.join(meta['input_names'])}.", "",
-              "## Use", "", "```python"]
-    if name == "baseline":
-        lines += ["from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
-                  "model = AutoModelForSequenceClassification.from_pretrained(path)"]
-    else:
-        lines += ["from optimum.onnxruntime import ORTModelForSequenceClassification",
-                  "from transformers import AutoTokenizer, pipeline",
-                  "model = ORTModelForSequenceClassification.from_pretrained(path)"]
-    lines += ["clf = pipeline(\"text-classification\", model=model, tokenizer=AutoTokenizer.from_pretrained(path),",
-              "               truncation=True)", "print(clf(\"i feel wonderful today\"))", "```", ""]
+              f"{cfg.dataset} (split configuration: train 16,000 / validation 2,000 / test 2,000). "
+              f"This folder ships {what}, with the tokenizer and config. Max length "
+              f"{meta['max_length']} tokens; inputs {', '.join(meta['input_names'])}.", "",
+              "## Intended use and limitations", "",
+              "Classifying the emotion of short English texts like the dataset's (one-sentence "
+              "posts, lower-cased). Out of scope: other languages, long documents, "
+              "decisions about people. The labels are those of dair-ai/emotion, collected "
+              "from posts by hashtags, so some are noisy; the two smallest classes (love, "
+              f"surprise) score lowest. Texts longer than {meta['max_length']} tokens are cut."
+              + (" This graph takes activation ranges per batch: run it one text at a time "
+                 "for answers that do not depend on other requests." if "quantized_ops" in entry
+                 and "static" not in entry else ""), "",
+              "## Use", "", *usage(name), ""]
     lines += ["## How it was made", ""] + recipe_lines(name, entry) + [""]
     if report:
         lat = report["latency_ms"]
@@ -145,10 +185,10 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
                   for c in LABELS]
     else:
         lines += ["## Results", "", "Not scored yet: `make report` scores it and rewrites this card."]
-    lines += ["", "## Rebuild", "", "```bash", "make engines DATA=<folder of the emotion jsonl files>"
-              + ("" if "packaged" in str(meta.get("config", {}).get("fields", {}).get("model", ""))
-                 else f"  # MODEL={meta.get('config', {}).get('fields', {}).get('model', base)}"),
-              "make report", "```", ""]
+    model_arg = "" if source in (None, "", DEFAULT_MODEL) else f" MODEL={base}"
+    lines += ["", "## Rebuild", "", "```bash",
+              f"make engines DATA=<folder of the emotion jsonl files>{model_arg}", "make report",
+              "```", ""]
     return "\n".join(lines)
 
 
@@ -156,18 +196,28 @@ def recipe_lines(name: str, entry: dict[str, Any]) -> list[str]:
     if name == "baseline":
         f = entry.get("recipe", {}).get("fields", {})
         return [f"Fine-tuned in FP32: {f.get('epochs')} epochs, AdamW lr {f.get('lr')}, batch "
-                f"{f.get('batch_size')}, seed {f.get('seed')}; the epoch with the best validation "
-                "macro F1 kept."]
+                f"{f.get('batch_size')}, seed {f.get('seed')}, class weights "
+                f"{f.get('class_weights')}; the epoch with the best validation macro F1 kept."]
     if "static" in entry:
         s = entry["static"]
+        calib = (f"{s['method']} calibration"
+                 + (f" (percentile {s['percentile']})" if s["method"] == "percentile" else "")
+                 + f" on {s['calib_rows']} validation rows, "
+                 f"{'U8' if s['activation_type'] == 'u8' else 'S8'} activations "
+                 f"({'symmetric' if s['symmetric'] else 'asymmetric'}), S8 per-channel weights")
+        blocks = [f"layer {b}" for b in s["fp32_blocks"]]
+        if "static_qattention" in entry:
+            return [f"Static INT8 on ONNX Runtime's fused graph, with the recipe the accuracy-aware "
+                    f"search chose on validation ({calib}): {entry['static_qattention']} fused "
+                    "attention blocks as QAttention with constant (calibrated) input scales, the "
+                    "word embedding with LayerNorm as QEmbedLayerNormalization, "
+                    f"{entry.get('qdq_matmuls', '?')} layer MatMuls with Q/DQ on their inputs.",
+                    "Kept FP32: the residual connections and SkipLayerNormalization (they read the "
+                    "float tensors), GELU, the classification head"
+                    + (", " + ", ".join(blocks) if blocks else "") + "."]
         return [f"Static INT8 (ONNX Runtime, QDQ) chosen by an accuracy-aware search on validation: "
-                f"{s['method']} calibration"
-                + (f" (percentile {s['percentile']})" if s["method"] == "percentile" else "")
-                + f" on {s['calib_rows']} validation rows, MatMul placement `{s['placement']}`, "
-                f"{'U8' if s['activation_type'] == 'u8' else 'S8'} activations "
-                f"({'symmetric' if s['symmetric'] else 'asymmetric'}), S8 per-channel weights.",
-                "Kept FP32: " + ", ".join(entry.get("kept_fp32_ops", []) + [
-                    f"block {b}" for b in s["fp32_blocks"]]) + "."]
+                f"{calib}, MatMul placement `{s['placement']}`.",
+                "Kept FP32: " + ", ".join(entry.get("kept_fp32_ops", []) + blocks) + "."]
     q = entry.get("quantization")
     if q and "quantized" in q:
         return ["Quantization-aware training (fake-quant fine-tuning), exported with Q/DQ:"] + \

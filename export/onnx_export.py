@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import doc, location
+from common.config import check_ranges, doc, location
 from common.data import DEFAULT_DATASET, load_split
 from common.errors import UserError
 from common.feeds import Encoded, batches
@@ -34,6 +34,10 @@ class ExportConfig:
                       "order only, ~1e-5 measured)")
     n_validate: int = doc(128, "real test sentences used for the check")
     data: str = location(DEFAULT_DATASET, "where the validation rows come from")
+
+    def __post_init__(self) -> None:
+        # 13: per-channel QuantizeLinear, which the quantized graphs made from it need
+        check_ranges(self, opset=">= 13", atol=">= 0", n_validate=">= 1")
 
 
 @dataclass(frozen=True)

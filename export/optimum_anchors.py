@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import doc
+from common.config import check_ranges, doc
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class OptimumConfig:
     calibration: str = doc("minmax", "Optimum calibration for the static anchor: minmax | "
                            "percentiles | entropy (AutoCalibrationConfig)")
     n_compare: int = doc(256, "validation sentences the two exporters are compared on")
+
+    def __post_init__(self) -> None:
+        check_ranges(self, n_compare=">= 1")
 
 
 def _model_dir(fp32: Path, baseline: Path, tmp: Path) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import doc, location
+from common.config import check_ranges, doc, location
 from common.data import DEFAULT_DATASET
 from common.errors import UserError
 from common.onnx_graph import op_counts
@@ -28,6 +28,9 @@ class FuseConfig:
     n_validate: int = 128
     data: str = location(DEFAULT_DATASET, "where the validation rows come from")
 
+    def __post_init__(self) -> None:
+        check_ranges(self, opt_level="in [0, 99]", atol=">= 0", n_validate=">= 1")
+
 
 @dataclass(frozen=True)
 class DynamicConfig:
@@ -38,6 +41,9 @@ class DynamicConfig:
     min_top1: float = doc(0.95, "build fails below this top-1 agreement with the FP32 graph")
     n_validate: int = 128
     data: str = location(DEFAULT_DATASET, "where the validation rows come from")
+
+    def __post_init__(self) -> None:
+        check_ranges(self, min_top1="in [0, 1]", n_validate=">= 1")
 
 
 class FusionError(UserError, RuntimeError):

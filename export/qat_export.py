@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import doc, location
+from common.config import check_ranges, doc, location
 from common.data import DEFAULT_DATASET
 from common.env import int8_weights_for_this_cpu
 from common.errors import ConfigError, UserError
@@ -274,6 +274,7 @@ class QatExportConfig:
             raise ConfigError(f"flavour must be one of {FLAVOURS}, not {self.flavour!r}")
         if self.weights not in WEIGHT_TYPES:
             raise ConfigError(f"weights must be one of {WEIGHT_TYPES}, not {self.weights!r}")
+        check_ranges(self, opset=">= 13", min_top1="in [0, 1]", n_validate=">= 1")
         if self.flavour == "s8" and self.weights != "s8":
             raise ConfigError("the s8 (TensorRT) flavour takes S8 weights only")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from common.config import check_ranges
 from common.errors import ConfigError
 from study.quantizers import QuantSpec
 
@@ -49,6 +50,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if self.task not in HEADS:
             raise ConfigError(f"task must be one of {sorted(HEADS)}")
+        check_ranges(self, group_size=">= 1", keep_blocks=">= 0", limit=">= 0",
+                     latency_samples=">= 0", max_length=">= 2", stride=">= 1", threads=">= 0")
         for m in self.ours:
             spec(m, self.group_size)
 

@@ -115,3 +115,26 @@ def test_optimum_reference_rows(tiny_artifacts):
     with make_runner("ort", "optimum-static", tiny_artifacts, threads=1) as r:
         x = {n: np.ones((2, 8), np.int64) for n in r.input_names}
         assert np.isfinite(r.infer(x)).all()
+
+
+@pytest.mark.parametrize("name", ["baseline", "ptq-fused"])
+def test_card_follows_hub_conventions_and_its_snippet_runs(tiny_artifacts, name, capsys):
+    """Hub metadata (language, datasets, metrics, base_model), intended use and limitations, and
+    a usage snippet that runs as written once `path` names the folder."""
+    folder = tiny_artifacts / "hf" / name
+    card = card_front_matter(folder / "README.md")
+    assert card["language"] == ["en"] and card["datasets"] == ["dair-ai/emotion"]
+    assert card["metrics"] == ["f1", "accuracy"] and card["base_model"]
+    assert ("onnx" in card["tags"]) is (name != "baseline")
+    body = (folder / "README.md").read_text()
+    assert "## Intended use and limitations" in body and "Kept FP32: ." not in body
+    if name == "ptq-fused":
+        assert "QAttention" in body
+        assert "Attention" in json.loads((folder / "ort_config.json").read_text())[
+            "quantization"]["operators_to_quantize"]
+    code = re.search(r"```python\n(.*?)```", body, flags=re.S).group(1)
+    assert 'path = "artifacts/hf/' in code
+    code = re.sub(r'path = "[^"]+"', f"path = {str(folder)!r}", code)
+    exec(compile(code, "card-snippet", "exec"), {})
+    out = capsys.readouterr().out
+    assert re.search(r"'label': '(sadness|joy|love|anger|fear|surprise)'", out), out

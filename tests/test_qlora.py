@@ -158,7 +158,7 @@ def test_bf16_cpu_repacking_is_off_after_validation(cfg, data_dir):
 @pytest.mark.parametrize("family,hidden", [("bert", 64), ("distilbert", 32)])
 def test_qlora_trains_three_epochs_when_validation_never_improves(family, hidden, data_dir,
                                                                   tmp_path, monkeypatch):
-    """Three epochs with lr 0 (validation flat: the best stays epoch 1, so state_dict() is never
+    """Three epochs with a vanishing lr (validation flat: the best stays epoch 1, so state_dict() is never
     called again), and a DistilBERT narrower than one 64-wide NF4 block. Both failed on CPUs with
     AVX512-BF16 before the repacking was turned off ("a view of a leaf Variable ... in-place";
     "shape '[32, 0]' is invalid")."""
@@ -167,7 +167,7 @@ def test_qlora_trains_three_epochs_when_validation_never_improves(family, hidden
 
     monkeypatch.setitem(tiny_models.SIZES, "hidden", hidden)
     model = tiny_models.build_tiny(family, data_dir, tmp_path / "model")
-    cfg = QloraConfig(model=str(model), data=str(data_dir), epochs=3, lr=0.0, batch_size=64,
+    cfg = QloraConfig(model=str(model), data=str(data_dir), epochs=3, lr=1e-12, batch_size=64,
                       max_length=48, limit_train=128, seed=0, device="cpu")
     r = train_qlora(cfg, tmp_path / "out")
     scores = [h["val_macro_f1"] for h in r["history"]]

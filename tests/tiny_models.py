@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 FAMILIES = ("bert", "distilbert", "roberta", "electra", "deberta-v2")
+# a family outside common/arch.py's table: its facts are discovered from its modules
+OUTSIDE = ("mpnet",)
 SIZES = dict(layers=2, heads=2, hidden=64, ffn=128, positions=128)
 
 
@@ -32,6 +34,15 @@ def _bert_tokenizer(texts: list[str], out: Path):
 
     (out / "vocab.txt").write_text("\n".join(_wordpiece_vocab(texts)) + "\n")
     return BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+
+
+def _mpnet_tokenizer(texts: list[str], out: Path):
+    """MPNetTokenizerFast over a WordPiece vocab with MPNet's specials (<s>=0, <pad>=1, </s>=2)."""
+    from transformers import MPNetTokenizerFast
+
+    words = [w for w in _wordpiece_vocab(texts) if not w.startswith("[")]
+    (out / "vocab.txt").write_text("\n".join(["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] + words) + "\n")
+    return MPNetTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
 
 
 def _roberta_tokenizer(texts: list[str], out: Path):
@@ -73,6 +84,7 @@ def build_tiny(family: str, data_dir: Path, out: Path, seed: int = 0) -> Path:
         DebertaV2Config,
         DistilBertConfig,
         ElectraConfig,
+        MPNetConfig,
         RobertaConfig,
     )
 
@@ -109,6 +121,11 @@ def build_tiny(family: str, data_dir: Path, out: Path, seed: int = 0) -> Path:
                               relative_attention=True, position_buckets=32,
                               pos_att_type=["p2c", "c2p"], type_vocab_size=0,
                               pooler_hidden_size=s["hidden"], pad_token_id=0, **bert_like)
+    elif family == "mpnet":
+        tok = _mpnet_tokenizer(texts, out)
+        # MPNet numbers positions from pad_token_id + 1, as RoBERTa does
+        cfg = MPNetConfig(vocab_size=len(tok), max_position_embeddings=s["positions"] + 2,
+                          pad_token_id=1, bos_token_id=0, eos_token_id=2, **bert_like)
     else:
         raise ValueError(f"no tiny builder for {family}")
     tok.save_pretrained(out)

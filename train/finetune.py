@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.arch import input_names, model_spec
-from common.config import doc, location, recipe, run_only
+from common.config import check_ranges, doc, location, recipe, run_only
 from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import (
@@ -23,6 +23,7 @@ from common.modelsource import (
     base_reference,
     load_classifier,
     load_tokenizer,
+    validate_model,
 )
 from train.loop import (
     adamw,
@@ -58,9 +59,8 @@ class FinetuneConfig:
     limit_train: int = doc(0, "first N training rows (0 = all); for tests and smoke runs")
     limit_eval: int = doc(0, "first N validation rows (0 = all)")
     # Candidates of the baseline study (train/seeds.py, docs/results/baseline-seeds.md).
-    # sqrt-inverse since 2026-12-01 (docs/results/baseline-seeds.md, 3 seeds each): validation
-    # 0.9052 (sd 0.0029) vs 0.9047 (sd 0.0073) unweighted, a tie; the +bias variant led validation
-    # by 0.0017 (cross-fitted, under one sd) at the cost of a fitted step, so the simpler recipe.
+    # sqrt-inverse: the simplest of the candidates that tie on validation over 3 seeds
+    # (docs/results/baseline-seeds.md, docs/decisions.md)
     class_weights: str = doc("sqrt-inverse",
                              "none | sqrt-inverse (loss weight per class ~ 1/sqrt(freq))")
     label_smoothing: float = 0.0
@@ -79,14 +79,15 @@ class FinetuneConfig:
                             "and let validation choose it like an epoch (0 = off)")
 
     def __post_init__(self) -> None:
+        check_ranges(self, epochs=">= 1", lr="> 0", batch_size=">= 1", seed=">= 0",
+                     threads=">= 0", limit_train=">= 0", limit_eval=">= 0",
+                     warmup_ratio="in [0, 1]", weight_decay=">= 0")
         if self.class_weights not in {"none", "sqrt-inverse"}:
             raise ConfigError(f"class_weights must be none or sqrt-inverse, not {self.class_weights!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing must be in [0, 1)")
         if self.amp not in {"none", "fp16", "bf16"}:
             raise ConfigError(f"amp must be none, fp16 or bf16, not {self.amp!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError("layer_decay must be in (0, 1] (1.0 = one learning rate for all)")
         if self.focal_gamma < 0 or (self.focal_gamma and self.label_smoothing):
@@ -172,6 +173,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    validate_model(cfg.model, cfg.max_length)  # one line, before any data or weights are read
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

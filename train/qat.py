@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import doc, location, recipe, run_only
+from common.config import check_ranges, doc, location, recipe, run_only
 from common.errors import ConfigError
 from common.feeds import encode
 from train.loop import (
@@ -46,10 +46,7 @@ class QatConfig:
     embeddings: bool = doc(True, "word-embedding table INT8 (most of the model's bytes)")
     # Fine-tuning: a tenth of the baseline's learning rate, a fraction of an epoch to one epoch.
     lr: float = 1e-5
-    # Half an epoch (measured 2026-12-01, MiniLM, same baseline and calibration): best
-    # validation macro F1 0.9081 at step 125 of 250, test 0.8886 (ORT, batch 1), in 5.3 min; one
-    # epoch: best 0.9081 at step 250 of 500, test 0.8899, in 9.3 min. Same validation score, so the
-    # cheaper schedule (the 30-minute build budget); `--qat-epochs 1` is the longer one.
+    # the schedule is measured against the 30-minute build budget: docs/decisions.md
     epochs: float = doc(0.5, "may be a fraction")
     batch_size: int = 32
     warmup_ratio: float = 0.1
@@ -70,6 +67,9 @@ class QatConfig:
             raise ConfigError("QAT needs 0 < epochs <= 10, lr > 0 and batch_size >= 1")
         if self.freeze_layers < 0 or self.eval_every < 1:
             raise ConfigError("freeze_layers must be >= 0 and eval_every >= 1")
+        check_ranges(self, percentile="in (0, 100]", warmup_ratio="in [0, 1]",
+                     weight_decay=">= 0", seed=">= 0", threads=">= 0", limit_train=">= 0",
+                     limit_eval=">= 0")
 
     def quantizer_kwargs(self) -> dict[str, Any]:
         return {"method": self.calib_method, "percentile": self.percentile,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import doc, location, recipe, run_only
+from common.config import check_ranges, doc, location, recipe, run_only
 from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, base_reference, load_classifier, load_tokenizer
@@ -57,8 +57,7 @@ class QloraConfig:
     double_quant: bool = True
     compute_dtype: str = doc("float32", "float32 | bfloat16 | float16 (CUDA)")
     quantize_embeddings: bool = True
-    # 1: the default build must fit 30 minutes on 2 cores; measured 2026-11-24 (MiniLM):
-    # 1 epoch reached validation macro F1 0.8857 in 4.1 min, 2 epochs ~9 min (test 0.8904).
+    # the default build must fit 30 minutes on 2 cores; epochs vs time: docs/decisions.md
     epochs: int = doc(1, "2 adds ~4.5 min on 2 cores (docs/decisions.md)")
     lr: float = 5e-4
     batch_size: int = 32
@@ -78,6 +77,9 @@ class QloraConfig:
             raise ConfigError("compute_dtype must be float32, bfloat16 or float16")
         if self.class_weights not in {"none", "sqrt-inverse"}:
             raise ConfigError(f"class_weights must be none or sqrt-inverse, not {self.class_weights!r}")
+        check_ranges(self, rank=">= 1", alpha="> 0", dropout="in [0, 1)", epochs=">= 1",
+                     lr="> 0", batch_size=">= 1", max_length=">= 3", warmup_ratio="in [0, 1]",
+                     weight_decay=">= 0", seed=">= 0", limit_train=">= 0", limit_eval=">= 0")
 
     def nf4(self) -> Nf4Spec:
         return Nf4Spec(self.double_quant, self.compute_dtype, self.quantize_embeddings)
@@ -104,8 +106,10 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
     from common.arch import input_names
+    from common.modelsource import validate_model
     from common.qlora_model import trainable_summary, weight_memory
 
+    validate_model(cfg.model, cfg.max_length, "--qlora-max-length")  # one line, before any work
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
