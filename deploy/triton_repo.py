@@ -101,9 +101,13 @@ def batching(cfg, sc: ServeConfig) -> None:
 
 
 def preflight(sc: ServeConfig, artifacts: Path) -> None:
-    """Fail before starting a server: the artifact must be built and current, and the backend's
-    library present (a model that cannot load would only show up in the server log)."""
+    """Fail before starting a server: the artifact must be built and current, the baseline whose
+    tokenizer and max length every request is encoded with intact, and the backend's library
+    present (a model that cannot load would only show up in the server log)."""
+    from common.checkpoint import baseline_dir
+
     Manifest(artifacts).verify(find_variant(sc.backend, sc.variant).artifact)
+    baseline_dir(artifacts)
     if sc.backend == "trt":
         from common.trt import require_tensorrt
 

@@ -68,6 +68,11 @@ def test_edited_baseline_is_refused_by_scoring_and_serving(art, data_dir, tmp_pa
     assert deploy_main(["triton-repo", "--out", str(repo), "--variant", "ort/fp32", "--cpu",
                         "--artifacts", str(art)]) == 2
     assert "baseline" in one_line_error(capsys) and not repo.exists()
+    # the local server refuses before it starts (the error would otherwise be in its log)
+    from deploy.triton_repo import ServeConfig, write_local_repo
+
+    with pytest.raises(ArtifactError, match="baseline.*does not match its manifest hash"):
+        write_local_repo(tmp_path / "local", ServeConfig(backend="ort", variant="fp32"), art)
 
 
 def test_a_build_step_reads_its_inputs_verified(art, tiny_model_dir, data_dir):
