@@ -396,7 +396,7 @@ class Manifest:
         for dep, dep_hash in e.get("inputs", {}).items():
             if dep.startswith("artifact:"):
                 cur = self.entries.get(dep.removeprefix("artifact:"))
-                if cur is None or cur["sha256"] != dep_hash:
+                if cur is None or "skipped" in cur or cur.get("sha256") != dep_hash:
                     raise ArtifactError(
                         f"{name} is stale: it was built from a different {dep.removeprefix('artifact:')}"
                         f"; rebuild it with `{REBUILD_HINT}`")

@@ -15,6 +15,7 @@ factory if its backend has none): tests/test_registry.py adds a toy one that way
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from common.errors import UserError
 
@@ -171,10 +172,10 @@ def find_variant(backend: str, variant: str) -> Variant:
     return v
 
 
-def hf_folders() -> tuple[tuple[str, str], ...]:
-    """(folder name, artifact) of the Hugging Face folders `make engines` writes: the PyTorch
+def hf_folders() -> tuple[tuple[str, Variant], ...]:
+    """(folder name, variant) of the Hugging Face folders `make engines` writes: the PyTorch
     baseline as "baseline", every other variant marked hf by its name."""
-    return tuple(("baseline" if v.backend == "torch" else v.variant, v.artifact)
+    return tuple(("baseline" if v.backend == "torch" else v.variant, v)
                  for v in variants() if v.hf)
 
 
@@ -226,6 +227,19 @@ def unavailable(v: Variant, device: str = "cpu") -> str | None:
 
         if not torch.cuda.is_available():
             return "no CUDA GPU is visible to torch (run the container with --gpus all)"
+    return None
+
+
+def not_runnable(v: Variant, man: Any, device: str) -> str | None:
+    """Why a variant is not scored here (one line, with what to do), or None: what is missing on
+    this machine, then why `make engines` skipped its artifact, then whether it is built."""
+    why = unavailable(v, device)
+    if why:
+        return why
+    if man.skipped(v.artifact):  # the family or the machine cannot build it (engines says why)
+        return f"skipped by make engines: {man.skipped(v.artifact)}"
+    if not man.built(v.artifact):
+        return f"{v.artifact} is not built here: run `make engines`"
     return None
 
 

@@ -23,11 +23,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     """ServeConfig's flags (generated from its fields); the scheduling ones default to the
     device's measured preset (deploy.triton_repo), so they are applied over it."""
     from common.config import add_flags
-    from common.variants import backends
+    from common.variants import backends, variants
     from deploy.triton_repo import ServeConfig
 
     add_flags(p, ServeConfig, title="the served variant and its scheduling (ServeConfig)",
               choices={"backend": list(backends())})
+    p.epilog = "variants: " + ", ".join(v.key for v in variants())
     p.add_argument("--artifacts", default="artifacts")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from common.config import check_ranges, doc
 from common.errors import ConfigError
 from deploy.triton_repo import ServeConfig
-from deploy.triton_server import LIVE_PATH, METRICS_PATH, READY_PATH, Ports
+from deploy.triton_server import LIVE_PATH, METRICS_PATH, READY_PATH, Ports, server_flags
 
 APP = "emotion-triton"
 
@@ -53,8 +53,7 @@ class K8sConfig:
 
 def triton_args(sc: ServeConfig, ports: Ports, repo: str) -> list[str]:
     return [f"--model-repository={repo}", f"--http-port={ports.http}", f"--grpc-port={ports.grpc}",
-            f"--metrics-port={ports.metrics}", "--strict-readiness=true",
-            "--disable-auto-complete-config", "--exit-timeout-secs=30"]
+            f"--metrics-port={ports.metrics}", *server_flags()]
 
 
 def container_ports(ports: Ports) -> list[dict[str, Any]]:
@@ -81,7 +80,7 @@ def manifests(sc: ServeConfig, k: K8sConfig, ports: Ports | None = None) -> dict
         "spec": {"predictor": {
             "minReplicas": k.replicas, "maxReplicas": k.max_replicas,
             "model": {"modelFormat": {"name": "triton"}, "storageUri": k.storage_uri,
-                      "args": ["--strict-readiness=true", "--disable-auto-complete-config"],
+                      "args": server_flags(),
                       "ports": [{"name": "h2c", "containerPort": ports.grpc, "protocol": "TCP"}],
                       "resources": {"limits": {**gpu, "cpu": "2", "memory": "4Gi"},
                                     "requests": {**gpu, "cpu": "2", "memory": "4Gi"}}}}},

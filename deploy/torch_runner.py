@@ -13,15 +13,16 @@ from deploy.runner import BaseRunner, RunnerError
 
 def tensor_bytes(model: Any) -> int:
     """Bytes of a module's parameters and buffers in memory (each storage once). Quantized
-    torch.ao Linears keep their packed weights outside parameters: counted from their state."""
+    torch.ao Linears keep their packed weights outside parameters: counted through
+    `_weight_bias()` (the int8 weight and the bias they unpack to)."""
     import torch
 
     seen: set[int] = set()
     total = 0
     tensors = [*model.parameters(), *model.buffers()]
-    for t in model.state_dict().values():
-        if isinstance(t, torch.Tensor):
-            tensors.append(t)
+    for m in model.modules():
+        if hasattr(m, "_weight_bias"):  # torch.ao dynamic Linear: packed int8 weight + bias
+            tensors += [t for t in m._weight_bias() if isinstance(t, torch.Tensor)]
     for t in tensors:
         try:
             key = t.untyped_storage().data_ptr()

@@ -105,13 +105,19 @@ def preflight(sc: ServeConfig, artifacts: Path) -> None:
     tokenizer and max length every request is encoded with intact, and the backend's library
     present (a model that cannot load would only show up in the server log)."""
     from common.checkpoint import baseline_dir
+    from common.variants import servable, unavailable
 
-    Manifest(artifacts).verify(find_variant(sc.backend, sc.variant).artifact)
+    v = find_variant(sc.backend, sc.variant)
+    if v not in servable("triton"):
+        raise UserError(f"{v.key} is not served by the local server (its Python backend runs CPU "
+                        "runners); serve it from the NGC repository (`python -m deploy "
+                        "triton-repo`), or pick one of: "
+                        + ", ".join(x.key for x in servable("triton")))
+    why = unavailable(v, "cpu")
+    if why:
+        raise UserError(f"{v.key} cannot be served here: {why}")
+    Manifest(artifacts).verify(v.artifact)
     baseline_dir(artifacts)
-    if sc.backend == "trt":
-        from common.trt import require_tensorrt
-
-        require_tensorrt(f"serving trt/{sc.variant}")
 
 
 def write_local_repo(repo: Path, sc: ServeConfig, artifacts: Path) -> Path:

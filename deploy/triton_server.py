@@ -130,6 +130,15 @@ def ready(http_port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def server_flags(exit_timeout_s: int = 30) -> list[str]:
+    """The tritonserver flags every launch of ours uses: here, in the Kubernetes manifests and in
+    docker/Dockerfile.triton's CMD (a test checks the Dockerfile against this)."""
+    return ["--strict-readiness=true",
+            # our configs are complete; auto-complete would add dynamic_batching {} to a model
+            # written without it (the onnxruntime/tensorrt backends do, when max_batch > 1)
+            "--disable-auto-complete-config", f"--exit-timeout-secs={exit_timeout_s}"]
+
+
 class TritonServer:
     """`with TritonServer(repo, ports) as s:` starts tritonserver, waits until /v2/health/ready,
     and stops it with SIGTERM (in-flight requests finish; Triton waits up to exit_timeout_s)."""
@@ -154,11 +163,7 @@ class TritonServer:
                 f"--backend-directory={backends}", f"--http-port={self.ports.http}",
                 f"--grpc-port={self.ports.grpc}", f"--metrics-port={self.ports.metrics}",
                 f"--http-address={self.host}", f"--grpc-address={self.host}",
-                f"--exit-timeout-secs={self.exit_timeout_s}", "--strict-readiness=true",
-                # our configs are complete; auto-complete would add dynamic_batching {} to a model
-                # written without it (the onnxruntime/tensorrt backends do, when max_batch > 1)
-                "--disable-auto-complete-config",
-                "--exit-on-error=true", "--log-verbose=0"]
+                *server_flags(self.exit_timeout_s), "--exit-on-error=true", "--log-verbose=0"]
 
     def start(self) -> TritonServer:
         for what, port in (("--http-port", self.ports.http), ("--grpc-port", self.ports.grpc),

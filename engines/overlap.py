@@ -57,9 +57,11 @@ def _child(cfg: Any, staging: str, log: str, queue: Any, parent: int) -> None:
         import torch
 
         torch.set_num_threads(THREADS)
+        from common.env import peak_rss_mb
         from train.qlora import train_qlora
 
-        queue.put(("ok", train_qlora(cfg, Path(staging))))
+        result = train_qlora(cfg, Path(staging))
+        queue.put(("ok", {**result, "peak_rss_mb": peak_rss_mb()}))  # the child's own peak
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
         import traceback
 

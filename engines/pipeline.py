@@ -99,6 +99,9 @@ class Step:
     build: Callable[[Path], dict[str, Any] | None]
     skip: str | None = None  # why this step cannot be built here (one line)
     code: str = ""  # fingerprint of the code that builds it (set by steps_for: common.codehash)
+    # packages an artifact if it is built (the Hugging Face folders): skipped with the reason when
+    # its input is not, where a required input would stop the run
+    optional: bool = False
 
 
 def derived_skip(dep: str, why: str) -> str:
@@ -146,6 +149,8 @@ class Builder:
             if why:
                 return derived_skip(d, why)
             if d not in self.in_run and not self.manifest.built(d):
+                if step.optional:
+                    return f"{d} is not built here (build its stage first)"
                 raise MissingInput(missing_inputs(self, [step]) or f"{d} is not built")
         return None
 
@@ -189,13 +194,19 @@ class Builder:
         with peak_memory() as peak, atomic_output(self.root / rel) as tmp:
             extra = step.build(tmp) or {}
         seconds = round(time.time() - t0, 1)
+        # a step trained in a child process (QLoRA beside the baseline) says its own time and peak
+        seconds = extra.pop("child_seconds", seconds)
+        mb = extra.pop("child_peak_rss_mb", None) or peak.mb
         extra["build_seconds"] = seconds
-        extra["build_peak_rss_mb"] = peak.mb
+        extra["build_peak_rss_mb"] = mb
+        if peak.since_start:  # the kernel kept the process' peak: it may be an earlier step's
+            extra["build_peak_rss_note"] = "process peak since start (no per-step reset here)"
         self.manifest.record(step.name, rel, recipe(step.config), inputs, versions(), cpu_device(),
                              extra)
         self.built.append(step.name)
         self.record.append({"step": step.name, "action": "built", "why": stale,
-                            "seconds": seconds, "peak_rss_mb": peak.mb})
+                            "seconds": seconds, "peak_rss_mb": mb,
+                            **({"peak_since_process_start": True} if peak.since_start else {})})
 
     def plan(self, steps: list[Step]) -> dict[str, str]:
         """What `run` would do to each step, without building: "build: <why>", "up to date" or

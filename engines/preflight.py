@@ -47,7 +47,7 @@ def missing_inputs(b: Builder, steps: list[Step]) -> str | None:
 
     def lacking(run: list[Step]) -> list[tuple[str, str]]:
         names = {s.name for s in run}
-        return [(s.name, d) for s in run if not s.skip for d in s.deps
+        return [(s.name, d) for s in run if not s.skip and not s.optional for d in s.deps
                 if d not in names and not b.manifest.built(d) and not b.manifest.skipped(d)]
 
     gaps = lacking(steps)

@@ -80,6 +80,27 @@ def train_and_score(variant: str, cfg: Any, build: Any, work: Path) -> dict[str,
             "train_minutes": (time.time() - t0) / 60}
 
 
+def run_inputs(variant: str, build: Any) -> dict[str, str]:
+    """What a run is made from besides its recipe: the data, the code that trains and scores it,
+    and (QAT) the baseline and calibration set it starts from. A run made from other inputs is
+    trained again, not reused."""
+    from common.codehash import code_fingerprint
+    from common.data import dataset_fingerprint
+    from common.manifest import Manifest
+
+    out = {**{f"data:{k}": v for k, v in dataset_fingerprint(build.data).items()},
+           "code": code_fingerprint(train_and_score)}
+    if variant == "qat":
+        man = Manifest(Path(build.artifacts))
+        out.update({"baseline": man.get("baseline")["sha256"],
+                    "calibration": man.get("calibration")["sha256"]})
+    else:
+        from common.modelsource import model_fingerprint
+
+        out["model"] = model_fingerprint(build.qlora.model)
+    return out
+
+
 def references(build: Any) -> dict[str, dict[str, Any]]:
     """Test logits at batch 1 of the FP32 and static-PTQ graphs the artifacts folder holds."""
     from common.checkpoint import TextEncoder
@@ -179,24 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     path = out / "variant-seeds.json"
     report = json.loads(path.read_text()) if path.is_file() else {"runs": []}
+    inputs = run_inputs(a.variant, build)
     for seed in seeds:
         cfg = dataclasses.replace(base_cfg, seed=seed)
         rec = recipe(cfg)
         done = [r for r in report["runs"] if (r["variant"], r["name"], r["seed"]) == (a.variant, a.name, seed)]
-        if done and done[0]["recipe"] == rec:
+        if done and done[0]["recipe"] == rec and done[0].get("inputs") == inputs:
             print(f"{a.variant}/{a.name} seed {seed}: in the report already")
             continue
-        if done:
+        if done and done[0]["recipe"] != rec:
             raise ConfigError(f"{a.name!r} holds another {a.variant} recipe in {path}: pick another "
                               "--name (one name, one recipe)")
+        report["runs"] = [r for r in report["runs"] if r not in done]  # made from other inputs
         with tempfile.TemporaryDirectory() as tmp:
             r = train_and_score(a.variant, cfg, build, Path(tmp) / "run")
         test = classification_metrics(r["labels"], r["logits"].argmax(-1))["macro_f1"]
         report["runs"].append({"variant": a.variant, "name": a.name, "seed": seed, "recipe": rec,
                                "val_macro_f1": r["val_macro_f1"], "test_macro_f1": test,
-                               "train_minutes": r["train_minutes"],
+                               "train_minutes": r["train_minutes"], "inputs": inputs,
                                # the predictions (not the logits): the report stays self-contained
                                "test_pred": r["logits"].argmax(-1).tolist()})
+        write_report(out, "variant-seeds", report, "")  # a later failure keeps this run
         print(f"{a.variant}/{a.name} seed {seed}: validation {r['val_macro_f1']:.4f}, test "
               f"{test:.4f} (batch 1), {r['train_minutes']:.1f} min")
     refs = references(build)

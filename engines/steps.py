@@ -272,9 +272,12 @@ def qlora_step(b: Builder) -> Step:
 
         beside = b.background is not None  # trained in a child beside the baseline (overlap.py)
         r = b.background.collect(tmp) if beside else train_qlora(q, tmp)
+        child = ({"child_seconds": round(60 * r["train_minutes"], 1),
+                  "child_peak_rss_mb": r.get("peak_rss_mb")} if beside else {})
         return {**{k: r[k] for k in ("best_val_macro_f1", "train_minutes", "trainable_params",
                                      "trainable_pct", "weight_memory", "targets",
-                                     "fp32_weight_bytes")}, "trained_beside_baseline": beside}
+                                     "fp32_weight_bytes")}, "trained_beside_baseline": beside,
+                **child}
 
     return Step("qlora", fixed("qlora"), q, (), training_sources(q.data, q.model), build)
 
@@ -314,12 +317,11 @@ def hf_steps(b: Builder) -> list[Step]:
     import hashlib
     import json
 
-    from common.variants import variants
+    from common.variants import hf_folders
 
     c = b.cfg.hf
     steps = []
-    for v in (v for v in variants() if v.hf):
-        folder = "baseline" if v.backend == "torch" else v.variant
+    for folder, v in hf_folders():
         report = Path(b.cfg.reports) / f"{v.backend}-{v.variant}.json"
 
         def scored(report: Path = report, artifact: str = v.artifact) -> dict[str, Any] | None:
@@ -350,7 +352,8 @@ def hf_steps(b: Builder) -> list[Step]:
                                 folder, c)
 
         deps = ("baseline",) if folder == "baseline" else (v.artifact, "baseline")
-        steps.append(Step(f"hf-{folder}", fixed(f"hf/{folder}"), c, deps, sources, build))
+        steps.append(Step(f"hf-{folder}", fixed(f"hf/{folder}"), c, deps, sources, build,
+                          optional=True))
     return steps
 
 
@@ -391,11 +394,12 @@ def trt_steps(b: Builder) -> list[Step]:
     steps = []
     for v in (v for v in variants() if v.backend == "trt"):
         precision, src = v.param("precision"), v.param("source")
-        # the profiles span the baseline's own max length (its recipe's, known before it is built)
+        # the profiles span at least the baseline's own max length (its recipe's, known before it
+        # is built); --trt-profile-max-seq may widen them
+        max_seq = max(b.cfg.trt.profile.max_seq, b.cfg.finetune.max_length)
         cfg = dataclasses.replace(b.cfg.trt, precision=precision,
                                   calib_batch_size=b.cfg.calib.batch_size,
-                                  profile=dataclasses.replace(b.cfg.trt.profile,
-                                                              max_seq=b.cfg.finetune.max_length))
+                                  profile=dataclasses.replace(b.cfg.trt.profile, max_seq=max_seq))
         deps = (src, "calibration") if precision == "int8-implicit" else (src,)
         skip = None if ok else f"TensorRT is not usable here: {why}"
         if ok and precision == "int8-implicit":

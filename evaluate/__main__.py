@@ -73,22 +73,10 @@ def run_one(cfg: EvalConfig) -> Path:
     return paths["json"]
 
 
-def not_runnable(v, man: Manifest, device: str) -> str | None:
-    """Why a registered variant is not scored here, or None (one line, with what to do)."""
-    from common.variants import unavailable
-
-    why = unavailable(v, device)
-    if why:
-        return why
-    if man.skipped(v.artifact):  # the family or the machine cannot build it (engines says why)
-        return f"skipped by make engines: {man.skipped(v.artifact)}"
-    if v.artifact not in man.entries:
-        return f"not built ({v.artifact}): run `make engines`"
-    return None
-
-
 def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[dict]]:
     """Score every variant that can run here (measure=False: only list those that cannot)."""
+    from common.variants import not_runnable
+
     man = Manifest(Path(base.artifacts))
     done, missing = [], []
     for v in variants():

@@ -103,6 +103,22 @@ def why_stale(report: Any, man: Manifest, kind: str) -> str | None:
     return man.freshness(made)
 
 
+def logits_problem(r: dict, folder: Path) -> str | None:
+    """None when the report's logits files are there and are the ones written with it."""
+    from common.manifest import sha256_of
+
+    for key in ("logits", "batched_logits"):
+        name, want = r.get(f"{key}_file"), r.get(f"{key}_sha256")
+        if name is None or want is None:
+            return f"it records no {key} file and hash (written by older code)"
+        f = Path(folder) / name
+        if not f.is_file():
+            return f"its {key} file {name} is missing"
+        if sha256_of(f) != want:
+            return f"its {key} file {name} was rewritten since (another run's)"
+    return None
+
+
 def load_current(reports_dir: Path, man: Manifest, files: list[Path] | None = None
                  ) -> tuple[dict[str, list[tuple[Path, dict]]], list[dict[str, str]]]:
     """The reports whose artifacts are current, by kind, and the stale ones with why."""
@@ -119,12 +135,32 @@ def load_current(reports_dir: Path, man: Manifest, files: list[Path] | None = No
                 stale.append({"report": p.name, "why": f"unreadable ({type(exc).__name__})",
                               "fix": FIX})
                 continue
-            why = why_stale(r, man, kind)
+            why = why_stale(r, man, kind) or (logits_problem(r, p.parent) if kind == "variant"
+                                               else None)
             if why:
                 stale.append({"report": p.name, "why": why, "fix": FIX})
             else:
                 current[kind].append((p, r))
     return current, stale
+
+
+def same_rows(found: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """The reports scored on the same test rows as the FP32 reference (else the most common rows),
+    and the others as stale: a delta or ratio between different rows means nothing."""
+    from collections import Counter
+
+    def rows_of(r: dict) -> Any:
+        return (r.get("data_fingerprint"), r.get("split"), r.get("n_examples"))
+
+    if not found:
+        return found, []
+    ref = next((r for _, r in found if (r["backend"], r["variant"]) == AGREEMENT_REFERENCE), None)
+    want = rows_of(ref) if ref else Counter(rows_of(r) for _, r in found).most_common(1)[0][0]
+    keep = [(p, r) for p, r in found if rows_of(r) == want]
+    other = [{"report": p.name, "why": f"scored on other rows ({r.get('n_examples')} of split "
+              f"{r.get('split')}, {str(r.get('data_fingerprint'))[:12]}) than the reference",
+              "fix": FIX} for p, r in found if rows_of(r) != want]
+    return keep, other
 
 
 def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path,
@@ -313,6 +349,8 @@ def write_comparison(reports_dir: Path, missing: list[dict],
 
     reports_dir = Path(reports_dir)
     current, stale = load_current(reports_dir, Manifest(Path(artifacts)), report_paths)
+    current["variant"], other_rows = same_rows(current["variant"])
+    stale += other_rows
     c = build_comparison([r for _, r in current["variant"]], missing, reports_dir, current, stale)
     paths = {"json": reports_dir / "comparison.json", "md": reports_dir / "comparison.md",
              "headline": reports_dir / FIGURES["headline"],

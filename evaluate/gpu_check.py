@@ -37,17 +37,12 @@ class GpuCheck:
         return "\n".join(out)
 
 
-def plan(device: str, built: set[str]) -> list[tuple[Any, str | None]]:
-    """(variant, why it is skipped or None) for every GPU row of the registry."""
-    from common.variants import unavailable, variants
+def plan(device: str, man: Any) -> list[tuple[Any, str | None]]:
+    """(variant, why it is skipped or None) for every GPU row of the registry: the reasons of
+    `--all` (common.variants.not_runnable), the manifest's skip reasons included."""
+    from common.variants import not_runnable, variants
 
-    out = []
-    for v in (v for v in variants() if v.gpu_row):
-        why = unavailable(v, device)
-        if why is None and v.artifact not in built:
-            why = f"{v.artifact} is not built here (run `make engines` first)"
-        out.append((v, why))
-    return out
+    return [(v, not_runnable(v, man, device)) for v in variants() if v.gpu_row]
 
 
 def score_rows(rows: list[tuple[Any, str | None]], score: Callable[[Any], Path],
@@ -97,9 +92,7 @@ def run_gpu_check(base: Any, out: Path) -> GpuCheck:
     from common.workdir import check_writable
 
     check_writable(out, 1 << 20, "--out")  # before the first row is scored
-    man = Manifest(Path(base.artifacts))
-    built = {k for k in man.entries if man.built(k)}
-    rows = plan("cuda", built)
+    rows = plan("cuda", Manifest(Path(base.artifacts)))
     say(f"gpu-check on {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}): "
         f"{sum(w is None for _, w in rows)} rows to score, {sum(w is not None for _, w in rows)} "
         "skipped")
@@ -107,4 +100,7 @@ def run_gpu_check(base: Any, out: Path) -> GpuCheck:
         base, backend=v.backend, variant=v.variant, device="cuda", out=str(out))), say)
     check.lines = lines
     say(check.table())
+    from common.manifest import write_text_atomic
+
+    write_text_atomic(Path(out) / "gpu-check.md", "# gpu-check\n\n" + "\n".join(lines) + "\n")
     return check

@@ -107,7 +107,7 @@ def made_by_markdown(m: dict) -> list[str]:
 def write_report(result: dict, out: Path) -> dict[str, Path]:
     """<stem>.json/.md/-confusion.png, plus the batch-1 and batched logits as .npy (the
     comparison's agreement and paired bootstrap read them)."""
-    from common.manifest import atomic_output
+    from common.manifest import atomic_output, sha256_of
     from common.reports import write_report as write_files
 
     out = Path(out)
@@ -120,6 +120,7 @@ def write_report(result: dict, out: Path) -> dict[str, Path]:
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(r.pop(key), dtype=np.float32))
         r[f"{key}_file"] = path.name
+        r[f"{key}_sha256"] = sha256_of(path)  # the comparison checks the pair still belongs together
         saved[key] = path
     title = f"{s}: macro F1 {r['macro_f1']:.3f} (batch 1)"
     paths = write_files(out, s, r, to_markdown(r),

@@ -129,6 +129,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "device": device,
         "threads": threads, "provider": info.get("provider"), "runner": info,
         "data": split.display, "split": cfg.split, "n_examples": len(split),
+        "data_fingerprint": split.fingerprint,  # the rows scored (a --limit or --data changes it)
         "labels": y.tolist(),  # for the comparison's paired bootstrap
         **metrics,
         "scored_at": "batch 1 (every sentence on its own, unpadded)",

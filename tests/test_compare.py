@@ -76,7 +76,7 @@ def test_all_lists_what_was_not_measured(tiny_artifacts, data_dir, tmp_path):
     missing = {(m["backend"], m["variant"]): m["reason"] for m in c["missing"]}
     measured = {(r["backend"], r["variant"]) for r in c["rows"]}
     assert {("ort", "ptq"), ("torch", "ptq-dynamic"), ("ort", "qat"), ("qlora", "nf4")} <= measured
-    assert missing[("ort", "qat-s8")].startswith("not built (onnx-qat-s8)")
+    assert missing[("ort", "qat-s8")].startswith("onnx-qat-s8 is not built here")
     from common.trt import tensorrt_status
 
     if not tensorrt_status()[0]:
@@ -146,3 +146,22 @@ def test_stale_reports_are_left_out_and_never_published(reports, tiny_artifacts,
     for p in (tmp_path / "docs" / "results").iterdir():
         text = p.read_text(errors="replace") if p.suffix in {".md", ".json", ".txt"} else ""
         assert str(tiny_artifacts.parent) not in text and str(tmp_path) not in text, p.name
+
+
+def test_other_rows_and_lost_logits_are_stale(reports, tiny_artifacts, data_dir, tmp_path):
+    """A report scored on other test rows (--limit) is not compared with the full-split ones, and a
+    report whose logits file is gone or was rewritten by another run is not either."""
+    out = tmp_path / "r"
+    shutil.copytree(reports, out)
+    assert evaluate_main(["--variant", "ort/ptq", "--data", str(data_dir), "--artifacts",
+                          str(tiny_artifacts), "--out", str(out), "--threads", "1",
+                          "--limit", "40", "--latency-samples", "5"]) == 0
+    (out / "ort-dynamic.batched-logits.npy").unlink()
+    shutil.copy(out / "ort-ptq.logits.npy", out / "ort-fp32.logits.npy")
+    assert evaluate_main(["--compare", "--out", str(out), "--artifacts", str(tiny_artifacts)]) == 0
+    c = json.loads((out / "comparison.json").read_text())
+    assert {(x["backend"], x["variant"]) for x in c["rows"]} == {("torch", "fp32")}
+    stale = {s["report"]: s["why"] for s in c["stale"]}
+    assert "other rows" in stale["ort-ptq.json"]
+    assert "batched_logits file ort-dynamic.batched-logits.npy is missing" in stale["ort-dynamic.json"]
+    assert "rewritten" in stale["ort-fp32.json"]

@@ -43,21 +43,35 @@ def _machine(monkeypatch, cuda: bool, providers: list[str], trt: tuple[bool, str
                         else real_find_spec(name, *a))
 
 
-def test_rows_and_reasons_on_a_gpu_machine(monkeypatch):
-    everything = {v.artifact for v in variants()}
+def manifest_of(root, built, skipped=None):
+    """A real Manifest holding entries for `built` (and skip records for `skipped`)."""
+    from common.manifest import Manifest
+
+    m = Manifest(root)
+    m.entries = {n: {"path": n, "sha256": "0" * 64, "key": "k"} for n in built}
+    m.entries.update({n: {"skipped": why} for n, why in (skipped or {}).items()})
+    return m
+
+
+def test_rows_and_reasons_on_a_gpu_machine(monkeypatch, tmp_path):
+    everything = manifest_of(tmp_path, {v.artifact for v in variants()})
     _machine(monkeypatch, True, ["CUDAExecutionProvider", "CPUExecutionProvider"], (True, "ok"), True)
     rows = plan("cuda", everything)
     assert [v.key for v, _ in rows] == GPU_ROWS and all(w is None for _, w in rows)
     assert {"torch/fp16-graphs", "qlora/nf4", "ort/fp32", "trt/fp16"} <= set(GPU_ROWS)
     _machine(monkeypatch, True, ["CPUExecutionProvider"], (False, "no runtime"), False)
-    rows = {v.key: w for v, w in plan("cuda", everything - {"trt-int8"})}
+    rows = {v.key: w for v, w in plan("cuda", manifest_of(
+        tmp_path, {v.artifact for v in variants()} - {"trt-int8"}))}
     assert "onnxruntime-gpu" in rows["ort/fp32"] and "CPUExecutionProvider" in rows["ort/fp32"]
     assert rows["trt/int8"] == "TensorRT is not usable here: no runtime"
     assert "bitsandbytes" in rows["qlora/nf4"]
     assert rows["torch/fp32"] is None and rows["torch/fp16"] is None
     _machine(monkeypatch, True, ["CUDAExecutionProvider"], (True, ""), True)
-    rows = {v.key: w for v, w in plan("cuda", {"baseline"})}
-    assert rows["trt/qat"] == "trt-qat is not built here (run `make engines` first)"
+    rows = {v.key: w for v, w in plan("cuda", manifest_of(
+        tmp_path, {"baseline"}, {"trt-fp16": "TensorRT 11 builds no FP16 here"}))}
+    assert rows["trt/qat"] == "trt-qat is not built here: run `make engines`"
+    # the manifest's own skip reason, as `--all` gives it
+    assert rows["trt/fp16"] == "skipped by make engines: TensorRT 11 builds no FP16 here"
 
 
 def test_a_failing_row_is_one_line_and_the_others_still_score(tiny_artifacts, data_dir, tmp_path):

@@ -111,7 +111,7 @@ def test_every_deploy_subcommand_help_works(cmd, capsys):
         main([cmd, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--variant" in out and "usage:" in out
+    assert "--variant" in out and "usage:" in out and "ort/ptq-fused" in out
 
 
 def test_deploy_refuses_an_unknown_variant_in_one_line(tmp_path, capsys):
@@ -124,3 +124,21 @@ def test_deploy_refuses_an_unknown_variant_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "k").exists() and not (tmp_path / "r").exists()
     assert main(["k8s", "--out", str(tmp_path / "c"), "--variant", "ort/ptq-fused", "--cpu"]) == 0
     assert "nvidia.com/gpu" not in (tmp_path / "c" / "deployment.yaml").read_text()
+
+
+def test_tritonserver_flags_have_one_home():
+    """The local server, the manifests and the NGC image's CMD start tritonserver with the same
+    flags (deploy.triton_server.server_flags)."""
+    import json
+    import re
+
+    from deploy.triton_server import server_flags
+    from tests.conftest import REPO
+
+    m = manifests(ServeConfig(), K8sConfig())
+    assert m["kserve-inferenceservice"]["spec"]["predictor"]["model"]["args"] == server_flags()
+    c = m["deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][-len(server_flags()):] == server_flags()
+    text = re.sub(r"\\\n\s*", "", (REPO / "docker" / "Dockerfile.triton").read_text())
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, flags=re.M).group(1))
+    assert cmd[0] == "tritonserver" and sorted(cmd[2:]) == sorted(server_flags())

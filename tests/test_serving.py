@@ -2,6 +2,7 @@
 model: contract, agreement with the Runner, dynamic batching, hostile input, lifecycle."""
 
 import json
+import shutil
 import threading
 import time
 import urllib.error
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 
 from common.data import load_split
-from common.errors import ConfigError
+from common.errors import ConfigError, UserError
 from common.feeds import InputError
-from common.manifest import ArtifactError
+from common.manifest import ArtifactError, Manifest
+from common.variants import find_variant
 from deploy.service import EmotionService, decode_texts
 
 pytest.importorskip("tritonclient.http", reason="serving needs tritonclient (`serve` group)")
@@ -241,8 +243,17 @@ def test_port_in_use_and_missing_artifact_get_one_line_errors(tiny_artifacts, tm
     busy = TritonServer(repo, Ports(server.ports.http, other.grpc, other.metrics))
     with pytest.raises(ServerError, match=f"port {server.ports.http} is already in use"):
         busy.start()
-    with pytest.raises(ArtifactError, match="not built"):
+    # a GPU-only engine is refused with what the local server can serve instead
+    with pytest.raises(UserError, match="not served by the local server.*ort/qat"):
         write_local_repo(tmp_path / "r2", ServeConfig(backend="trt", variant="qat"), tiny_artifacts)
+    # a servable variant whose artifact is gone: the manifest says so before any server starts
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    v = find_variant("ort", "qat")
+    target = art / Manifest(art).entries[v.artifact]["path"]
+    target.unlink()
+    with pytest.raises(ArtifactError, match="not built|missing"):
+        write_local_repo(tmp_path / "r3", ServeConfig(backend="ort", variant="qat"), art)
 
 
 def test_decode_texts_rules():

@@ -29,5 +29,5 @@ def test_seed_spread_of_qlora_and_qat(tiny_artifacts, tiny_model_dir, data_dir, 
     assert main(["--variant", "qlora", "--seeds", "0", *common, "--qlora-max-length", "64"]) == 0
     assert "in the report already" in capsys.readouterr().out
     assert main(["--variant", "qlora", "--seeds", "0", *common, "--qlora-max-length", "64",
-                 "--qlora-lr", "1e-3"]) == 2
+                 "--qlora-lr", "5e-4"]) == 2
     assert "pick another --name" in capsys.readouterr().err
