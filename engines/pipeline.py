@@ -196,7 +196,8 @@ class Builder:
         seconds = round(time.time() - t0, 1)
         # a step trained in a child process (QLoRA beside the baseline) says its own time and peak
         seconds = extra.pop("child_seconds", seconds)
-        mb = extra.pop("child_peak_rss_mb", None) or peak.mb
+        child_mb = extra.pop("child_peak_rss_mb", None)
+        mb = peak.mb if child_mb is None else round(child_mb, 1)
         extra["build_seconds"] = seconds
         extra["build_peak_rss_mb"] = mb
         if peak.since_start:  # the kernel kept the process' peak: it may be an earlier step's

@@ -7,10 +7,16 @@ variant is loaded at once and the sentences are cut into rounds; in each round e
 runs the same sentences back to back (rotating which goes first), so drift hits all of them
 alike. Per variant: batch-1 p50/p95, and the speed-up over the reference as the median of the
 per-round ratios of medians with a bootstrap 95% interval over rounds.
+
+Before each variant's turn the benchmark pauses (`settle_ms`): ONNX Runtime's intra-op threads
+keep spinning after a run, so without the pause the previous variant's spinning thread took one
+of the two cores for the first ~80 ms of the next variant's turn; that fixed cost fell mostly on
+the fast INT8 variants, whose turns are shortest (docs/decisions.md, 2026-12-04).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,8 @@ class SpeedupConfig:
     round_size: int = 20  # sentences per variant per round
     batch_size: int = 32
     batches: int = 8  # batched rounds (one batch per variant per round)
+    # untimed pause before each variant's turn, so the previous variant's spinning threads stop
+    settle_ms: int = 100
     threads: int = 0
     device: str = "cpu"
     artifacts: str = "artifacts"
@@ -48,7 +56,8 @@ class SpeedupConfig:
             raise ValueError(f"reference {self.reference!r} is not among {self.variants}")
         if self.sentences < self.round_size or self.round_size < 1:
             raise ValueError("need 1 <= round_size <= sentences")
-        check_ranges(self, batch_size=">= 1", batches=">= 1", threads=">= 0", seed=">= 0")
+        check_ranges(self, batch_size=">= 1", batches=">= 1", threads=">= 0", seed=">= 0",
+                     settle_ms=">= 0")
 
     @property
     def ref(self) -> str:
@@ -104,10 +113,12 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
         rounds = [list(range(s, min(s + cfg.round_size, n))) for s in range(0, n, cfg.round_size)]
         for k, rnd in enumerate(tqdm(rounds, desc=f"{cfg.backend} interleaved batch 1", leave=False)):
             for v in _rotated(order, k):
+                time.sleep(cfg.settle_ms / 1e3)
                 times[v].append(time_each(runners[v].infer, (enc.batch([i], names) for i in rnd))[0])
         for k, feed in enumerate(tqdm(batched, desc=f"{cfg.backend} interleaved batch "
                                       f"{cfg.batch_size}", leave=False)):
             for v in _rotated(order, k):
+                time.sleep(cfg.settle_ms / 1e3)
                 btimes[v].append(float(time_each(runners[v].infer, [feed])[0][0]))
     rows = []
     for v in cfg.variants:
@@ -131,7 +142,9 @@ def markdown(r: dict) -> str:
              f"{r['device'].get('name')}, {r['threads']} threads. Batch 1: the first {r['sentences']} "
              f"{c['split']} sentences, unpadded, in {r['rounds']} rounds of {c['round_size']}; in each "
              "round every variant runs the same sentences back to back (first place rotates), after "
-             "one untimed call per distinct input shape each. Batched: "
+             "one untimed call per distinct input shape each and an untimed pause of "
+             f"{c.get('settle_ms', 0)} ms before each turn (the previous variant's spinning threads "
+             "stop). Batched: "
              f"{c['batches']} batches of {c['batch_size']}, each padded to its longest sentence, one "
              f"timed run per variant per batch. Speed-up vs `{r['reference']}`: median over rounds "
              "of the ratio of the "

@@ -56,6 +56,23 @@ def test_interleaved_run_on_real_sessions(tiny_artifacts, data_dir, tmp_path):
     assert json.loads((tmp_path / "comparison.json").read_text())["rows"] == []
 
 
+def test_each_turn_starts_after_the_settle_pause(tiny_artifacts, data_dir, tmp_path, monkeypatch):
+    """The pause that lets the previous variant's spinning threads stop comes before every turn
+    (batch 1 and batched), outside the timed calls."""
+    import evaluate.speedup as sp
+
+    pauses: list[float] = []
+    monkeypatch.setattr(sp.time, "sleep", pauses.append)
+    cfg = SpeedupConfig(backend="ort", variants=("fp32", "ptq"), data=str(data_dir), sentences=8,
+                        round_size=4, batches=3, batch_size=4, threads=1, settle_ms=250,
+                        artifacts=str(tiny_artifacts), out=str(tmp_path))
+    r = run_speedup(cfg)
+    assert pauses == [0.25] * (2 * 2 + 3 * 2)
+    assert "pause of 250 ms" in sp.markdown(r)
+    with pytest.raises(ValueError, match="settle_ms"):
+        SpeedupConfig(settle_ms=-1)
+
+
 def test_cli_needs_a_backend_and_two_variants(tiny_artifacts, data_dir, tmp_path, capsys):
     from evaluate.__main__ import main
 
