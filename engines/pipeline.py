@@ -10,6 +10,7 @@ one-line reason, recorded in the manifest. The steps themselves are in engines/s
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -335,14 +336,29 @@ def _build(b: Builder) -> Builder:
     return b
 
 
+RECORD_RUNS = 20  # runs kept in the record (the newest last)
+
+
 def write_record(b: Builder, seconds: float) -> None:
+    """Append this run to the record. Runs are kept, not replaced: `make report` rebuilds the
+    hf folders (their cards quote the reports), and that short run must not hide the full build
+    the README's build time quotes."""
     from common.manifest import write_json_atomic
 
-    write_json_atomic(b.root / RECORD_NAME, {
+    path = b.root / RECORD_NAME
+    runs: list = []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        runs = old["runs"] if isinstance(old, dict) and isinstance(old.get("runs"), list) else []
+    except (OSError, ValueError):
+        pass  # none yet, or unreadable: a record is a log, never a reason to fail a build
+    runs.append({
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_minutes": round(seconds / 60, 2), "stages": list(b.cfg.stages),
+        "full": set(b.cfg.stages) >= set(STAGES),
         "overlap": b.background is not None, "device": cpu_device(), "versions": versions(),
         "steps": b.record})
+    write_json_atomic(path, {"runs": runs[-RECORD_RUNS:]})
 
 
 def plan_all(cfg: BuildConfig) -> dict[str, str]:

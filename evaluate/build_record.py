@@ -19,7 +19,12 @@ def build_record(artifacts: Path) -> dict[str, Any] | None:
     path = Path(artifacts) / RECORD
     if not path.is_file():
         return None
-    run = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if runs is None and isinstance(data, dict) and "steps" in data:
+        runs = [data]  # a record written before runs were kept: its one run
+    if not runs:
+        return None
     man = Manifest(Path(artifacts))
     steps = {}
     for name, e in sorted(man.entries.items()):
@@ -29,24 +34,36 @@ def build_record(artifacts: Path) -> dict[str, Any] | None:
             steps[name] = {"seconds": e.get("build_seconds"), "peak_rss_mb": e.get("build_peak_rss_mb"),
                            "built": e.get("created"), "sha256": e.get("sha256"),
                            "size_mb": round(e.get("size_bytes", 0) / 1e6, 1)}
-    return {"last_run": {k: run.get(k) for k in ("finished", "wall_minutes", "stages", "overlap",
-                                                 "device", "versions", "steps")},
+    keep = ("finished", "wall_minutes", "stages", "overlap", "device", "versions", "steps")
+    full = [r for r in runs if r.get("full")]
+    return {"last_run": {k: runs[-1].get(k) for k in keep},
+            # the newest run of every stage: what a fresh `make engines` costs when it built all
+            "last_full_run": {k: full[-1].get(k) for k in keep} if full else None,
             "artifacts": steps}
 
 
-def markdown(r: dict[str, Any]) -> str:
-    run = r["last_run"]
+def run_lines(title: str, run: dict[str, Any]) -> list[str]:
     dev = run.get("device") or {}
-    lines = ["# Build record", "",
-             f"Last `make engines` run: {run.get('wall_minutes')} min wall time, finished "
-             f"{run.get('finished')}, on {dev.get('name')} ({dev.get('cores')} cores); stages "
+    lines = [f"## {title}", "",
+             f"{run.get('wall_minutes')} min wall time, finished {run.get('finished')}, on "
+             f"{dev.get('name')} ({dev.get('cores')} cores); stages "
              f"{', '.join(run.get('stages') or [])}; QLoRA beside the baseline: "
              f"{'yes' if run.get('overlap') else 'no'}.", "",
              "| step | in that run | seconds | peak RSS MB |", "|---|---|---|---|"]
     for s in run.get("steps") or []:
         lines.append(f"| {s['step']} | {s['action']} | {s.get('seconds', '-')} | "
                      f"{s.get('peak_rss_mb', '-')} |")
-    lines += ["", "Every artifact as built (its own build, possibly by an earlier run):", "",
+    return lines + [""]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["# Build record", ""]
+    full, last = r.get("last_full_run"), r["last_run"]
+    if full:
+        lines += run_lines("Last `make engines` run of every stage", full)
+    if full != last:
+        lines += run_lines("Last `make engines` run", last)
+    lines += ["Every artifact as built (its own build, possibly by an earlier run):", "",
               "| artifact | seconds | peak RSS MB | size MB | built |", "|---|---|---|---|---|"]
     for name, a in r["artifacts"].items():
         if "skipped" in a:

@@ -165,3 +165,32 @@ def test_other_rows_and_lost_logits_are_stale(reports, tiny_artifacts, data_dir,
     assert "other rows" in stale["ort-ptq.json"]
     assert "batched_logits file ort-dynamic.batched-logits.npy is missing" in stale["ort-dynamic.json"]
     assert "rewritten" in stale["ort-fp32.json"]
+
+
+def test_build_record_keeps_the_full_build_behind_later_short_runs(tmp_path):
+    """`make report` rebuilds the hf folders; that short run is appended to the record, and the
+    published build record still shows the last run of every stage."""
+    from types import SimpleNamespace
+
+    from engines.pipeline import STAGES, write_record
+    from evaluate.build_record import build_record, markdown
+
+    def run(stages, steps):
+        b = SimpleNamespace(root=tmp_path, cfg=SimpleNamespace(stages=stages), background=None,
+                            record=[{"step": s, "action": "built", "seconds": 1.0,
+                                     "peak_rss_mb": 10.0} for s in steps])
+        write_record(b, 90.0)
+
+    run(STAGES, ["baseline", "onnx-fp32"])
+    run(("hf",), ["hf-baseline"])
+    r = build_record(tmp_path)
+    assert r is not None
+    assert r["last_full_run"]["steps"][0]["step"] == "baseline"
+    assert r["last_run"]["stages"] == ["hf"]
+    md = markdown(r)
+    assert md.index("run of every stage") < md.index("| baseline | built |") < md.index(
+        "## Last `make engines` run\n") < md.index("| hf-baseline | built |")
+    for _ in range(30):
+        run(("hf",), ["hf-baseline"])
+    kept = json.loads((tmp_path / "build-record.json").read_text())["runs"]
+    assert len(kept) == 20 and build_record(tmp_path)["last_full_run"] is None
