@@ -107,8 +107,21 @@ def overhead_table(sweep: list[dict[str, Any]]) -> list[str]:
     return out + [""]
 
 
+def plot_rows(r: dict) -> tuple[str, list[dict]]:
+    """The protocol the plot shows (HTTP where it was measured) and its sweep rows."""
+    http = [s for s in r["sweep"] if s["protocol"] == "http"]
+    rows = http or r["sweep"]
+    return rows[0]["protocol"], rows
+
+
+def plot_title(r: dict, protocol: str) -> str:
+    return (f"Triton over {protocol.upper()} (KServe v2), {r['backend']}/{r['variant']} on "
+            f"{r['device'].get('name', 'cpu')}; bars: server configuration (instances x threads, "
+            "batcher); green: recommended")
+
+
 def plot(r: dict, path: Path) -> None:
-    rows = [s for s in r["sweep"] if s["protocol"] == "http"] or r["sweep"]
+    protocol, rows = plot_rows(r)
     servers = list(dict.fromkeys(s["server"] for s in rows))
     top = max(s["concurrency"] for s in rows)
     fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(11, 0.35 * len(servers) + 1.8))
@@ -122,6 +135,5 @@ def plot(r: dict, path: Path) -> None:
         ax.set_xlabel(what)
         ax.tick_params(axis="y", labelsize=7)
     a2.set_yticklabels([])
-    fig.suptitle(f"Triton, {r['backend']}/{r['variant']} on {r['device'].get('name', 'cpu')} "
-                 "(green: recommended)", fontsize=9)
+    fig.suptitle(plot_title(r, protocol), fontsize=9)
     save(fig, path)

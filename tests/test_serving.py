@@ -385,6 +385,11 @@ def test_bench_sweeps_server_configs_measures_overhead_and_recommends(tiny_artif
     assert paths["png"].stat().st_size > 0 and "## Recommended configuration" in md
     assert "| 1x2 no spin, batcher 2000 us | http | 8 |" in md and "2 thread(s) (no spin)" in md
     assert "| 1x2 no spin, no batcher | http | " in md.split("request's time goes")[1]
+    from deploy.bench_report import plot_rows, plot_title
+
+    protocol, rows = plot_rows(r)  # the plot names the protocol its bars were measured over
+    assert protocol == "http" and {x["protocol"] for x in rows} == {"http"}
+    assert "over HTTP" in plot_title(r, protocol) and "configuration" in plot_title(r, protocol)
     # listed by the comparison: it measured the artifact the manifest holds
     assert saved["made_by"]["artifact"] == "onnx-fp32"
     comparison = write_comparison(tmp_path, [], artifacts=tiny_artifacts)
