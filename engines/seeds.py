@@ -101,8 +101,9 @@ def run_inputs(variant: str, build: Any) -> dict[str, str]:
     return out
 
 
-def references(build: Any) -> dict[str, dict[str, Any]]:
-    """Test logits at batch 1 of the FP32 and static-PTQ graphs the artifacts folder holds."""
+def references(build: Any) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
+    """Test logits at batch 1 of the FP32 and static-PTQ graphs the artifacts folder holds, and
+    the test labels."""
     from common.checkpoint import TextEncoder
     from common.data import load_split
     from common.manifest import Manifest
@@ -116,7 +117,7 @@ def references(build: Any) -> dict[str, dict[str, Any]]:
         if man.built(art):
             out[name] = {"artifact": art, "sha256": man.get(art)["sha256"],
                          "logits": _ort_logits(man.verify(art), enc, te.input_names)}
-    return out
+    return out, np.asarray(test.labels)
 
 
 def summarise(runs: list[dict[str, Any]], refs: dict[str, dict[str, Any]],
@@ -124,6 +125,7 @@ def summarise(runs: list[dict[str, Any]], refs: dict[str, dict[str, Any]],
     """Per (variant, name): validation and test mean and sd over seeds, and the mean test delta
     against each reference with a paired bootstrap 95% interval over the test rows."""
     from common.metrics import bootstrap_weights, classification_metrics, macro_f1_resampled
+    from train.seeds import sample_sd
 
     w = bootstrap_weights(len(labels))
     out = []
@@ -134,9 +136,9 @@ def summarise(runs: list[dict[str, Any]], refs: dict[str, dict[str, Any]],
         row: dict[str, Any] = {
             "variant": key[0], "name": key[1], "seeds": [r["seed"] for r in mine],
             "val_mean": float(np.mean([r["val_macro_f1"] for r in mine])),
-            "val_sd": float(np.std([r["val_macro_f1"] for r in mine], ddof=1)) if len(mine) > 1 else 0.0,
+            "val_sd": sample_sd([r["val_macro_f1"] for r in mine]),
             "test_mean": float(np.mean([r["test_macro_f1"] for r in mine])),
-            "test_sd": float(np.std([r["test_macro_f1"] for r in mine], ddof=1)) if len(mine) > 1 else 0.0,
+            "test_sd": sample_sd([r["test_macro_f1"] for r in mine]),
             "train_minutes_mean": float(np.mean([r["train_minutes"] for r in mine])), "vs": {}}
         for name, ref in refs.items():
             ref_pred = ref["logits"].argmax(-1)
@@ -223,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(out, "variant-seeds", report, "")  # a later failure keeps this run
         print(f"{a.variant}/{a.name} seed {seed}: validation {r['val_macro_f1']:.4f}, test "
               f"{test:.4f} (batch 1), {r['train_minutes']:.1f} min")
-    refs = references(build)
-    from common.data import load_split
-
-    labels = np.asarray(load_split(build.data, "test").labels)
+    refs, labels = references(build)
     report["summary"] = summarise(report["runs"], refs, labels)
     report["references"] = {k: {"artifact": v["artifact"], "sha256": v["sha256"],
                                 "test": classification_metrics(labels, v["logits"].argmax(-1))["macro_f1"]}

@@ -137,7 +137,9 @@ def ensemble_row(report: dict[str, Any], names: list[str], logits_dir: Path) -> 
             "test_accuracy": score["test"]["accuracy"]}
 
 
-def _sd(a: np.ndarray) -> float:
+def sample_sd(a: Any) -> float:
+    """The sample standard deviation over seeds (0 for a single run)."""
+    a = np.asarray(a, dtype=float)
     return float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
@@ -148,8 +150,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         v = np.array([r["val_macro_f1"] for r in rs])
         t = np.array([r["test_macro_f1"] for r in rs])
         out.append({"candidate": name, "seeds": [r["seed"] for r in rs], "n": len(rs),
-                    "val_mean": float(v.mean()), "val_sd": _sd(v), "test_mean": float(t.mean()),
-                    "test_sd": _sd(t), "minutes_per_run": float(np.mean([r["train_minutes"] for r in rs])),
+                    "val_mean": float(v.mean()), "val_sd": sample_sd(v), "test_mean": float(t.mean()),
+                    "test_sd": sample_sd(t), "minutes_per_run": float(np.mean([r["train_minutes"] for r in rs])),
                     "recipe": rs[0]["recipe"]})
     return out
 
