@@ -28,7 +28,7 @@ endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: setup engines evaluate report readme-results speedup serve triton-repo k8s bench study gpu-check \
+.PHONY: setup engines evaluate report readme-results speedup ops serve triton-repo k8s bench study gpu-check \
         baseline-seeds test lint typecheck pytest clean
 
 setup: $(SETUP)
@@ -64,6 +64,13 @@ SPEEDUP ?= default
 speedup: $(SETUP)
 	$(PY) -m evaluate --backend $(BACKEND) --speedup $(SPEEDUP) --data $(DATA) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
+
+# ONNX Runtime's per-op profile at batch 1 (fused FP32 and the INT8 graphs built on it):
+# where the time goes -> reports/ops-ort.*
+OPS ?= default
+ops: $(SETUP)
+	$(PY) -m evaluate --backend ort --profile-ops $(OPS) --data $(DATA) \
+	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS)
 
 # README's Results block and docs/results/ (committed), regenerated from reports/ (never typed by
 # hand), and the README's families x stages table from common/arch.py.

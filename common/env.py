@@ -65,6 +65,7 @@ def cpu_device() -> dict[str, object]:
         # VNNI decides whether INT8 GEMMs beat FP32 on x86: report it next to every CPU number.
         "avx512_vnni": "avx512_vnni" in flags,
         "avx_vnni": "avx_vnni" in flags,
+        "amx": "amx_tile" in flags,  # MLAS's INT8 GEMMs use AMX tiles where present
         "avx2": "avx2" in flags,
     }
 

@@ -58,7 +58,7 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, path: Path, input_names: tuple[str, ...] | None = None, threads: int = 1,
                  provider: str = "cpu", variant: str = "fp32", extra_files: tuple[Path, ...] = (),
-                 spin: bool = True):
+                 spin: bool = True, profile_prefix: str | None = None):
         super().__init__(variant, input_names or (), threads)
         self.path = Path(path)
         self.provider = provider
@@ -67,6 +67,8 @@ class OrtRunner(BaseRunner):
         # them with an HTTP server and its clients; False lets them sleep.
         self.spin = spin
         self.extra_files = extra_files
+        # ONNX Runtime's profiler (evaluate/op_profile.py): on for the session's whole life
+        self.profile_prefix = profile_prefix
         self.session: Any = None
 
     def load(self) -> None:
@@ -80,6 +82,9 @@ class OrtRunner(BaseRunner):
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        if self.profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = self.profile_prefix
         opts = provider_options(self.provider, self.variant)
         first = (want, opts) if opts else want
         providers = [first] if want == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
@@ -102,6 +107,13 @@ class OrtRunner(BaseRunner):
     def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         self._require_loaded()
         return self.session.run(["logits"], self._check_feed(feed))[0]
+
+    def end_profiling(self) -> Path:
+        """Stop the profiler and return its trace (chrome-trace JSON)."""
+        self._require_loaded()
+        if not self.profile_prefix:
+            raise RunnerError("this runner was created without profile_prefix")
+        return Path(self.session.end_profiling())
 
     def close(self) -> None:
         self.session = None

@@ -4,6 +4,8 @@ python -m evaluate --compare  rebuild reports/comparison.* from the reports alre
 python -m evaluate --gpu-check every GPU row this machine can score (one line per skip or failure)
 python -m evaluate --backend ort --speedup default  (or a comma list of variants)
                               variants timed in interleaved rounds -> reports/speedup-ort.*
+python -m evaluate --backend ort --profile-ops default  (or a comma list of variants)
+                              ONNX Runtime's per-op profile at batch 1 -> reports/ops-ort.*
 
 Every EvalConfig field has a flag (generated from the dataclass, as engines' are)."""
 
@@ -35,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
                    help="`default` (the registry's list for --backend) or a comma list of "
                         "variants of --backend to time in interleaved rounds")
     p.add_argument("--reference", default="", help="with --speedup: the variant ratios divide by")
+    p.add_argument("--profile-ops", default="",
+                   help="`default` (fused FP32 and the INT8 graphs built on it) or a comma list "
+                        "of ort variants: time per op type at batch 1 (ONNX Runtime's profiler)")
     p.add_argument("--readme", default=None,
                    help="with --all/--compare: write the comparison into this README's Results block")
     add_flags(p, EvalConfig, title="what is scored and how (EvalConfig)",
@@ -50,11 +55,13 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
                 "--compare, --gpu-check")
     if a.speedup and not a.backend:
         p.error("--speedup needs --backend (ratios are taken within one backend)")
+    if a.profile_ops and a.backend != "ort":
+        p.error("--profile-ops profiles ONNX Runtime graphs: give --backend ort")
     cfg = from_flags(EvalConfig, a)
     if a.variant and "/" in a.variant:  # --variant ort/ptq
         v = find_variant(cfg.backend, cfg.variant)
         cfg = dataclasses.replace(cfg, backend=v.backend, variant=v.variant)
-    elif cfg.backend and not (a.all or a.compare or a.gpu_check or a.speedup):
+    elif cfg.backend and not (a.all or a.compare or a.gpu_check or a.speedup or a.profile_ops):
         find_variant(cfg.backend, cfg.variant)  # an unknown name fails here, with the list
     return cfg, a
 
@@ -118,6 +125,27 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     print(f"speed-up -> {paths['md']}")
 
 
+def run_profile_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
+    from evaluate.op_profile import DEFAULT_VARIANTS, OpProfileConfig, profile_ops, write_op_profile
+
+    names = DEFAULT_VARIANTS if a.profile_ops == "default" else tuple(
+        v for v in a.profile_ops.split(",") if v)
+    for name in names:
+        find_variant("ort", name)
+    try:
+        pc = OpProfileConfig(variants=names, data=cfg.data, split=cfg.split,
+                             sentences=cfg.latency_samples or OpProfileConfig.sentences,
+                             threads=cfg.threads, artifacts=cfg.artifacts, out=cfg.out)
+    except ValueError as exc:
+        raise ConfigError(f"--profile-ops: {exc}") from None
+    r = profile_ops(pc)
+    paths = write_op_profile(r, Path(cfg.out))
+    for row in r["rows"]:
+        top = ", ".join(f"{o['op']} {o['ms']:.2f}" for o in row["ops"][:4])
+        print(f"ort/{row['variant']}: {row['run_ms']:.2f} ms per sentence profiled ({top} ...)")
+    print(f"op profile -> {paths['md']}")
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
@@ -140,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results section of {a.readme} updated")
     elif a.speedup:
         run_speedup_cli(cfg, a)
+    elif a.profile_ops:
+        run_profile_cli(cfg, a)
     else:
         run_one(cfg)
     return 0

@@ -25,7 +25,7 @@ FP32_REFS = {"torch": (("torch", "fp32"),), "ort": (("ort", "fp32"), ("ort", "fp
              "trt": (("trt", "fp32"),), "qlora": (("torch", "fp32"),)}
 FIX = "make report"
 # report families besides the variant reports: file prefix -> kind
-OTHER_REPORTS = {"serve-": "serving", "study-": "study", "speedup-": "speedup"}
+OTHER_REPORTS = {"serve-": "serving", "study-": "study", "speedup-": "speedup", "ops-": "ops"}
 NOT_REPORTS = ("comparison", "ptq-search", "baseline-", "build-record")
 
 
@@ -75,8 +75,9 @@ def _preds(r: dict, reports_dir: Path, key: str = "logits_file") -> np.ndarray |
 
 
 def report_files(reports_dir: Path) -> dict[str, list[Path]]:
-    """The JSON reports of a folder by kind: "variant", "serving", "study", "speedup"."""
-    out: dict[str, list[Path]] = {"variant": [], "serving": [], "study": [], "speedup": []}
+    """The JSON reports of a folder by kind: "variant", "serving", "study", "speedup", "ops"."""
+    out: dict[str, list[Path]] = {"variant": [], "serving": [], "study": [], "speedup": [],
+                                  "ops": []}
     for p in sorted(Path(reports_dir).glob("*.json")):
         if p.name.startswith(NOT_REPORTS):
             continue
@@ -92,7 +93,7 @@ def why_stale(report: Any, man: Manifest, kind: str) -> str | None:
     if kind == "study" and report.get("task") != "classifier":
         return None  # a language-model study reads no artifact
     made = report.get("made_by")
-    if kind == "speedup":
+    if kind in ("speedup", "ops"):  # one artifact per variant
         if not isinstance(made, dict) or not made:
             return "it records no artifact hashes (written by older code)"
         for variant, m in made.items():
@@ -225,8 +226,13 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
                          "rows": [{k: x[k] for k in ("variant", "p50_ms", "speedup_b1", "speedup_b1_ci95",
                                                      "speedup_batched")} for x in sp["rows"]],
                          "report": f.with_suffix(".md").name, "figure": f.with_suffix(".png").name})
+    profiles = [{"backend": op["backend"], "device": op["device"].get("name"),
+                 "threads": op["threads"], "variants": [x["variant"] for x in op["rows"]],
+                 "report": f.with_suffix(".md").name, "figure": f.with_suffix(".png").name}
+                for f, op in others.get("ops", [])]  # `python -m evaluate --profile-ops`
     return {"rows": rows, "missing": missing, "stale": stale or [], "serving": serving,
-            "studies": studies, "speedups": speedups, "reference": ref_name}
+            "studies": studies, "speedups": speedups, "profiles": profiles,
+            "reference": ref_name}
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -319,6 +325,10 @@ def comparison_markdown(c: dict) -> str:
         out += [f"| {x['variant']} | {x['p50_ms']:.2f} | {x['speedup_b1']:.2f} | "
                 f"{x['speedup_b1_ci95'][0]:.2f}-{x['speedup_b1_ci95'][1]:.2f} | {x['speedup_batched']:.2f} |"
                 for x in sp["rows"]]
+    for op in c.get("profiles", []):
+        out += ["", f"Where the time goes ({op['backend']} op profile, {op['device']}, "
+                f"{op['threads']} threads, batch 1: {', '.join(op['variants'])}): "
+                f"[{op['report']}]({op['report']})."]
     if c.get("studies"):
         out += ["", "## Quantization study (`python -m study`)", "", "| task | report |", "|---|---|"]
         out += [f"| {st['task']} | [{st['report']}]({st['report']}) |" for st in c["studies"]]
@@ -443,7 +453,7 @@ def published_files(c: dict, reports_dir: Path) -> list[Path]:
     for r in c["rows"]:
         s = Path(r["report"]).stem
         names += [f"{s}.md", f"{s}-confusion.png"]
-    for kind in ("serving", "speedups"):
+    for kind in ("serving", "speedups", "profiles"):
         for x in c.get(kind, []):
             names += [x["report"], x["figure"]]
     for st in c.get("studies", []):

@@ -212,7 +212,7 @@ def recipe_lines(name: str, entry: dict[str, Any]) -> list[str]:
                     "attention blocks as QAttention with constant (calibrated) input scales, the "
                     "word embedding with LayerNorm as QEmbedLayerNormalization, "
                     f"{entry.get('qdq_matmuls', '?')} layer MatMuls with Q/DQ on their inputs.",
-                    "Kept FP32: the residual connections and SkipLayerNormalization (they read the "
+                    "Kept FP32: the residual connections and LayerNorm (they read the "
                     "float tensors), GELU, the classification head"
                     + (", " + ", ".join(blocks) if blocks else "") + "."]
         return [f"Static INT8 (ONNX Runtime, QDQ) chosen by an accuracy-aware search on validation: "

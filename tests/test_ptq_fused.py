@@ -40,8 +40,8 @@ def test_graph_is_static_fused_and_keeps_the_residual_float(tiny_artifacts):
         for i in n.input:
             readers.setdefault(i, []).append(n.op_type)
     dq_out = [n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"]
-    # Q/DQ only where ONNX Runtime fuses it into MatMulIntegerToFloat: no SkipLayerNormalization
-    # (the residual stream) reads a dequantized tensor
+    # Q/DQ only where ONNX Runtime fuses it into MatMulIntegerToFloat: no residual Add reads a
+    # dequantized tensor
     assert dq_out and all(set(readers[o]) == {"MatMul"} for o in dq_out)
     # 2 layers x 3 layer MatMuls (attention output, feed-forward in and out), inputs only
     matmuls = [n for n in m.graph.node if n.op_type == "MatMul" and "/layer." in n.name]

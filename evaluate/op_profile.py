@@ -1,0 +1,190 @@
+"""Where the time goes inside ONNX Runtime graphs: the per-op profile at batch 1.
+
+    python -m evaluate --backend ort --profile-ops default   (or a comma list of ort variants)
+
+Each variant's graph runs in the ORT runner's session settings (deploy/ort_runner.py) with ONNX
+Runtime's profiler on, over the first N sentences of the split one at a time, twice; the second
+pass's per-node kernel times are summed per op type and divided by N.
+The profiler itself costs time per node, so its totals are above the interleaved benchmark's
+p50 (`--speedup`): read this report for shares, and the speed-up report for speed. Writes
+<out>/ops-<backend>.{json,md,png}. Which MLAS kernel an INT8 product uses is not in the profile:
+the report states the CPU's flags MLAS dispatches on (AVX512-VNNI / AVX-VNNI / AMX).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import check_ranges
+
+# FP32 and INT8 forms of the same work, so that a row reads "matrix products" in both graphs
+GROUPS = {"MatMul": "matrix products", "MatMulIntegerToFloat": "matrix products",
+          "DynamicQuantizeMatMul": "matrix products", "MatMulInteger": "matrix products",
+          "Gemm": "head", "FusedGemm": "head", "QGemm": "head",
+          "Attention": "attention", "QAttention": "attention",
+          "QuantizeLinear": "quantize", "DequantizeLinear": "quantize",
+          "DynamicQuantizeLinear": "quantize",
+          "Add": "residual + LayerNorm", "LayerNormalization": "residual + LayerNorm",
+          "SkipLayerNormalization": "residual + LayerNorm",
+          "EmbedLayerNormalization": "embeddings", "QEmbedLayerNormalization": "embeddings",
+          "BiasGelu": "GELU", "Gelu": "GELU", "FastGelu": "GELU"}
+
+
+# the FP32 reference of the speed-ups and the INT8 graphs built on it
+DEFAULT_VARIANTS = ("fp32-fused", "ptq-fused", "dynamic-fused")
+
+
+@dataclass(frozen=True)
+class OpProfileConfig:
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    data: str = "dair-ai/emotion"
+    split: str = "test"
+    sentences: int = 300
+    threads: int = 0
+    artifacts: str = "artifacts"
+    out: str = "reports"
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError("give at least one variant to profile")
+        check_ranges(self, sentences=">= 1", threads=">= 0")
+
+
+def op_times(profile: Path, skip_runs: int) -> tuple[dict[str, float], dict[str, int], float]:
+    """From an ONNX Runtime profile (chrome-trace JSON), over the runs after the first
+    `skip_runs`: ms per run per op type, nodes of that type per run, and ms per run of the
+    session's own run time."""
+    events = json.loads(profile.read_text())
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+    if len(runs) <= skip_runs:
+        raise RuntimeError(f"{profile}: {len(runs)} runs recorded, more than {skip_runs} expected")
+    start = runs[skip_runs]["ts"]
+    n = len(runs) - skip_runs
+    us: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for e in events:
+        if (e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+                and e["ts"] >= start):
+            op = e.get("args", {}).get("op_name", "?")
+            us[op] += e["dur"]
+            calls[op] += 1
+    run_ms = sum(e["dur"] for e in runs[skip_runs:]) / n / 1e3
+    return {op: t / n / 1e3 for op, t in us.items()}, {op: c // n for op, c in calls.items()}, run_ms
+
+
+def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from common.checkpoint import baseline_encoder
+    from common.data import load_split
+    from common.env import cpu_device, versions
+    from common.manifest import Manifest
+    from common.variants import find_variant
+    from deploy.ort_runner import OrtRunner
+    from deploy.registry import default_threads
+
+    artifacts = Path(cfg.artifacts)
+    threads = cfg.threads or default_threads()
+    man = Manifest(artifacts)
+    split = load_split(cfg.data, cfg.split)
+    n = min(cfg.sentences, len(split))
+    te = baseline_encoder(artifacts)
+    enc = te.encode(split.texts[:n])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ops-") as tmp:
+        for v in cfg.variants:
+            spec = find_variant("ort", v)
+            path = man.verify(spec.artifact)
+            runner = OrtRunner(path, tuple(te.input_names), threads, variant=v,
+                               profile_prefix=str(Path(tmp) / v))
+            with runner:
+                feeds = [enc.batch([i], runner.input_names) for i in range(n)]
+                # two passes; the first (every shape's first call) is left out of the sums
+                for f in tqdm(feeds + feeds, desc=f"ort/{v} profiled", leave=False):
+                    runner.infer(f)
+                ms, per_run, run_ms = op_times(runner.end_profiling(), skip_runs=n)
+            ops = [{"op": op, "ms": t, "per_run": per_run[op], "share": t / sum(ms.values()),
+                    "group": GROUPS.get(op, "other")}
+                   for op, t in sorted(ms.items(), key=lambda kv: -kv[1])]
+            rows.append({"variant": v, "run_ms": run_ms, "ops_ms": sum(ms.values()), "ops": ops})
+    # what each row measured: the comparison leaves the report out once an artifact changes
+    made_by = {v: man.made_by(find_variant("ort", v).artifact) for v in cfg.variants}
+    return {"backend": "ort", "config": asdict(cfg), "threads": threads, "sentences": n,
+            "device": cpu_device(), "rows": rows, "versions": versions(), "made_by": made_by}
+
+
+def _groups(row: dict) -> dict[str, float]:
+    g: Counter[str] = Counter()
+    for o in row["ops"]:
+        g[o["group"]] += o["ms"]
+    return dict(g)
+
+
+def kernel_note(device: dict) -> str:
+    if device.get("amx"):
+        isa = "AMX (and AVX512-VNNI)"
+    elif device.get("avx512_vnni"):
+        isa = "AVX512-VNNI"
+    elif device.get("avx_vnni"):
+        isa = "AVX-VNNI"
+    else:
+        isa = "no VNNI: U8S8 products take vpmaddubsw + vpmaddwd + vpaddd per vpdpbusd of a VNNI CPU"
+    return (f"INT8 matrix products run in MLAS's U8S8 kernels, which dispatch on the CPU's flags: "
+            f"here {isa}.")
+
+
+def markdown(r: dict) -> str:
+    c = r["config"]
+    lines = [f"# Where the time goes: {r['backend']} op profile", "",
+             f"{r['device'].get('name')}, {r['threads']} threads, batch 1: the first "
+             f"{r['sentences']} {c['split']} sentences, one at a time, with ONNX Runtime's "
+             "profiler on (after one untimed pass). ms per sentence; the profiler adds time per "
+             "node, so compare shares here and speed in the interleaved speed-up report. "
+             + kernel_note(r["device"]), ""]
+    groups = sorted({g for row in r["rows"] for g in _groups(row)})
+    lines += ["| variant | run ms | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
+    for row in r["rows"]:
+        g = _groups(row)
+        lines.append(f"| {row['variant']} | {row['run_ms']:.3f} | "
+                     + " | ".join(f"{g.get(k, 0.0):.3f}" for k in groups) + " |")
+    for row in r["rows"]:
+        lines += ["", f"## {row['variant']}", "", "| op | ms | per run | share |", "|---|---|---|---|"]
+        lines += [f"| {o['op']} | {o['ms']:.3f} | {o['per_run']} | {100 * o['share']:.1f}% |"
+                  for o in row["ops"]]
+    vers = ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items()))
+    lines += ["", f"![op profile](ops-{r['backend']}.png)", "", f"Versions: {vers}.", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    from common.plots import pyplot, save
+
+    rows = r["rows"]
+    groups = sorted({g for row in rows for g in _groups(row)})
+    fig, ax = pyplot().subplots(figsize=(7, 0.5 * len(rows) + 1.6))
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    for g in groups:
+        w = np.array([_groups(row).get(g, 0.0) for row in rows])
+        ax.barh(y, w, left=left, label=g)
+        left += w
+    ax.set_yticks(y, [row["variant"] for row in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per sentence in kernels (batch 1, profiler on)")
+    ax.set_title(f"{r['backend']}, {r['device'].get('name')}, {r['threads']} threads", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    save(fig, path)
+
+
+def write_op_profile(r: dict, out: Path) -> dict[str, Path]:
+    from common.reports import write_report
+
+    return write_report(out, f"ops-{r['backend']}", r, markdown(r), {"": lambda p: plot(r, p)})
