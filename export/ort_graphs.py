@@ -85,13 +85,14 @@ def unfuse_skip_layernorm(model) -> int:
             nodes.append(node)  # mean / inv-std / the sum are read, or no bias: keep it fused
             continue
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
-        total = f"{node.name}/residual"
-        nodes.append(helper.make_node("Add", [x, skip], [total], f"{node.name}/Add"))
-        nodes.append(helper.make_node("Add", [total, bias], [f"{total}+bias"],
-                                      f"{node.name}/AddBias"))
+        # names from the output (unique in a valid graph), not the node name (optional)
+        base = f"{node.output[0]}/unfused"
+        nodes.append(helper.make_node("Add", [x, skip], [f"{base}/residual"], f"{base}/Add"))
+        nodes.append(helper.make_node("Add", [f"{base}/residual", bias], [f"{base}/biased"],
+                                      f"{base}/AddBias"))
         nodes.append(helper.make_node("LayerNormalization",
-                                      [f"{total}+bias", gamma] + ([beta] if beta else []),
-                                      [node.output[0]], f"{node.name}/LayerNorm", axis=-1,
+                                      [f"{base}/biased", gamma] + ([beta] if beta else []),
+                                      [node.output[0]], f"{base}/LayerNorm", axis=-1,
                                       epsilon=eps))
         n += 1
     del model.graph.node[:]

@@ -19,9 +19,10 @@ def _sln_model(bias: bool, extra_output: bool = False, opset: int = 17) -> onnx.
     inits = [numpy_helper.from_array(rng.normal(size=H).astype(np.float32), n)
              for n in ("gamma", "beta", "bias")]
     outs = ["y", "", "", "sum"] if extra_output else ["y"]
+    # no node name (it is optional in ONNX): the rewrite must not need one
     node = helper.make_node("SkipLayerNormalization",
                             ["x", "skip", "gamma", "beta"] + (["bias"] if bias else []), outs,
-                            "sln", domain="com.microsoft", epsilon=1e-5)
+                            domain="com.microsoft", epsilon=1e-5)
     # "sum" as a graph output: a reader of the extra output the rewrite must keep fused
     graph_outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", H])]
     if extra_output:
@@ -76,3 +77,21 @@ def test_a_read_extra_output_keeps_the_fused_op():
 def test_an_old_opset_is_refused_with_the_fix():
     with pytest.raises(FusionError, match="opset >= 17"):
         unfuse_skip_layernorm(_sln_model(bias=True, opset=14))
+
+
+def test_unnamed_nodes_in_a_chain_get_unique_names():
+    """Two unnamed SkipLayerNormalization nodes in a row (a layer's two): the rewritten graph
+    must stay in single-assignment form, which ONNX Runtime checks when it loads it."""
+    rng = np.random.default_rng(2)
+    m = _sln_model(bias=True)
+    first = m.graph.node[0]
+    first.output[0] = "h"
+    m.graph.node.append(helper.make_node("SkipLayerNormalization",
+                                         ["h", "skip", "gamma", "beta", "bias"], ["y"],
+                                         domain="com.microsoft", epsilon=1e-5))
+    feeds = {n: rng.normal(size=(1, 3, H)).astype(np.float32) for n in ("x", "skip")}
+    want = _run(m, feeds)
+    assert unfuse_skip_layernorm(m) == 2
+    outs = [o for n in m.graph.node for o in n.output]
+    assert len(outs) == len(set(outs)) == 6
+    np.testing.assert_allclose(_run(m, feeds), want, atol=1e-5)
