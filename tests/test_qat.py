@@ -338,3 +338,49 @@ def test_qat_loss_carries_the_baselines_class_weights(tiny_artifacts, data_dir):
 
     loss = train_step(model, feed, labels, "cpu", NoStep(), NoStep(), list(model.parameters()), "t", w)
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_distillation_loss_and_the_step_that_mixes_it(tiny_artifacts, data_dir):
+    from train.loop import distillation_loss, train_step
+
+    x = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    assert distillation_loss(x, x, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert distillation_loss(x, torch.flip(x, [1]), 2.0).item() > 0
+    # T^2 scaling: at high temperatures KL shrinks as 1/T^2, so the scaled loss levels off
+    # (without the factor, doubling T would quarter it)
+    hot, hotter = (distillation_loss(x, torch.flip(x, [1]), t).item() for t in (20.0, 40.0))
+    assert hotter / hot == pytest.approx(1.0, abs=0.05)
+
+    model, _ = _calibrated(tiny_artifacts)
+    model.eval()  # no dropout: the loss is a function of the weights only
+    feed = _feed(tiny_artifacts, data_dir, 16)
+    labels = torch.tensor(load_split(data_dir, "test").labels[:16])
+    with torch.no_grad():
+        logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
+    teacher = torch.randn_like(logits)
+    want = (0.7 * torch.nn.functional.cross_entropy(logits, labels)
+            + 0.3 * distillation_loss(logits, teacher, 2.0)).item()
+
+    class NoStep:
+        def step(self):
+            pass
+
+        def zero_grad(self, set_to_none=True):
+            pass
+
+    loss = train_step(model, feed, labels, "cpu", NoStep(), NoStep(), list(model.parameters()),
+                      "t", teacher=(teacher, 0.3, 2.0))
+    assert loss == pytest.approx(want, rel=1e-5)
+
+
+def test_qat_with_distillation_trains_and_records_it(tiny_artifacts, data_dir, tmp_path):
+    from train.qat import QatConfig, train_qat
+
+    with pytest.raises(ConfigError, match="distill"):
+        QatConfig(distill=1.0)
+    cfg = QatConfig(data=str(data_dir), epochs=0.5, lr=1e-4, batch_size=32, eval_every=5,
+                    seed=0, distill=0.5, limit_train=128, limit_eval=64)
+    calib = tiny_artifacts / Manifest(tiny_artifacts).get("calibration")["path"]
+    r = train_qat(cfg, tiny_artifacts / "baseline", calib, 16, tmp_path / "qat")
+    assert r["config"]["fields"]["distill"] == 0.5 and r["steps"] == 2
+    assert all(np.isfinite(h["val_macro_f1"]) for h in r["history"])

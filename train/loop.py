@@ -66,13 +66,25 @@ def classification_loss(logits, labels, class_weights=None, label_smoothing: flo
     return (w * modulating * -logp).sum() / w.sum()
 
 
+def distillation_loss(logits, teacher_logits, temperature: float):
+    """KL(teacher || student) on temperature-softened distributions, times T^2 so that its
+    gradients keep their scale as T changes (Hinton et al., 2015)."""
+    import torch
+
+    t = temperature
+    return torch.nn.functional.kl_div(torch.log_softmax(logits / t, -1),
+                                      torch.log_softmax(teacher_logits / t, -1),
+                                      reduction="batchmean", log_target=True) * t * t
+
+
 def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sched, params,
                what: str, class_weights=None, label_smoothing: float = 0.0, amp_dtype=None,
-               scaler=None, focal_gamma: float = 0.0) -> float:
+               scaler=None, focal_gamma: float = 0.0, teacher=None) -> float:
     """One optimiser step, gradients clipped at 1.0 over `params`; refuses a non-finite loss.
     class_weights: per-class loss weights (None = plain cross-entropy); focal_gamma > 0: focal
     loss instead (classification_loss); amp_dtype/scaler: CUDA autocast and fp16 loss scaling
-    (None = FP32, the CPU path)."""
+    (None = FP32, the CPU path); teacher: (teacher logits of this batch, weight, temperature):
+    the loss becomes (1 - weight) * label loss + weight * distillation_loss."""
     import torch
 
     run_step_hooks()
@@ -81,6 +93,10 @@ def train_step(model, feed: dict[str, np.ndarray], labels, device: str, opt, sch
         logits = model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()}).logits
         loss = classification_loss(logits.float(), labels.to(device), class_weights,
                                    label_smoothing, focal_gamma)
+        if teacher is not None:
+            t_logits, weight, temperature = teacher
+            loss = (1 - weight) * loss + weight * distillation_loss(
+                logits.float(), t_logits.to(device).float(), temperature)
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"{what}: loss became {loss.item()}; lower the learning rate"
                                + (" or train without --amp" if amp_dtype is not None else ""))
