@@ -3,8 +3,10 @@
     python -m evaluate --backend ort --profile-ops default   (or a comma list of ort variants)
 
 Each variant's graph runs in the ORT runner's session settings (deploy/ort_runner.py) with ONNX
-Runtime's profiler on, over the first N sentences of the split one at a time, twice; the second
-pass's per-node kernel times are summed per op type and divided by N.
+Runtime's profiler on, over the first N sentences of the split one at a time, twice: a first pass
+(every shape's first call), then a second in rounds interleaved across the variants, as the
+speed-up benchmark runs them. The second pass's per-node kernel times are summed per op type and
+divided by N.
 The profiler itself costs time per node, so its totals are above the interleaved benchmark's
 p50 (`--speedup`): read this report for shares, and the speed-up report for speed. Writes
 <out>/ops-<backend>.{json,md,png}. Which MLAS kernel an INT8 product uses is not in the profile:
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +50,8 @@ class OpProfileConfig:
     data: str = "dair-ai/emotion"
     split: str = "test"
     sentences: int = 300
+    round_size: int = 20  # sentences per variant per interleaved round
+    settle_ms: int = 100  # untimed pause before each turn (evaluate/speedup.py says why)
     threads: int = 0
     artifacts: str = "artifacts"
     out: str = "reports"
@@ -54,7 +59,9 @@ class OpProfileConfig:
     def __post_init__(self) -> None:
         if not self.variants:
             raise ValueError("give at least one variant to profile")
-        check_ranges(self, sentences=">= 1", threads=">= 0")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants repeat: {self.variants}")
+        check_ranges(self, sentences=">= 1", round_size=">= 1", settle_ms=">= 0", threads=">= 0")
 
 
 def op_times(profile: Path, skip_runs: int) -> tuple[dict[str, float], dict[str, int], float]:
@@ -83,6 +90,8 @@ def op_times(profile: Path, skip_runs: int) -> tuple[dict[str, float], dict[str,
 
 
 def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
     from common.checkpoint import baseline_encoder
@@ -92,6 +101,7 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
     from common.variants import find_variant
     from deploy.ort_runner import OrtRunner
     from deploy.registry import default_threads
+    from evaluate.speedup import rotated
 
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
@@ -100,19 +110,27 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
     n = min(cfg.sentences, len(split))
     te = baseline_encoder(artifacts)
     enc = te.encode(split.texts[:n])
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="ops-") as tmp:
+    traces: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="ops-") as tmp, ExitStack() as stack:
+        runners = {v: stack.enter_context(OrtRunner(
+            man.verify(find_variant("ort", v).artifact), tuple(te.input_names), threads,
+            variant=v, profile_prefix=str(Path(tmp) / v))) for v in cfg.variants}
+        feeds = [enc.batch([i], te.input_names) for i in range(n)]
+        for r in runners.values():  # pass 1: every shape's first call, left out of the sums
+            for f in feeds:
+                r.infer(f)
+        # pass 2 in interleaved rounds, as `--speedup` times them: the VM's drift hits every
+        # variant alike, and a pause lets the previous variant's spinning threads stop
+        rounds = [feeds[s:s + cfg.round_size] for s in range(0, n, cfg.round_size)]
+        for k, rnd in enumerate(tqdm(rounds, desc="ort profiled rounds", leave=False)):
+            for v in rotated(list(cfg.variants), k):
+                time.sleep(cfg.settle_ms / 1e3)
+                for f in rnd:
+                    runners[v].infer(f)
+        traces = {v: r.end_profiling() for v, r in runners.items()}
+        rows = []
         for v in cfg.variants:
-            spec = find_variant("ort", v)
-            path = man.verify(spec.artifact)
-            runner = OrtRunner(path, tuple(te.input_names), threads, variant=v,
-                               profile_prefix=str(Path(tmp) / v))
-            with runner:
-                feeds = [enc.batch([i], runner.input_names) for i in range(n)]
-                # two passes; the first (every shape's first call) is left out of the sums
-                for f in tqdm(feeds + feeds, desc=f"ort/{v} profiled", leave=False):
-                    runner.infer(f)
-                ms, per_run, run_ms = op_times(runner.end_profiling(), skip_runs=n)
+            ms, per_run, run_ms = op_times(traces[v], skip_runs=n)
             ops = [{"op": op, "ms": t, "per_run": per_run[op], "share": t / sum(ms.values()),
                     "group": GROUPS.get(op, "other")}
                    for op, t in sorted(ms.items(), key=lambda kv: -kv[1])]
@@ -149,7 +167,8 @@ def markdown(r: dict) -> str:
     lines = [f"# Where the time goes: {r['backend']} op profile", "",
              f"{r['device'].get('name')}, {r['threads']} threads, batch 1: the first "
              f"{r['sentences']} {c['split']} sentences, one at a time, with ONNX Runtime's "
-             "profiler on (after one untimed pass). ms per sentence; the profiler adds time per "
+             f"profiler on (after one pass left out), in interleaved rounds of {c['round_size']}. "
+             "ms per sentence; the profiler adds time per "
              "node, so compare shares here and speed in the interleaved speed-up report. "
              "Kernel times are whole microseconds (truncated), so ops of 1-3 us (Add, "
              "LayerNormalization) read low; `dispatch` is the run time outside kernels. "

@@ -73,7 +73,7 @@ def ratio_ci(ref_rounds: list[np.ndarray], var_rounds: list[np.ndarray], seed: i
     return float(np.median(per_round)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def _rotated(order: list[str], k: int) -> list[str]:
+def rotated(order: list[str], k: int) -> list[str]:
     """Round k's running order: who goes first rotates, so no variant always runs first."""
     k %= len(order)
     return order[k:] + order[:k]
@@ -112,12 +112,12 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
         order = list(cfg.variants)
         rounds = [list(range(s, min(s + cfg.round_size, n))) for s in range(0, n, cfg.round_size)]
         for k, rnd in enumerate(tqdm(rounds, desc=f"{cfg.backend} interleaved batch 1", leave=False)):
-            for v in _rotated(order, k):
+            for v in rotated(order, k):
                 time.sleep(cfg.settle_ms / 1e3)
                 times[v].append(time_each(runners[v].infer, (enc.batch([i], names) for i in rnd))[0])
         for k, feed in enumerate(tqdm(batched, desc=f"{cfg.backend} interleaved batch "
                                       f"{cfg.batch_size}", leave=False)):
-            for v in _rotated(order, k):
+            for v in rotated(order, k):
                 time.sleep(cfg.settle_ms / 1e3)
                 btimes[v].append(float(time_each(runners[v].infer, [feed])[0][0]))
     rows = []

@@ -34,10 +34,16 @@ def test_the_warm_pass_is_left_out_of_the_sums(tmp_path):
         op_times(p, skip_runs=3)
 
 
+def test_config_refuses_repeats():
+    with pytest.raises(ValueError, match="repeat"):
+        OpProfileConfig(variants=("fp32", "fp32"))
+
+
 def test_profile_of_real_sessions(tiny_artifacts, data_dir, tmp_path):
+    # 6 sentences in rounds of 4: a short last round still counts every sentence once
     r = profile_ops(OpProfileConfig(variants=("fp32-fused", "ptq-fused"), data=str(data_dir),
-                                    sentences=6, threads=1, artifacts=str(tiny_artifacts),
-                                    out=str(tmp_path)))
+                                    sentences=6, round_size=4, settle_ms=0, threads=1,
+                                    artifacts=str(tiny_artifacts), out=str(tmp_path)))
     rows = {x["variant"]: x for x in r["rows"]}
     f, q = rows["fp32-fused"]["ops"], rows["ptq-fused"]["ops"]
     # what the graphs hold, as the session runs them: fused FP32 attention and LayerNorm (the
