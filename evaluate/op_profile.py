@@ -193,7 +193,7 @@ def plot(r: dict, path: Path) -> None:
 
     rows = r["rows"]
     groups = sorted({g for row in rows for g in _groups(row)})
-    fig, ax = pyplot().subplots(figsize=(7, 0.5 * len(rows) + 1.6))
+    fig, ax = pyplot().subplots(figsize=(8.5, 0.5 * len(rows) + 1.6))
     y = np.arange(len(rows))
     left = np.zeros(len(rows))
     for g in groups:
@@ -202,9 +202,9 @@ def plot(r: dict, path: Path) -> None:
         left += w
     ax.set_yticks(y, [row["variant"] for row in rows])
     ax.invert_yaxis()
-    ax.set_xlabel("ms per sentence in kernels (batch 1, profiler on)")
+    ax.set_xlabel("ms per sentence (batch 1, profiler on; dispatch: outside kernels)")
     ax.set_title(f"{r['backend']}, {r['device'].get('name')}, {r['threads']} threads", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     save(fig, path)
 
 
