@@ -100,14 +100,19 @@ def run_all(base: EvalConfig, measure: bool = True) -> tuple[list[Path], list[di
     return done, missing
 
 
+def variant_list(arg: str, default: tuple[str, ...], backend: str) -> tuple[str, ...]:
+    """`default` or a comma list of variants of `backend`; an unknown name fails with the list."""
+    names = default if arg == "default" else tuple(v for v in arg.split(",") if v)
+    for name in names:
+        find_variant(backend, name)
+    return names
+
+
 def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     from common.variants import speedup_variants
     from evaluate.speedup import SpeedupConfig, run_speedup, write_speedup
 
-    names = speedup_variants(cfg.backend) if a.speedup == "default" else tuple(
-        v for v in a.speedup.split(",") if v)
-    for name in names:
-        find_variant(cfg.backend, name)
+    names = variant_list(a.speedup, speedup_variants(cfg.backend), cfg.backend)
     try:
         sc = SpeedupConfig(backend=cfg.backend, variants=names, reference=a.reference,
                            data=cfg.data, split=cfg.split,
@@ -128,10 +133,7 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
 def run_profile_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     from evaluate.op_profile import DEFAULT_VARIANTS, OpProfileConfig, profile_ops, write_op_profile
 
-    names = DEFAULT_VARIANTS if a.profile_ops == "default" else tuple(
-        v for v in a.profile_ops.split(",") if v)
-    for name in names:
-        find_variant("ort", name)
+    names = variant_list(a.profile_ops, DEFAULT_VARIANTS, "ort")
     try:
         pc = OpProfileConfig(variants=names, data=cfg.data, split=cfg.split,
                              sentences=cfg.latency_samples or OpProfileConfig.sentences,

@@ -110,11 +110,11 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
     n = min(cfg.sentences, len(split))
     te = baseline_encoder(artifacts)
     enc = te.encode(split.texts[:n])
-    traces: dict[str, Path] = {}
+    arts = {v: find_variant("ort", v).artifact for v in cfg.variants}
     with tempfile.TemporaryDirectory(prefix="ops-") as tmp, ExitStack() as stack:
         runners = {v: stack.enter_context(OrtRunner(
-            man.verify(find_variant("ort", v).artifact), tuple(te.input_names), threads,
-            variant=v, profile_prefix=str(Path(tmp) / v))) for v in cfg.variants}
+            man.verify(arts[v]), tuple(te.input_names), threads, variant=v,
+            profile_prefix=str(Path(tmp) / v))) for v in cfg.variants}
         feeds = [enc.batch([i], te.input_names) for i in range(n)]
         for r in runners.values():  # pass 1: every shape's first call, left out of the sums
             for f in feeds:
@@ -136,7 +136,7 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
                    for op, t in sorted(ms.items(), key=lambda kv: -kv[1])]
             rows.append({"variant": v, "run_ms": run_ms, "ops_ms": sum(ms.values()), "ops": ops})
     # what each row measured: the comparison leaves the report out once an artifact changes
-    made_by = {v: man.made_by(find_variant("ort", v).artifact) for v in cfg.variants}
+    made_by = {v: man.made_by(arts[v]) for v in cfg.variants}
     return {"backend": "ort", "config": asdict(cfg), "threads": threads, "sentences": n,
             "device": cpu_device(), "rows": rows, "versions": versions(), "made_by": made_by}
 
@@ -147,6 +147,12 @@ def _groups(row: dict) -> dict[str, float]:
         g[o["group"]] += o["ms"]
     g["dispatch"] = max(0.0, row["run_ms"] - row["ops_ms"])  # the executor between kernels
     return dict(g)
+
+
+def group_table(rows: list[dict]) -> tuple[list[str], list[dict[str, float]]]:
+    """The group names of every row (sorted) and each row's ms per group."""
+    per_row = [_groups(row) for row in rows]
+    return sorted({g for gs in per_row for g in gs}), per_row
 
 
 def kernel_note(device: dict) -> str:
@@ -173,10 +179,9 @@ def markdown(r: dict) -> str:
              "Kernel times are whole microseconds (truncated), so ops of 1-3 us (Add, "
              "LayerNormalization) read low; `dispatch` is the run time outside kernels. "
              + kernel_note(r["device"]), ""]
-    groups = sorted({g for row in r["rows"] for g in _groups(row)})
+    groups, per_row = group_table(r["rows"])
     lines += ["| variant | run ms | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
-    for row in r["rows"]:
-        g = _groups(row)
+    for row, g in zip(r["rows"], per_row, strict=True):
         lines.append(f"| {row['variant']} | {row['run_ms']:.3f} | "
                      + " | ".join(f"{g.get(k, 0.0):.3f}" for k in groups) + " |")
     for row in r["rows"]:
@@ -192,12 +197,12 @@ def plot(r: dict, path: Path) -> None:
     from common.plots import pyplot, save
 
     rows = r["rows"]
-    groups = sorted({g for row in rows for g in _groups(row)})
+    groups, per_row = group_table(rows)
     fig, ax = pyplot().subplots(figsize=(8.5, 0.5 * len(rows) + 1.6))
     y = np.arange(len(rows))
     left = np.zeros(len(rows))
     for g in groups:
-        w = np.array([_groups(row).get(g, 0.0) for row in rows])
+        w = np.array([gs.get(g, 0.0) for gs in per_row])
         ax.barh(y, w, left=left, label=g)
         left += w
     ax.set_yticks(y, [row["variant"] for row in rows])

@@ -48,6 +48,16 @@ def _feed(tiny_artifacts, data_dir, n=8):
     return enc.batch(list(range(n)), names)
 
 
+class _NoStep:
+    """Optimizer and scheduler stand-in: train_step's loss without moving the weights."""
+
+    def step(self):
+        pass
+
+    def zero_grad(self, set_to_none=True):
+        pass
+
+
 def _calibrated(tiny_artifacts, **kw):
     ckpt = tiny_artifacts / "baseline"
     model = AutoModelForSequenceClassification.from_pretrained(ckpt, attn_implementation="eager").eval()
@@ -329,14 +339,7 @@ def test_qat_loss_carries_the_baselines_class_weights(tiny_artifacts, data_dir):
     plain = torch.nn.functional.cross_entropy(logits, labels).item()
     assert expected != pytest.approx(plain)
 
-    class NoStep:
-        def step(self):
-            pass
-
-        def zero_grad(self, set_to_none=True):
-            pass
-
-    loss = train_step(model, feed, labels, "cpu", NoStep(), NoStep(), list(model.parameters()), "t", w)
+    loss = train_step(model, feed, labels, "cpu", _NoStep(), _NoStep(), list(model.parameters()), "t", w)
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
@@ -361,14 +364,7 @@ def test_distillation_loss_and_the_step_that_mixes_it(tiny_artifacts, data_dir):
     want = (0.7 * torch.nn.functional.cross_entropy(logits, labels)
             + 0.3 * distillation_loss(logits, teacher, 2.0)).item()
 
-    class NoStep:
-        def step(self):
-            pass
-
-        def zero_grad(self, set_to_none=True):
-            pass
-
-    loss = train_step(model, feed, labels, "cpu", NoStep(), NoStep(), list(model.parameters()),
+    loss = train_step(model, feed, labels, "cpu", _NoStep(), _NoStep(), list(model.parameters()),
                       "t", teacher=(teacher, 0.3, 2.0))
     assert loss == pytest.approx(want, rel=1e-5)
 
