@@ -70,19 +70,21 @@ class FusionError(UserError, RuntimeError):
 def unfuse_skip_layernorm(model) -> int:
     """Rewrite every SkipLayerNormalization that has a bias and whose only output read is the
     normalized tensor as Add(input, skip) -> Add(bias) -> LayerNormalization. Returns how many
-    (0 below ONNX opset 17, which has no LayerNormalization). Without a bias, Add(input, skip) -> LayerNormalization is the pattern ONNX
-    Runtime's session fuses back, so such a node is left as it is (a BERT-style export has a
-    bias: the output projection's)."""
+    (0 below ONNX opset 17, which has no LayerNormalization). Without a bias,
+    Add(input, skip) -> LayerNormalization is the pattern ONNX Runtime's session fuses back, so
+    such a node is left as it is (a BERT-style export has a bias: the output projection's)."""
     from onnx import helper
 
     if any(o.domain in ("", "ai.onnx") and o.version < 17 for o in model.opset_import):
         return 0  # no ONNX LayerNormalization before opset 17: the fused op stays
     nodes, n = [], 0
     for node in model.graph.node:
+        if node.op_type != "SkipLayerNormalization":
+            nodes.append(node)
+            continue
         x, skip, gamma, beta, bias = (list(node.input) + [""] * 5)[:5]
-        extra_outputs = [o for o in list(node.output)[1:] if o]
-        if node.op_type != "SkipLayerNormalization" or extra_outputs or not bias:
-            nodes.append(node)  # mean / inv-std / the sum are read, or no bias: keep it fused
+        if not bias or any(list(node.output)[1:]):
+            nodes.append(node)  # no bias, or mean / inv-std / the sum are read: keep it fused
             continue
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
         # names from the output (unique in a valid graph), not the node name (optional)
@@ -98,6 +100,13 @@ def unfuse_skip_layernorm(model) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return n
+
+
+def refused_skip_layernorm(path: Path) -> int:
+    """How many SkipLayerNormalization nodes ONNX Runtime's session fuses back into the graph at
+    `path`: those it runs beyond those the file keeps."""
+    kept = op_counts(path).get("SkipLayerNormalization", 0)
+    return session_op_counts(path).get("SkipLayerNormalization", 0) - kept
 
 
 def session_op_counts(path: Path) -> dict[str, int]:
@@ -136,7 +145,7 @@ def fuse_fp32(src: Path, dst: Path, model_type: str, num_heads: int, hidden_size
         print(f"  {dst.name}: {fused['SkipLayerNormalization']} SkipLayerNormalization kept "
               "(ONNX Runtime's CPU kernel for it is slow; an export at opset >= 17 unfuses them)")
     if unfused:
-        refused = session_op_counts(dst).get("SkipLayerNormalization", 0)
+        refused = refused_skip_layernorm(dst)
         if refused:
             raise FusionError(f"{dst}: ONNX Runtime's session fused {refused} "
                               "SkipLayerNormalization back (its SkipLayerNormFusion pattern "

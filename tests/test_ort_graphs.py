@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from export.ort_graphs import session_op_counts, unfuse_skip_layernorm
+from export.ort_graphs import refused_skip_layernorm, session_op_counts, unfuse_skip_layernorm
 
 H = 16
 
@@ -62,6 +62,7 @@ def test_without_a_bias_the_fused_op_stays(tmp_path: Path):
     path = tmp_path / "add-ln.onnx"
     onnx.save(m, str(path))
     assert session_op_counts(path).get("SkipLayerNormalization") == 1
+    assert refused_skip_layernorm(path) == 1
     m = _sln_model(bias=False)
     assert unfuse_skip_layernorm(m) == 0
     assert [n.op_type for n in m.graph.node] == ["SkipLayerNormalization"]
@@ -97,3 +98,17 @@ def test_unnamed_nodes_in_a_chain_get_unique_names():
     outs = [o for n in m.graph.node for o in n.output]
     assert len(outs) == len(set(outs)) == 6
     np.testing.assert_allclose(_run(m, feeds), want, atol=1e-5)
+
+
+def test_a_kept_fused_node_is_not_counted_as_fused_back(tmp_path: Path):
+    """A graph whose file keeps one SkipLayerNormalization (no bias) beside one unfused: the
+    session runs one, which is the kept one, not one fused back."""
+    m = _sln_model(bias=True)
+    m.graph.node[0].output[0] = "h"
+    m.graph.node.append(helper.make_node("SkipLayerNormalization", ["h", "skip", "gamma", "beta"],
+                                         ["y"], domain="com.microsoft", epsilon=1e-5))
+    assert unfuse_skip_layernorm(m) == 1
+    path = tmp_path / "mixed.onnx"
+    onnx.save(m, str(path))
+    assert session_op_counts(path).get("SkipLayerNormalization") == 1
+    assert refused_skip_layernorm(path) == 0
