@@ -271,12 +271,36 @@ def resolve_base(ref: Any, what: str) -> str:
     return resolve_model(ref["source"])
 
 
+@functools.cache
+def hub_revision(repo_id: str) -> str:
+    """The commit a Hub id loads as: the Hub's answer for its main branch where the Hub answers,
+    else the local cache's refs/main (what from_pretrained reads offline). Part of the model's
+    fingerprint, so artifacts made from an older revision are rebuilt, not reused."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not (_env_on("HF_HUB_OFFLINE") or _env_on("TRANSFORMERS_OFFLINE")):
+        from huggingface_hub import HfApi
+
+        try:
+            sha = HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S).sha
+            if sha:
+                return sha
+        except Exception:  # noqa: BLE001 - unreachable or refused: the cache decides below
+            pass
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return Path(cached).parent.name  # .../snapshots/<commit>/config.json
+    raise ModelSourceError(f"--model {repo_id!r}: cannot tell which revision it is (the Hub did "
+                           "not answer and it is not in the Hugging Face cache): pass a local "
+                           "folder, or load it once where the Hub is reachable")
+
+
 def model_fingerprint(spec: str | None) -> str:
-    """Hash of the weights + config of a local model; the id itself for a Hub model."""
+    """Hash of the weights + config of a local model; the id and its commit for a Hub model."""
     resolved = resolve_model(spec)
     path = Path(resolved)
     if not path.is_dir():
-        return f"hub:{resolved}"
+        return f"hub:{resolved}@{hub_revision(resolved)}"
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
         if f.is_file() and (f.suffix in {".json", ".txt", ".safetensors", ".bin"}):

@@ -184,3 +184,54 @@ def test_a_mistyped_model_fails_at_once_offline(spec, data_dir, tmp_path, capsys
                                 "--artifacts", str(tmp_path)], capsys)
     assert time.time() - t0 < 5
     assert spec in assert_one_line(code, err)
+
+
+# 11. a Hub model is named by its revision --------------------------------------------------------
+
+def fake_hub_cache(root: Path, repo: str, sha: str) -> None:
+    """A Hugging Face cache as huggingface_hub lays it out: refs/main names the snapshot."""
+    cache = root / f"models--{repo.replace('/', '--')}"
+    (cache / "snapshots" / sha).mkdir(parents=True)
+    (cache / "snapshots" / sha / "config.json").write_text('{"model_type": "bert"}')
+    (cache / "refs").mkdir(exist_ok=True)
+    (cache / "refs" / "main").write_text(sha)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from common import modelsource
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    modelsource.hub_revision.cache_clear()
+    modelsource.check_hub_model.cache_clear()
+    yield tmp_path
+    modelsource.hub_revision.cache_clear()
+    modelsource.check_hub_model.cache_clear()
+
+
+def test_a_hub_models_fingerprint_follows_its_revision(hub_cache, monkeypatch):
+    from common import modelsource
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    old, new = "a" * 40, "b" * 40
+    fake_hub_cache(hub_cache, "acme/tiny-bert", old)
+    assert modelsource.model_fingerprint("acme/tiny-bert") == f"hub:acme/tiny-bert@{old}"
+    fake_hub_cache(hub_cache, "acme/tiny-bert", new)  # the cache now loads a newer commit
+    modelsource.hub_revision.cache_clear()
+    assert modelsource.model_fingerprint("acme/tiny-bert") == f"hub:acme/tiny-bert@{new}"
+
+
+def test_an_unreachable_hub_falls_back_to_the_cached_revision(hub_cache, monkeypatch):
+    import huggingface_hub.constants
+
+    from common import modelsource
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # refused
+    fake_hub_cache(hub_cache, "acme/tiny-bert", "c" * 40)
+    assert modelsource.hub_revision("acme/tiny-bert") == "c" * 40
+    with pytest.raises(modelsource.ModelSourceError, match="cannot tell which revision"):
+        modelsource.hub_revision("acme/not-cached")
