@@ -28,7 +28,7 @@ endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: setup engines evaluate report readme-results speedup ops serve triton-repo k8s bench study gpu-check \
+.PHONY: setup engines evaluate report readme-results speedup ops saturation serve triton-repo k8s bench study gpu-check \
         baseline-seeds test lint typecheck pytest clean
 
 setup: $(SETUP)
@@ -70,6 +70,13 @@ speedup: $(SETUP)
 OPS ?= default
 ops: $(SETUP)
 	$(PY) -m evaluate --backend ort --profile-ops $(OPS) --data $(DATA) \
+	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS)
+
+# Do the INT8 graphs answer differently here than exact INT8 sums give (U8S8 products saturate
+# on x86 without VNNI)? Each graph against its exact twin -> reports/saturation-ort.*
+SATURATION ?= default
+saturation: $(SETUP)
+	$(PY) -m evaluate --backend ort --saturation $(SATURATION) --data $(DATA) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS)
 
 # README's Results block and docs/results/ (committed), regenerated from reports/ (never typed by

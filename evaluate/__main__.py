@@ -5,6 +5,7 @@ python -m evaluate --gpu-check every GPU row this machine can score (one line pe
 python -m evaluate --backend ort --speedup default  (or a comma list of variants)
                               variants timed in interleaved rounds -> reports/speedup-ort.*
 python -m evaluate --backend ort --profile-ops default  (or a comma list of variants)
+python -m evaluate --backend ort --saturation default  (or a comma list of variants)
                               ONNX Runtime's per-op profile at batch 1 -> reports/ops-ort.*
 
 Every EvalConfig field has a flag (generated from the dataclass, as engines' are)."""
@@ -40,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-ops", default="",
                    help="`default` (fused FP32 and the INT8 graphs built on it) or a comma list "
                         "of ort variants: time per op type at batch 1 (ONNX Runtime's profiler)")
+    p.add_argument("--saturation", default="",
+                   help="`default` (the INT8 graphs with S8 weights) or a comma list of ort "
+                        "variants: does the answer change where U8S8 products saturate (no VNNI)")
     p.add_argument("--readme", default=None,
                    help="with --all/--compare: write the comparison into this README's Results block")
     add_flags(p, EvalConfig, title="what is scored and how (EvalConfig)",
@@ -57,11 +61,14 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
         p.error("--speedup needs --backend (ratios are taken within one backend)")
     if a.profile_ops and a.backend != "ort":
         p.error("--profile-ops profiles ONNX Runtime graphs: give --backend ort")
+    if a.saturation and a.backend != "ort":
+        p.error("--saturation checks ONNX Runtime graphs: give --backend ort")
     cfg = from_flags(EvalConfig, a)
     if a.variant and "/" in a.variant:  # --variant ort/ptq
         v = find_variant(cfg.backend, cfg.variant)
         cfg = dataclasses.replace(cfg, backend=v.backend, variant=v.variant)
-    elif cfg.backend and not (a.all or a.compare or a.gpu_check or a.speedup or a.profile_ops):
+    elif cfg.backend and not (a.all or a.compare or a.gpu_check or a.speedup or a.profile_ops
+                                        or a.saturation):
         find_variant(cfg.backend, cfg.variant)  # an unknown name fails here, with the list
     return cfg, a
 
@@ -148,6 +155,30 @@ def run_profile_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     print(f"op profile -> {paths['md']}")
 
 
+def run_saturation_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
+    from evaluate.saturation import (
+        DEFAULT_VARIANTS,
+        SaturationConfig,
+        check_saturation,
+        write_saturation,
+    )
+
+    names = variant_list(a.saturation, DEFAULT_VARIANTS, "ort")
+    try:
+        sc = SaturationConfig(variants=names, data=cfg.data, split=cfg.split,
+                              sentences=cfg.latency_samples, threads=cfg.threads,
+                              artifacts=cfg.artifacts, out=cfg.out)
+    except ValueError as exc:
+        raise ConfigError(f"--saturation: {exc}") from None
+    r = check_saturation(sc)
+    paths = write_saturation(r, Path(cfg.out))
+    for x in r["rows"]:
+        print(f"ort/{x['variant']}: {x['predictions_differ']} of {r['sentences']} answers differ "
+              f"from exact sums (max |dlogit| {x['max_abs_dlogit']:.3f}), macro F1 "
+              f"{x['macro_f1_shipped']:.4f} vs {x['macro_f1_exact']:.4f}")
+    print(f"saturation -> {paths['md']}")
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
@@ -172,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         run_speedup_cli(cfg, a)
     elif a.profile_ops:
         run_profile_cli(cfg, a)
+    elif a.saturation:
+        run_saturation_cli(cfg, a)
     else:
         run_one(cfg)
     return 0

@@ -25,7 +25,8 @@ FP32_REFS = {"torch": (("torch", "fp32"),), "ort": (("ort", "fp32"), ("ort", "fp
              "trt": (("trt", "fp32"),), "qlora": (("torch", "fp32"),)}
 FIX = "make report"
 # report families besides the variant reports: file prefix -> kind
-OTHER_REPORTS = {"serve-": "serving", "study-": "study", "speedup-": "speedup", "ops-": "ops"}
+OTHER_REPORTS = {"serve-": "serving", "study-": "study", "speedup-": "speedup", "ops-": "ops",
+                 "saturation-": "saturation"}
 NOT_REPORTS = ("comparison", "ptq-search", "baseline-", "build-record")
 
 
@@ -75,9 +76,8 @@ def _preds(r: dict, reports_dir: Path, key: str = "logits_file") -> np.ndarray |
 
 
 def report_files(reports_dir: Path) -> dict[str, list[Path]]:
-    """The JSON reports of a folder by kind: "variant", "serving", "study", "speedup", "ops"."""
-    out: dict[str, list[Path]] = {"variant": [], "serving": [], "study": [], "speedup": [],
-                                  "ops": []}
+    """The JSON reports of a folder by kind: "variant" or one of OTHER_REPORTS' kinds."""
+    out: dict[str, list[Path]] = {"variant": [], **{k: [] for k in OTHER_REPORTS.values()}}
     for p in sorted(Path(reports_dir).glob("*.json")):
         if p.name.startswith(NOT_REPORTS):
             continue
@@ -93,7 +93,7 @@ def why_stale(report: Any, man: Manifest, kind: str) -> str | None:
     if kind == "study" and report.get("task") != "classifier":
         return None  # a language-model study reads no artifact
     made = report.get("made_by")
-    if kind in ("speedup", "ops"):  # one artifact per variant
+    if kind in ("speedup", "ops", "saturation"):  # one artifact per variant
         if not isinstance(made, dict) or not made:
             return "it records no artifact hashes (written by older code)"
         for variant, m in made.items():
@@ -230,9 +230,13 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
                  "threads": op["threads"], "variants": [x["variant"] for x in op["rows"]],
                  "report": f.with_suffix(".md").name, "figure": f.with_suffix(".png").name}
                 for f, op in others.get("ops", [])]  # `python -m evaluate --profile-ops`
+    saturation = [{"backend": sa["backend"], "device": sa["device"].get("name"),
+                   "rows": [{k: x[k] for k in ("variant", "predictions_differ", "max_abs_dlogit")}
+                            for x in sa["rows"]], "report": f.with_suffix(".md").name}
+                  for f, sa in others.get("saturation", [])]  # `python -m evaluate --saturation`
     return {"rows": rows, "missing": missing, "stale": stale or [], "serving": serving,
             "studies": studies, "speedups": speedups, "profiles": profiles,
-            "reference": ref_name}
+            "saturation": saturation, "reference": ref_name}
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -329,6 +333,11 @@ def comparison_markdown(c: dict) -> str:
         out += ["", f"Where the time goes ({op['backend']} op profile, {op['device']}, "
                 f"{op['threads']} threads, batch 1: {', '.join(op['variants'])}): "
                 f"[{op['report']}]({op['report']})."]
+    for sa in c.get("saturation", []):
+        out += ["", f"Does the answer depend on the CPU ({sa['backend']}, {sa['device']}: answers "
+                "that differ from exact INT8 sums, where U8S8 products saturate without VNNI): "
+                + ", ".join(f"{x['variant']} {x['predictions_differ']}" for x in sa["rows"])
+                + f": [{sa['report']}]({sa['report']})."]
     if c.get("studies"):
         out += ["", "## Quantization study (`python -m study`)", "", "| task | report |", "|---|---|"]
         out += [f"| {st['task']} | [{st['report']}]({st['report']}) |" for st in c["studies"]]
@@ -453,9 +462,9 @@ def published_files(c: dict, reports_dir: Path) -> list[Path]:
     for r in c["rows"]:
         s = Path(r["report"]).stem
         names += [f"{s}.md", f"{s}-confusion.png"]
-    for kind in ("serving", "speedups", "profiles"):
+    for kind in ("serving", "speedups", "profiles", "saturation"):
         for x in c.get(kind, []):
-            names += [x["report"], x["figure"]]
+            names += [x["report"], *([x["figure"]] if "figure" in x else [])]
     for st in c.get("studies", []):
         names += [st["report"], *st["figures"]]
     return [Path(reports_dir) / n for n in dict.fromkeys(names) if (Path(reports_dir) / n).is_file()]
