@@ -5,8 +5,9 @@ python -m evaluate --gpu-check every GPU row this machine can score (one line pe
 python -m evaluate --backend ort --speedup default  (or a comma list of variants)
                               variants timed in interleaved rounds -> reports/speedup-ort.*
 python -m evaluate --backend ort --profile-ops default  (or a comma list of variants)
-python -m evaluate --backend ort --saturation default  (or a comma list of variants)
                               ONNX Runtime's per-op profile at batch 1 -> reports/ops-ort.*
+python -m evaluate --backend ort --saturation default  (or a comma list of variants)
+                              INT8 graphs vs their exact twins -> reports/saturation-ort.*
 
 Every EvalConfig field has a flag (generated from the dataclass, as engines' are)."""
 
@@ -68,7 +69,7 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace
         v = find_variant(cfg.backend, cfg.variant)
         cfg = dataclasses.replace(cfg, backend=v.backend, variant=v.variant)
     elif cfg.backend and not (a.all or a.compare or a.gpu_check or a.speedup or a.profile_ops
-                                        or a.saturation):
+                              or a.saturation):
         find_variant(cfg.backend, cfg.variant)  # an unknown name fails here, with the list
     return cfg, a
 

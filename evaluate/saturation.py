@@ -111,7 +111,7 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
 
     from common.checkpoint import baseline_encoder
     from common.data import load_split
-    from common.env import cpu_device, versions
+    from common.env import cpu_device, int8_weights_for_this_cpu, versions
     from common.manifest import Manifest
     from common.metrics import bootstrap_weights, classification_metrics, paired_delta_ci
     from common.variants import find_variant
@@ -154,6 +154,8 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
                 "delta_f1": paired_delta_ci(w, y, ps, pe)})
     return {"backend": "ort", "config": asdict(cfg), "threads": threads, "sentences": n,
             "device": cpu_device(), "rows": rows, "versions": versions(),
+            # the project's one rule for where U8 x S8 saturates (it also picks QAT's weights)
+            "u8s8_saturates": int8_weights_for_this_cpu() == "u8",
             "made_by": {v: man.made_by(arts[v]) for v in cfg.variants}}
 
 
@@ -161,11 +163,10 @@ def markdown(r: dict) -> str:
     from evaluate.op_profile import kernel_note
 
     dev = r["device"]
-    exact_here = bool(dev.get("avx512_vnni") or dev.get("avx_vnni") or dev.get("amx"))
-    verdict = ("This CPU has VNNI: its U8S8 sums are exact, so every row must show 0 differences."
-               if exact_here else
-               "This CPU has no VNNI: the differences are what saturation does to this model; a "
-               "CPU with VNNI computes the exact column.")
+    verdict = ("This CPU's U8S8 products saturate (x86 without VNNI): the differences are what "
+               "saturation does to this model; a CPU with VNNI computes the exact column."
+               if r["u8s8_saturates"] else
+               "This CPU's U8S8 sums are exact, so every row must show 0 differences.")
     lines = ["# Does the answer depend on the CPU? U8S8 saturation", "",
              f"{dev.get('name')}, {r['threads']} threads, batch 1, the first {r['sentences']} "
              f"{r['config']['split']} sentences. Each graph as shipped against its exact twin (every "
