@@ -1,8 +1,14 @@
 # make engines | make test | make report | make evaluate BACKEND=ort VARIANT=fp32
 # make serve BACKEND=ort VARIANT=qat | make bench BACKEND=ort VARIANT=fp32 | make triton-repo
-# Variables: DATA (Hub name or local folder), MODEL (Hub id or local dir; empty = packaged MiniLM),
-# ARTIFACTS, REPORTS, THREADS, ENGINE_ARGS / EVAL_ARGS (extra flags passed through).
-DATA      ?= dair-ai/emotion
+# Variables: DATA (Hub name or local folder of train/validation/test .jsonl|.csv|.parquet) and
+# LABELS (label names in id order, where the data names none): the task, declared to `make
+# engines`; empty, the task ARTIFACTS was built for (else dair-ai/emotion). The other task flags
+# (--text-column, --text-pair-column, --label-column, ...) go in ENGINE_ARGS. Scoring, serving and
+# the studies read the task from ARTIFACTS (DATA given: those rows, read the same way).
+# MODEL (Hub id or local dir; empty = packaged MiniLM), ARTIFACTS, REPORTS, THREADS,
+# ENGINE_ARGS / EVAL_ARGS (extra flags passed through).
+DATA      ?=
+LABELS    ?=
 MODEL     ?=
 ARTIFACTS ?= artifacts
 REPORTS   ?= reports
@@ -27,6 +33,10 @@ HADOLINT := $(VENV)/bin/hadolint
 endif
 
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
+DATA_ARG  := $(if $(DATA),--data $(DATA),)
+TASK_ARGS := $(DATA_ARG) $(if $(LABELS),--labels $(LABELS),)
+# the baseline seed study trains on DATA, else on the rows of the task ARTIFACTS holds
+SEED_DATA := $(or $(DATA),$(ARTIFACTS)/task)
 
 .PHONY: setup engines evaluate report readme-results speedup ops saturation serve triton-repo k8s bench study gpu-check \
         baseline-seeds test lint typecheck pytest clean
@@ -45,44 +55,44 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 engines: $(SETUP)
-	$(PY) -m engines --data $(DATA) $(MODEL_ARG) --artifacts $(ARTIFACTS) $(ENGINE_ARGS)
+	$(PY) -m engines $(TASK_ARGS) $(MODEL_ARG) --artifacts $(ARTIFACTS) $(ENGINE_ARGS)
 
 evaluate: $(SETUP)
-	$(PY) -m evaluate --backend $(BACKEND) --variant $(VARIANT) --data $(DATA) \
+	$(PY) -m evaluate --backend $(BACKEND) --variant $(VARIANT) $(DATA_ARG) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
 
 # Every built variant on every backend available here, then reports/comparison.{md,json,png},
 # then the Hugging Face folders' model cards rewritten with these scores.
 report: $(SETUP)
-	$(PY) -m evaluate --all --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) \
+	$(PY) -m evaluate --all $(DATA_ARG) --artifacts $(ARTIFACTS) --out $(REPORTS) \
 	    --threads $(THREADS) $(EVAL_ARGS)
-	$(PY) -m engines --stages hf --data $(DATA) $(MODEL_ARG) --artifacts $(ARTIFACTS) --reports $(REPORTS)
+	$(PY) -m engines --stages hf $(MODEL_ARG) --artifacts $(ARTIFACTS) --reports $(REPORTS)
 
 # Variants of one backend timed in interleaved rounds (drift-free ratios) -> reports/speedup-<backend>.*
 # `default`: the registry's list for that backend (common/variants.py, reference first)
 SPEEDUP ?= default
 speedup: $(SETUP)
-	$(PY) -m evaluate --backend $(BACKEND) --speedup $(SPEEDUP) --data $(DATA) \
+	$(PY) -m evaluate --backend $(BACKEND) --speedup $(SPEEDUP) $(DATA_ARG) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS) $(EVAL_ARGS)
 
 # ONNX Runtime's per-op profile at batch 1 (fused FP32 and the INT8 graphs built on it):
 # where the time goes -> reports/ops-ort.*
 OPS ?= default
 ops: $(SETUP)
-	$(PY) -m evaluate --backend ort --profile-ops $(OPS) --data $(DATA) \
+	$(PY) -m evaluate --backend ort --profile-ops $(OPS) $(DATA_ARG) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS)
 
 # Do the INT8 graphs answer differently here than exact INT8 sums give (U8S8 products saturate
 # on x86 without VNNI)? Each graph against its exact twin -> reports/saturation-ort.*
 SATURATION ?= default
 saturation: $(SETUP)
-	$(PY) -m evaluate --backend ort --saturation $(SATURATION) --data $(DATA) \
+	$(PY) -m evaluate --backend ort --saturation $(SATURATION) $(DATA_ARG) \
 	    --artifacts $(ARTIFACTS) --out $(REPORTS) --threads $(THREADS)
 
 # README's Results block and docs/results/ (committed), regenerated from reports/ (never typed by
 # hand), and the README's families x stages table from common/arch.py.
 readme-results: $(SETUP)
-	$(PY) -m evaluate --compare --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) --readme README.md
+	$(PY) -m evaluate --compare --artifacts $(ARTIFACTS) --out $(REPORTS) --readme README.md
 	$(PY) -m engines --families --readme README.md
 	$(PY) -m engines --families --readme docs/contributing.md
 
@@ -99,7 +109,7 @@ triton-repo: $(SETUP)
 # Load benchmark against servers it starts itself -> reports/serve-$(BACKEND)-$(VARIANT).*
 bench: $(SETUP)
 	$(PY) -m deploy bench --backend $(BACKEND) --variant $(VARIANT) --artifacts $(ARTIFACTS) \
-	    --data $(DATA) --out $(REPORTS) --threads $(THREADS) $(SERVE_ARGS)
+	    $(DATA_ARG) --out $(REPORTS) --threads $(THREADS) $(SERVE_ARGS)
 
 # Kubernetes / KServe manifests for the NGC repository -> k8s/
 k8s: $(SETUP)
@@ -111,24 +121,24 @@ k8s: $(SETUP)
 # 2 cores; runs already in the report are not repeated.
 SEEDS ?= 42,1,2
 baseline-seeds: $(SETUP)
-	$(PY) -m train.seeds --name unweighted --class-weights none --seeds $(SEEDS) --data $(DATA)
-	$(PY) -m train.seeds --name class-weights --seeds $(SEEDS) --data $(DATA)
-	$(PY) -m train.seeds --name class-weights+ls0.1 --label-smoothing 0.1 --seeds $(SEEDS) --data $(DATA)
-	$(PY) -m train.seeds --name class-weights+avg5 --average-last 5 --seeds $(SEEDS) --data $(DATA)
-	$(PY) -m train.seeds --name class-weights+llrd0.9 --layer-decay 0.9 --seeds $(SEEDS) --data $(DATA)
-	$(PY) -m train.seeds --name class-weights+focal2 --focal-gamma 2 --seeds $(SEEDS) --data $(DATA)
+	$(PY) -m train.seeds --name unweighted --class-weights none --seeds $(SEEDS) --data $(SEED_DATA)
+	$(PY) -m train.seeds --name class-weights --seeds $(SEEDS) --data $(SEED_DATA)
+	$(PY) -m train.seeds --name class-weights+ls0.1 --label-smoothing 0.1 --seeds $(SEEDS) --data $(SEED_DATA)
+	$(PY) -m train.seeds --name class-weights+avg5 --average-last 5 --seeds $(SEEDS) --data $(SEED_DATA)
+	$(PY) -m train.seeds --name class-weights+llrd0.9 --layer-decay 0.9 --seeds $(SEEDS) --data $(SEED_DATA)
+	$(PY) -m train.seeds --name class-weights+focal2 --focal-gamma 2 --seeds $(SEEDS) --data $(SEED_DATA)
 	for e in class-weights class-weights+ls0.1 unweighted,class-weights,class-weights+ls0.1 \
 	    class-weights,class-weights+ls0.1; do $(PY) -m train.seeds --ensemble $$e || exit 1; done
 
 # Quantization study of the classifier (our quantizers vs bitsandbytes) -> reports/study-classifier.*
 study: $(SETUP)
-	$(PY) -m study --task classifier --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS) \
+	$(PY) -m study --task classifier $(DATA_ARG) --artifacts $(ARTIFACTS) --out $(REPORTS) \
 	    --threads $(THREADS)
 
 # Every GPU row this machine can score (torch CUDA FP32/FP16, QLoRA on CUDA, ORT CUDA, TensorRT)
 # -> reports/gpu/, one line per row it skips; on a CPU machine one line saying there is no GPU.
 gpu-check: $(SETUP)
-	$(PY) -m evaluate --gpu-check --data $(DATA) --artifacts $(ARTIFACTS) --out $(REPORTS)/gpu \
+	$(PY) -m evaluate --gpu-check $(DATA_ARG) --artifacts $(ARTIFACTS) --out $(REPORTS)/gpu \
 	    --threads $(THREADS) $(EVAL_ARGS)
 
 lint: $(SETUP)

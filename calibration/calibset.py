@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.checkpoint import TextEncoder
 from common.config import check_ranges, doc
-from common.data import load_split
+from common.data import Split
 from common.errors import ConfigError
-from common.feeds import encode
+from common.task import load_split
 
 SPLIT = "validation"  # never "test": calibrating on test data would leak it into the variant
 
@@ -42,32 +43,31 @@ class CalibConfig:
             raise ConfigError(f"seq_len must be 'longest' or an integer, not {self.seq_len!r}")
 
 
-def sample_calibration(data: str, tokenizer, names: list[str], max_length: int, size: int,
-                       seed: int, seq_len: str = "longest") -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """`size` validation rows drawn with `seed`, kept in draw order (so the first k of them are
-    themselves a uniform sample of k rows), padded to one width. Returns (feed, row indices)."""
-    val = load_split(data, SPLIT)
+def sample_calibration(val: Split, te: TextEncoder, size: int, seed: int,
+                       seq_len: str = "longest") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`size` rows of `val` (the validation split) drawn with `seed`, kept in draw order (so the
+    first k of them are themselves a uniform sample of k rows), tokenized as the model was
+    trained (pairs as pairs), padded to one width. Returns (feed, row indices)."""
     rng = np.random.default_rng(seed)
     n = min(size, len(val))
     idx = rng.choice(len(val), size=n, replace=False)
     fixed = int(seq_len) if seq_len.isdigit() else None
-    enc = encode(tokenizer, [val.texts[i] for i in idx], fixed or max_length)
+    sample = TextEncoder(te.tokenizer, fixed or te.max_length, te.input_names, te.pair)
+    enc = sample.encode_split(val.take(idx.tolist()))
     width = fixed or int(-(-int(enc.lengths().max()) // 8) * 8)
-    return enc.batch(list(range(n)), names, pad_to=width), idx.astype(np.int64)
+    return enc.batch(list(range(n)), list(te.input_names), pad_to=width), idx.astype(np.int64)
 
 
-def build_calibration_set(data: str, tokenizer, names: list[str], max_length: int,
-                          cfg: CalibConfig, out: Path) -> dict:
-    n_val = len(load_split(data, SPLIT))
-    if min(cfg.size, n_val) < cfg.batch_size:  # ONNX Runtime would say "No data is collected"
-        raise ConfigError(f"the {SPLIT} split of {data} has {n_val} rows, fewer than one "
+def build_calibration_set(data: str | Path, te: TextEncoder, cfg: CalibConfig, out: Path) -> dict:
+    """The calibration set of the task in `data` (a build's task folder), written to `out`."""
+    val = load_split(data, SPLIT)
+    if min(cfg.size, len(val)) < cfg.batch_size:  # ONNX Runtime would say "No data is collected"
+        raise ConfigError(f"the {SPLIT} split of {val.source} has {len(val)} rows, fewer than one "
                           f"calibration batch ({cfg.batch_size}): lower --calib-batch-size")
-    feed, idx = sample_calibration(data, tokenizer, names, max_length, cfg.size, cfg.seed,
-                                   cfg.seq_len)
+    feed, idx = sample_calibration(val, te, cfg.size, cfg.seed, cfg.seq_len)
     with open(out, "wb") as f:  # np.savez on a handle: no ".npz" appended to the temp name
         np.savez(f, **feed, rows=idx)
-    val = load_split(data, SPLIT)
-    return {"rows": len(idx), "seq_len": int(feed[names[0]].shape[1]), "split": SPLIT,
+    return {"rows": len(idx), "seq_len": int(feed[te.input_names[0]].shape[1]), "split": SPLIT,
             "config": asdict(cfg), "source": val.source, "source_sha256": val.fingerprint}
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.feeds import Encoded, encode
+from common.data import Split
+from common.feeds import Encoded, check_pairs, encode
 from common.manifest import ArtifactError, Manifest
 
 
@@ -27,14 +28,20 @@ def read_recipe(ckpt: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TextEncoder:
-    """Texts -> unpadded token ids, exactly as the baseline was trained (tokenizer, max length)."""
+    """Texts (or text pairs) -> unpadded token ids, exactly as the baseline was trained
+    (tokenizer, max length, single texts or pairs)."""
 
     tokenizer: Any
     max_length: int
     input_names: tuple[str, ...]
+    pair: bool = False  # a pair task: every text comes with its second text
 
-    def encode(self, texts: Sequence[str]) -> Encoded:
-        return encode(self.tokenizer, texts, self.max_length)
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
+        texts, second = check_pairs(texts, pairs, self.pair)
+        return encode(self.tokenizer, texts, self.max_length, second)
+
+    def encode_split(self, split: Split) -> Encoded:
+        return self.encode(split.texts, split.pairs)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Path) -> TextEncoder:
@@ -42,7 +49,7 @@ class TextEncoder:
 
         meta = read_recipe(ckpt)
         return cls(AutoTokenizer.from_pretrained(str(ckpt)), int(meta["max_length"]),
-                   tuple(meta["input_names"]))
+                   tuple(meta["input_names"]), bool(meta.get("task", {}).get("pair", False)))
 
 
 def baseline_dir(artifacts: Path) -> Path:

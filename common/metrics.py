@@ -1,13 +1,33 @@
-"""Classification metrics (scikit-learn) and latency statistics."""
+"""Classification metrics (scikit-learn) and latency statistics.
+
+Macro F1 averages over the labels that occur in the rows or the predictions (scikit-learn's
+default set): a label with neither has no F1 to average, and counting it as 0 would make a
+slice of a many-label task look worse than the model is. Per-class rows cover every label.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from common.labels import LABELS
+
+def label_names(labels: int | Sequence[str] | None, *arrays: np.ndarray) -> list[str]:
+    """The label names in id order: given, or "0".."n-1" for a count (None: from the arrays)."""
+    if labels is None:
+        labels = 1 + max(int(np.max(a)) for a in arrays if len(a))
+    return [str(i) for i in range(labels)] if isinstance(labels, int) else list(labels)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+def present(y_true: np.ndarray, y_pred: np.ndarray) -> list[int]:
+    """The label ids macro F1 averages over: those in the rows or the predictions."""
+    return sorted(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist()))
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           labels: int | Sequence[str] | None = None) -> dict:
+    """Accuracy, macro F1, per-class precision / recall / F1 / support under the label names
+    (`labels`: the names in id order, or their number), and the confusion matrix (rows: true)."""
     from sklearn.metrics import (
         accuracy_score,
         confusion_matrix,
@@ -15,13 +35,16 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         precision_recall_fscore_support,
     )
 
-    ids = list(range(len(LABELS)))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    names = label_names(labels, y_true, y_pred)
+    ids = list(range(len(names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present(y_true, y_pred),
+                                   average="macro", zero_division=0)),
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                             "support": int(s[i])} for i, name in enumerate(LABELS)},
+                             "support": int(s[i])} for i, name in enumerate(names)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
     }
 
@@ -43,15 +66,17 @@ def bootstrap_weights(n: int, resamples: int = 2000, seed: int = 0) -> np.ndarra
 
 
 def macro_f1_resampled(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Macro F1 (sklearn's definition, zero_division=0) of each resample in w, vectorised."""
+    """Macro F1 (sklearn's definition, zero_division=0, over the labels classification_metrics
+    averages over) of each resample in w, vectorised."""
     f1 = np.zeros(w.shape[0])
-    for c in range(len(LABELS)):
+    classes = present(y, pred)
+    for c in classes:
         tp = w @ ((y == c) & (pred == c)).astype(np.float64)
         support = w @ (y == c).astype(np.float64)
         predicted = w @ (pred == c).astype(np.float64)
         denom = support + predicted
         f1 += np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 0.0)
-    return f1 / len(LABELS)
+    return f1 / len(classes)
 
 
 def paired_delta_ci(w: np.ndarray, y: np.ndarray, pred: np.ndarray, ref: np.ndarray,

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +141,13 @@ def max_positions(config: dict[str, Any]) -> int | None:
 
 
 def validate_model(spec: str | None, max_length: int | None = None,
-                   flag: str = "--max-length") -> None:
+                   flag: str = "--max-length", num_labels: int | None = None) -> None:
     """Check a base model before training from it, one line per problem: a local folder needs
-    config.json, tokenizer files and readable weights; a classification head must have our 6
-    labels (a head of another task is refused, not re-initialised in silence: its weights would
-    not load, and a model fine-tuned for another task is rarely the base one meant; pass its
-    encoder instead); max_length must fit its positions. A Hub id is checked to be reachable."""
-    from common.labels import NUM_LABELS
-
+    config.json, tokenizer files and readable weights; a classification head must have the
+    task's `num_labels` (a head of another task is refused, not re-initialised in silence: its
+    weights would not load, and a model fine-tuned for another task is rarely the base one meant;
+    pass its encoder instead); max_length must fit its positions. A Hub id is checked to be
+    reachable."""
     path = Path(resolve_model(spec))
     if not path.is_dir():
         return  # a Hub id, found in the cache or on the reachable Hub (resolve_model)
@@ -174,11 +174,11 @@ def validate_model(spec: str | None, max_length: int | None = None,
     heads = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
     labels = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else \
         config.get("num_labels", 2)
-    if heads and labels != NUM_LABELS:
+    if heads and num_labels is not None and labels != num_labels:
         raise ModelSourceError(f"{name} is a {heads[0]} with {labels} labels, this task has "
-                               f"{NUM_LABELS}: pass its encoder without the head (save "
+                               f"{num_labels}: pass its encoder without the head (save "
                                "AutoModel.from_pretrained(it) with save_pretrained) or a model "
-                               f"with {NUM_LABELS} labels")
+                               f"with {num_labels} labels")
     limit = max_positions(config)
     if max_length is not None and limit is not None and max_length > limit:
         offset = " (RoBERTa-style positions start after the padding index)" \
@@ -309,14 +309,19 @@ def model_fingerprint(spec: str | None) -> str:
     return h.hexdigest()
 
 
-def load_classifier(spec: str | None, **kwargs):
-    """A BertForSequenceClassification-like model with our 6 labels wired into its config."""
+def load_classifier(spec: str | None, labels: Sequence[str], **kwargs):
+    """A BertForSequenceClassification-like model with the task's labels (names in id order)
+    wired into its config: head size, id2label, label2id."""
     from transformers import AutoModelForSequenceClassification  # lazy: heavy
 
-    from common.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-
     return from_pretrained(AutoModelForSequenceClassification, resolve_model(spec),
-                           num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID, **kwargs)
+                           **label_config(labels), **kwargs)
+
+
+def label_config(labels: Sequence[str]) -> dict[str, Any]:
+    """from_pretrained's keywords that give a classifier the task's labels."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {n: i for i, n in enumerate(labels)}}
 
 
 def load_tokenizer(spec: str | Path):

@@ -13,6 +13,7 @@ Linear4bit with double quant is deterministic and as accurate as without.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,15 @@ def _frozen_embedding_nf4():
     return FrozenEmbeddingNF4
 
 
-def load_nf4_base(model: str, spec: Nf4Spec, device: str) -> Any:
-    """The pre-trained model with NF4 Linear (and optionally embedding) weights; head FP32."""
+def load_nf4_base(model: str, spec: Nf4Spec, device: str, labels: Sequence[str]) -> Any:
+    """The pre-trained model with NF4 Linear (and optionally embedding) weights; head FP32 with
+    the task's labels (names in id order)."""
     import bitsandbytes as bnb
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, BitsAndBytesConfig
 
     from common.arch import family_of
-    from common.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-    from common.modelsource import resolve_model
+    from common.modelsource import label_config, resolve_model
 
     path = resolve_model(model)
     head = list(family_of(AutoConfig.from_pretrained(path)).head)
@@ -67,8 +68,7 @@ def load_nf4_base(model: str, spec: Nf4Spec, device: str) -> Any:
                            bnb_4bit_use_double_quant=spec.double_quant, bnb_4bit_compute_dtype=dtype,
                            llm_int8_skip_modules=head)
     m = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID,
-        quantization_config=q, device_map={"": device}, dtype=torch.float32)
+        path, **label_config(labels), quantization_config=q, device_map={"": device}, dtype=torch.float32)
     old = m.get_input_embeddings()
     # EmbeddingNF4 quantizes each row in blocks of 64: rows must be a whole number of blocks.
     if spec.quantize_embeddings and old.embedding_dim % 64 == 0:
@@ -138,6 +138,7 @@ def load_qlora(adapter_dir: Path, device: str = "cpu",
     recipe = read_recipe(Path(adapter_dir))
     try:
         spec = Nf4Spec(**recipe["nf4"])
+        labels = list(recipe["labels"])
     except (KeyError, TypeError) as exc:  # written by other code
         raise ArtifactError(f"{adapter_dir} was saved by another version of the QLoRA code "
                             f"({exc}); rebuild it with `make engines`") from None
@@ -145,5 +146,5 @@ def load_qlora(adapter_dir: Path, device: str = "cpu",
         from common.modelsource import resolve_base
 
         base_dir = resolve_base(recipe.get("base_model"), f"the QLoRA model {adapter_dir}")
-    base = load_nf4_base(base_dir, spec, device)
+    base = load_nf4_base(base_dir, spec, device, labels)
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), recipe

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from common.config import doc
-from common.data import DEFAULT_DATASET, load_split
 from common.env import cpu_device, versions
 from common.errors import ConfigError
 from common.manifest import Manifest
@@ -57,7 +56,7 @@ class BenchConfig:
     url: str = doc("", "HTTP host:port of a running server (loopback only; then nothing is "
                    "started)")
     grpc_url: str = ""
-    data: str = DEFAULT_DATASET
+    data: str = ""  # the test rows: empty = the build's task (common.task.scoring_task)
     artifacts: str = "artifacts"
     out: str = "reports"
     agreement_rows: int = doc(0, "test rows sent for the agreement check (0 = the whole split)")
@@ -104,7 +103,18 @@ def _ref_key(sc: ServeConfig) -> tuple[int, bool]:
     return sc.threads or default_threads(), sc.ort_spin
 
 
-def sent_text(texts: list[str], i: int, k: int) -> str:
+# What a request carries per row: a text, or (text, text_pair) for a pair task.
+Item = str | tuple[str, str]
+
+
+def split_items(items: list[Item]) -> tuple[list[str], list[str] | None]:
+    """The texts and (pair task) the second texts of a list of request rows."""
+    if items and isinstance(items[0], tuple):
+        return [t[0] for t in items], [t[1] for t in items]
+    return [str(t) for t in items], None
+
+
+def sent_text(texts: list[Item], i: int, k: int) -> Item:
     """The text client k sends as the i-th request of a point. With one client the sequence is
     the same at every point, and the in-process reference times exactly these sentences in this
     order: a p50 difference is then the server's, not a different mix of sentence lengths."""
@@ -125,7 +135,7 @@ class TritonClient:
     def __init__(self, protocol: str, url: str):
         self.mod, self.client = _client(protocol, url)
 
-    def infer(self, model: str, texts: list[str]) -> dict[str, np.ndarray]:
+    def infer(self, model: str, texts: list[Item]) -> dict[str, np.ndarray]:
         return infer_texts(self.mod, self.client, model, texts)
 
     def close(self) -> None:
@@ -143,11 +153,13 @@ class RawHttpClient:
         host, port = url.rsplit(":", 1)
         self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
 
-    def infer(self, model: str, texts: list[str]) -> dict[str, np.ndarray]:
+    def infer(self, model: str, texts: list[Item]) -> dict[str, np.ndarray]:
         import json
 
-        body = json.dumps({"inputs": [{"name": "text", "shape": [len(texts), 1],
-                                       "datatype": "BYTES", "data": texts}]})
+        first, second = split_items(texts)
+        body = json.dumps({"inputs": [{"name": name, "shape": [len(first), 1], "datatype": "BYTES",
+                                       "data": data} for name, data in
+                                      (("text", first), ("text_pair", second)) if data is not None]})
         try:
             self.conn.request("POST", f"/v2/models/{model}/infer", body,
                               {"Content-Type": "application/json"})
@@ -172,11 +184,16 @@ def connect(protocol: str, url: str) -> TritonClient | RawHttpClient:
     return RawHttpClient(url) if protocol == "raw" else TritonClient(protocol, url)
 
 
-def infer_texts(client_mod, client, model: str, texts: list[str]) -> dict[str, np.ndarray]:
-    x = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
-    inp = client_mod.InferInput("text", list(x.shape), "BYTES")
-    inp.set_data_from_numpy(x)
-    r = client.infer(model, [inp])
+def infer_texts(client_mod, client, model: str, texts: list[Item]) -> dict[str, np.ndarray]:
+    """One request of these rows (texts, or (text, text_pair) pairs) through tritonclient."""
+    inputs = []
+    for name, data in zip(("text", "text_pair"), split_items(texts), strict=True):
+        if data is not None:
+            x = np.array([[t.encode("utf-8")] for t in data], dtype=np.object_)
+            inp = client_mod.InferInput(name, list(x.shape), "BYTES")
+            inp.set_data_from_numpy(x)
+            inputs.append(inp)
+    r = client.infer(model, inputs)
     return {n: r.as_numpy(n) for n in ("label", "label_id", "probs")}
 
 
@@ -226,14 +243,14 @@ def group_cpu_seconds(pgid: int | None) -> float:
     return total / tick
 
 
-def timed_predicts(svc: Any, sentences: list[str], warmup: list[str] | None = None
+def timed_predicts(svc: Any, sentences: list[Item], warmup: list[Item] | None = None
                    ) -> tuple[np.ndarray, float]:
     """Batch-1 service calls on `sentences`: seconds per call (common.timing.time_each) and this
     process's CPU seconds over the timed calls (warm-up calls run first, outside both)."""
     from common.timing import time_each
 
-    def predict(t: str) -> Any:
-        return svc.predict([t])
+    def predict(t: Item) -> Any:
+        return svc.predict(*split_items([t]))
 
     time_each(predict, (), warmup=warmup or ())
     cpu0 = time.process_time()
@@ -246,7 +263,7 @@ def timed_predicts(svc: Any, sentences: list[str], warmup: list[str] | None = No
 PAIRED_BLOCK = 25
 
 
-def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list[str],
+def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list[Item],
                 concurrency: int, max_requests: int, max_seconds: float,
                 pgid: int | None = None, local: Any = None) -> dict[str, Any]:
     """One server configuration under `concurrency` clients. With one client and `local` (the
@@ -261,14 +278,14 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
     deadline = time.monotonic() + max_seconds
     paired = local is not None and concurrency == 1
 
-    def reference_block(sent: list[str]) -> None:
+    def reference_block(sent: list[Item]) -> None:
         lat, cpu = timed_predicts(local, sent)
         ref_lat.extend(lat.tolist())
         ref_cpu[0] += cpu
 
     def worker(k: int) -> None:
         c = connect(protocol, url)
-        block: list[str] = []
+        block: list[Item] = []
         try:
             while time.monotonic() < deadline:
                 with lock:
@@ -334,22 +351,22 @@ def sweep_point(protocol: str, url: str, stats_url: str, model: str, texts: list
                 "cpu_ms_per_inference": 1e3 * ref_cpu[0] / len(ref_lat)}} if ref_lat else {})}
 
 
-def in_process(cfg: BenchConfig, texts: list[str], svc: Any, threads: int,
+def in_process(cfg: BenchConfig, texts: list[Item], svc: Any, threads: int,
                spin: bool) -> dict[str, Any]:
     """Batch-1 predictions of every text, and the CPU time and p50 of one inference on the
     sentences one client sends at a sweep point, in the same order (`sent_text`), through `svc`
     (this process, `threads` threads, the server's spin setting): the server's reference before
     the sweep. 1-client points also time `svc` interleaved with the server (sweep_point)."""
-    preds = np.array([svc.predict([t]).label_ids[0] for t in texts])
+    preds = np.array([svc.predict(*split_items([t])).label_ids[0] for t in texts])
     sample = [sent_text(texts, i, 0) for i in range(cfg.requests_per_point)]
     lat, cpu = timed_predicts(svc, sample, warmup=sample[:20])
     return {"predictions": preds, "threads": threads, "spin": spin, "n": len(sample),
             "p50_ms": 1e3 * float(np.median(lat)), "mean_ms": 1e3 * float(np.mean(lat)),
             "cpu_ms_per_inference": 1e3 * cpu / len(sample),
-            "note": "EmotionService.predict (tokenize + Runner.infer + softmax) at batch 1"}
+            "note": "ClassifierService.predict (tokenize + Runner.infer + softmax) at batch 1"}
 
 
-def agreement(url: str, model: str, texts: list[str], reference: np.ndarray, chunk: int) -> dict:
+def agreement(url: str, model: str, texts: list[Item], reference: np.ndarray, chunk: int) -> dict:
     """Send every text through the server (requests of `chunk` texts) and compare top-1."""
     import tritonclient.http as http
 
@@ -393,14 +410,18 @@ def recommend(rows: list[dict[str, Any]], protocol: str = "http") -> dict[str, A
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
-    from deploy.service import EmotionService
+    from common.task import scoring_task
+    from deploy.service import ClassifierService
 
-    test = load_split(cfg.data, "test")
-    texts = list(test.texts[: cfg.agreement_rows] if cfg.agreement_rows else test.texts)
+    test = scoring_task(Path(cfg.artifacts), cfg.data).split("test")
+    if cfg.agreement_rows:
+        test = test.head(cfg.agreement_rows)
+    texts: list[Item] = (list(test.texts) if test.pairs is None else
+                         list(zip(test.texts, test.pairs, strict=True)))
     model = cfg.serve.model_name
     points = [cfg.serve] if cfg.url else cfg.points()
     # one in-process service per (threads, spin), open for the whole sweep: the reference
-    services = {k: EmotionService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, k[0],
+    services = {k: ClassifierService(cfg.artifacts, cfg.serve.backend, cfg.serve.variant, k[0],
                                   spin=k[1]) for k in sorted({_ref_key(p) for p in points})}
     try:
         return _run_bench(cfg, texts, model, points, services)
@@ -409,7 +430,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             svc.close()
 
 
-def _run_bench(cfg: BenchConfig, texts: list[str], model: str, points: list[ServeConfig],
+def _run_bench(cfg: BenchConfig, texts: list[Item], model: str, points: list[ServeConfig],
                services: dict[tuple[int, bool], Any]) -> dict[str, Any]:
     import tempfile
 

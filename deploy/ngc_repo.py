@@ -1,6 +1,7 @@
 """The model repository for the NGC `tritonserver` image: the one requested variant on the
 `onnxruntime` (ONNX) or `tensorrt` (plan) backend, a Python `tokenizer` model (the `tokenizers`
-library only) and a Python `postprocess` model, chained by an `ensemble` named `emotion`.
+library only; text pairs for a pair task) and a Python `postprocess` model (the task's label
+names, labels.json), chained by an `ensemble` (`classifier` by default).
 
 Everything is checked before anything is written (the artifact is built and current, the backend
 can serve it, the config fits the graph's real inputs and the engine's profile), the repository
@@ -23,8 +24,8 @@ from typing import Any
 
 from common.checkpoint import baseline_meta
 from common.errors import UserError
-from common.labels import NUM_LABELS
 from common.manifest import Manifest, atomic_output
+from common.task import Task, task_of
 from deploy.registry import find_variant
 from deploy.triton_repo import (
     HERE,
@@ -32,6 +33,7 @@ from deploy.triton_repo import (
     ServeConfig,
     batching,
     contract_io,
+    text_inputs,
     triton_pb,
     write_config,
 )
@@ -103,14 +105,14 @@ def _onnx_input_types(path: Path) -> dict[str, str]:
 
 
 def model_config(pb: Any, name: str, sc: ServeConfig, gpu: bool, names: list[str],
-                 types: dict[str, str], profile: Any = None) -> Any:
+                 types: dict[str, str], num_labels: int, profile: Any = None) -> Any:
     backend, filename = TRITON_BACKEND[sc.backend]
     cfg = pb.ModelConfig(name=name, backend=backend, max_batch_size=sc.max_batch,
                          default_model_filename=filename)
     for n in names:  # variable sequence length: dims [-1]
         cfg.input.add(name=n, data_type=getattr(pb, ONNX_TO_TRITON[types.get(n, "int64")]),
                       dims=[-1])
-    cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
+    cfg.output.add(name="logits", data_type=pb.TYPE_FP32, dims=[num_labels])
     batching(cfg, sc)
     kind = pb.ModelInstanceGroup.KIND_GPU if gpu else pb.ModelInstanceGroup.KIND_CPU
     group = cfg.instance_group.add(count=sc.instances, kind=kind)
@@ -131,26 +133,29 @@ def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True
     man = Manifest(artifacts)
     facts = check_request(sc, man, gpu)
     meta = baseline_meta(artifacts)
+    task = task_of(artifacts)
     names = list(meta["input_names"])
     if sc.backend == "ort" and facts["inputs"] != names:
         raise RepoError(f"{facts['path']} takes inputs {facts['inputs']}, the tokenizer writes "
                         f"{names}: rebuild it with `make engines`")
     types = _onnx_input_types(facts["path"]) if sc.backend == "ort" else {}
-    target = f"emotion_{sc.backend}_{sc.variant.replace('-', '_')}"
+    target = f"{sc.model_name}_{sc.backend}_{sc.variant.replace('-', '_')}"
     with atomic_output(Path(out)) as tmp:
         folder = tmp / target
         (folder / "1").mkdir(parents=True)
         shutil.copy(facts["path"], folder / "1" / TRITON_BACKEND[sc.backend][1])
-        write_config(model_config(pb, target, sc, gpu, names, types, facts.get("profile")), folder)
-        write_tokenizer(pb, tmp / "tokenizer", artifacts, man, sc, names, int(meta["max_length"]))
-        write_postprocess(pb, tmp / "postprocess", sc)
-        write_ensemble(pb, tmp / sc.model_name, sc, target, names)
+        write_config(model_config(pb, target, sc, gpu, names, types, task.num_labels,
+                                  facts.get("profile")), folder)
+        write_tokenizer(pb, tmp / "tokenizer", artifacts, man, sc, names, int(meta["max_length"]),
+                        task.pair)
+        write_postprocess(pb, tmp / "postprocess", sc, task)
+        write_ensemble(pb, tmp / sc.model_name, sc, target, names, task)
     return {"models": {f"{sc.backend}/{sc.variant}": target}, "ensemble": sc.model_name,
             "serves": target, "dynamic_batching": sc.dynamic_batching}
 
 
 def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: ServeConfig,
-                    names: list[str], max_length: int) -> None:
+                    names: list[str], max_length: int, pair: bool) -> None:
     """tokenizer.json + settings + the input checks shared with the local server (copied beside
     it in project/: common/feeds.py and deploy/service.py import numpy only)."""
     (tok / "1" / "project" / "common").mkdir(parents=True)
@@ -158,7 +163,7 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
     shutil.copy(HERE / "triton_tokenizer.py", tok / "1" / "model.py")
     baseline = man.verify("baseline")  # the tokenizer served is the one the variant was made with
     shutil.copy(baseline / "tokenizer.json", tok / "1" / "tokenizer.json")
-    for rel in ("common/__init__.py", "common/errors.py", "common/feeds.py", "common/labels.py",
+    for rel in ("common/__init__.py", "common/errors.py", "common/feeds.py",
                 "common/buckets.py", "common/probs.py", "deploy/service.py"):
         shutil.copy(PROJECT_ROOT / rel, tok / "1" / "project" / rel)
     (tok / "1" / "project" / "deploy" / "__init__.py").write_text("")
@@ -166,9 +171,10 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
 
     pad = load_tokenizer(baseline).pad_token_id
     (tok / "1" / "settings.json").write_text(json.dumps(
-        {"max_length": max_length, "input_names": names, "pad_id": int(pad or 0)}))
+        {"max_length": max_length, "input_names": names, "pad_id": int(pad or 0), "pair": pair}))
     cfg = pb.ModelConfig(name="tokenizer", backend="python", max_batch_size=sc.max_batch)
-    cfg.input.add(name="text", data_type=pb.TYPE_STRING, dims=[1])
+    for name in text_inputs(pair):
+        cfg.input.add(name=name, data_type=pb.TYPE_STRING, dims=[1])
     for n in names:
         cfg.output.add(name=n, data_type=pb.TYPE_INT64, dims=[-1])
     # the tokenizer batches what waits for it, so it can pad those requests to one width
@@ -177,25 +183,29 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
     write_config(cfg, tok)
 
 
-def write_postprocess(pb: Any, post: Path, sc: ServeConfig) -> None:
+def write_postprocess(pb: Any, post: Path, sc: ServeConfig, task: Task) -> None:
+    """The softmax (copied beside it in project/) and the task's label names (labels.json)."""
     (post / "1" / "project" / "common").mkdir(parents=True)
     shutil.copy(HERE / "triton_postprocess.py", post / "1" / "model.py")
-    for rel in ("common/__init__.py", "common/labels.py", "common/probs.py"):
+    for rel in ("common/__init__.py", "common/probs.py"):
         shutil.copy(PROJECT_ROOT / rel, post / "1" / "project" / rel)
+    (post / "1" / "labels.json").write_text(json.dumps(list(task.labels)), encoding="utf-8")
     cfg = pb.ModelConfig(name="postprocess", backend="python", max_batch_size=sc.max_batch)
-    cfg.input.add(name="logits", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
+    cfg.input.add(name="logits", data_type=pb.TYPE_FP32, dims=[task.num_labels])
     cfg.output.add(name="label", data_type=pb.TYPE_STRING, dims=[1])
     cfg.output.add(name="label_id", data_type=pb.TYPE_INT64, dims=[1])
-    cfg.output.add(name="probs", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
+    cfg.output.add(name="probs", data_type=pb.TYPE_FP32, dims=[task.num_labels])
     cfg.instance_group.add(count=sc.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     write_config(cfg, post)
 
 
-def write_ensemble(pb: Any, folder: Path, sc: ServeConfig, target: str, names: list[str]) -> None:
+def write_ensemble(pb: Any, folder: Path, sc: ServeConfig, target: str, names: list[str],
+                   task: Task) -> None:
     ens = pb.ModelConfig(name=sc.model_name, platform="ensemble", max_batch_size=sc.max_batch)
-    contract_io(ens, pb)
+    contract_io(ens, pb, task.num_labels, task.pair)
     step = ens.ensemble_scheduling.step.add(model_name="tokenizer", model_version=-1)
-    step.input_map["text"] = "text"
+    for name in text_inputs(task.pair):
+        step.input_map[name] = name
     for n in names:
         step.output_map[n] = n
     step = ens.ensemble_scheduling.step.add(model_name=target, model_version=-1)

@@ -1,4 +1,5 @@
-"""Triton Python-backend model: raw text in, label / label_id / probs out (copied as 1/model.py).
+"""Triton Python-backend model: raw text (and, for a pair task, its `text_pair`) in, label /
+label_id / probs out (copied as 1/model.py).
 
 Why a Python-backend model of ours and not PyTriton's callables: with pytriton 0.7 an exception
 for one request fails every request the dynamic batcher put in the same batch, and the client
@@ -21,29 +22,39 @@ class TritonPythonModel:
         cfg = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
         sys.path.insert(0, p["project_root"])
-        from common.feeds import InputError
-        from deploy.service import EmotionService, decode_texts
+        from common.feeds import InputError, check_pairs
+        from deploy.service import ClassifierService, decode_texts
 
-        self.input_error, self.decode = InputError, decode_texts
-        self.service = EmotionService(p["artifacts"], p["backend"], p["variant"], int(p["threads"]),
-                                      spin=p.get("spin", "1") == "1")
+        self.input_error, self.decode, self.check_pairs = InputError, decode_texts, check_pairs
+        self.service = ClassifierService(p["artifacts"], p["backend"], p["variant"],
+                                         int(p["threads"]), spin=p.get("spin", "1") == "1")
+
+    def read(self, request):
+        """A request's texts (and pairs), checked as the evaluator checks them."""
+        tensor = pb_utils.get_input_tensor_by_name(request, "text")
+        if tensor is None:
+            raise self.input_error("send the input `text`")
+        texts = self.decode(list(tensor.as_numpy()))
+        second = pb_utils.get_input_tensor_by_name(request, "text_pair")
+        pairs = None if second is None else self.decode(list(second.as_numpy()), "text_pair")
+        return self.check_pairs(texts, pairs, self.service.pair)
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        texts, owners = [], []
+        texts, pairs, owners = [], [], []
         for i, request in enumerate(requests):
             try:
-                tensor = pb_utils.get_input_tensor_by_name(request, "text")
-                batch = self.decode(list(tensor.as_numpy()))
+                batch, second = self.read(request)
             except self.input_error as exc:
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
                 continue
             owners.append((i, len(texts), len(texts) + len(batch)))
             texts += batch
+            pairs += second or []
         if texts:  # one forward pass over every valid request's texts
             try:
-                pred = self.service.predict(texts)
+                pred = self.service.predict(texts, pairs if self.service.pair else None)
             except Exception as exc:  # the model itself failed: every request of the batch fails
                 err = pb_utils.TritonError(f"inference failed: {exc}", pb_utils.TritonError.INTERNAL)
                 for i, _, _ in owners:

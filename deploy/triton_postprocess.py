@@ -1,17 +1,20 @@
 """Triton Python-backend `postprocess` model of the NGC repository (copied as 1/model.py):
-logits -> label (BYTES), label_id (INT64), probs (FP32, softmax). numpy only: the label names and
-the softmax are the project's own (common/labels.py, common/probs.py), copied beside it in
-project/."""
+logits -> label (BYTES), label_id (INT64), probs (FP32, softmax). numpy only: the label names
+are the task's (labels.json beside this file, written from the build's task), the softmax the
+project's own (common/probs.py, copied beside it in project/)."""
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python backend stub
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "project"))
-from common.labels import LABELS  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "project"))
 from common.probs import softmax  # noqa: E402
+
+LABELS = json.loads((HERE / "labels.json").read_text(encoding="utf-8"))
 
 
 class TritonPythonModel:

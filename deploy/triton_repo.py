@@ -1,8 +1,11 @@
 """Triton model repositories, written as protobuf messages (tritonclient's model_config_pb2) and
 serialised with text_format, so a config.pbtxt cannot carry a typo the server would reject.
 
-Two layouts, one client contract (model `emotion`, input `text` BYTES [1] batched, outputs
-`label` BYTES [1], `label_id` INT64 [1], `probs` FP32 [6]):
+Two layouts, one client contract, shaped by the task the artifacts were built for (model
+`classifier`, input `text` BYTES [1] batched, plus `text_pair` BYTES [1] for a pair task; outputs
+`label` BYTES [1] (the task's label name), `label_id` INT64 [1], `probs` FP32 [number of labels]).
+Triton itself refuses, per request, a pair task's request without `text_pair` and a single-text
+task's request with one:
 - `write_local_repo` (here): one Python-backend model that runs any variant through its Runner
   (what `python -m deploy serve` starts with the tritonserver binary bundled in nvidia-pytriton,
   whose only backend is Python);
@@ -18,7 +21,6 @@ from typing import Any
 
 from common.config import doc
 from common.errors import ConfigError, UserError
-from common.labels import NUM_LABELS
 from common.manifest import Manifest
 from deploy.registry import find_variant
 
@@ -32,7 +34,7 @@ class ServeConfig:
 
     backend: str = doc("ort", "ort | torch | qlora | trt (or give --variant as backend/name)")
     variant: str = doc("fp32", "the variant served; `--help` lists them")
-    model_name: str = doc("emotion", "the name clients call")
+    model_name: str = doc("classifier", "the name clients call")
     max_batch: int = 32
     queue_delay_us: int = doc(0, "dynamic batcher's wait for more requests (microseconds)")
     dynamic_batching: bool = True
@@ -87,12 +89,18 @@ def write_config(cfg, folder: Path) -> Path:
     return path
 
 
-def contract_io(cfg, pb) -> None:
-    """The client-facing input and outputs (shared by the local model and the ensemble)."""
-    cfg.input.add(name="text", data_type=pb.TYPE_STRING, dims=[1])
+def text_inputs(pair: bool) -> tuple[str, ...]:
+    """The request's text inputs: `text`, and a pair task's `text_pair`."""
+    return ("text", "text_pair") if pair else ("text",)
+
+
+def contract_io(cfg, pb, num_labels: int, pair: bool) -> None:
+    """The client-facing inputs and outputs (shared by the local model and the ensemble)."""
+    for name in text_inputs(pair):
+        cfg.input.add(name=name, data_type=pb.TYPE_STRING, dims=[1])
     cfg.output.add(name="label", data_type=pb.TYPE_STRING, dims=[1])
     cfg.output.add(name="label_id", data_type=pb.TYPE_INT64, dims=[1])
-    cfg.output.add(name="probs", data_type=pb.TYPE_FP32, dims=[NUM_LABELS])
+    cfg.output.add(name="probs", data_type=pb.TYPE_FP32, dims=[num_labels])
 
 
 def batching(cfg, sc: ServeConfig) -> None:
@@ -122,10 +130,13 @@ def preflight(sc: ServeConfig, artifacts: Path) -> None:
 
 def write_local_repo(repo: Path, sc: ServeConfig, artifacts: Path) -> Path:
     """One Python-backend model running the variant's Runner; returns its config path."""
+    from common.task import task_of
+
     pb = triton_pb()
     preflight(sc, Path(artifacts))
+    task = task_of(Path(artifacts))
     cfg = pb.ModelConfig(name=sc.model_name, backend="python", max_batch_size=sc.max_batch)
-    contract_io(cfg, pb)
+    contract_io(cfg, pb, task.num_labels, task.pair)
     batching(cfg, sc)
     cfg.instance_group.add(count=sc.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
     params = {"project_root": str(PROJECT_ROOT), "artifacts": str(Path(artifacts).resolve()),

@@ -4,8 +4,8 @@ The NGC tritonserver image has no transformers: this model needs only the `token
 and numpy (docker/Dockerfile.triton adds them to the image), the tokenizer.json saved with the
 baseline, and the project's input checks and feed builder, copied beside it in project/
 (common/feeds.py, deploy/service.py import numpy only). Encoding matches common.feeds.encode:
-special tokens added, truncated to max_length keeping the final token, padded with the
-tokenizer's own pad id.
+special tokens added, truncated to max_length keeping the final token (a pair task's pairs:
+`longest_first`, the tokenizer's own pair truncation), padded with the tokenizer's own pad id.
 
 Every request of one execute() is padded to the same width, the length bucket (common/buckets.py,
 the table the TensorRT profiles and the CUDA-graph runner share) of the longest of them: Triton's
@@ -30,14 +30,21 @@ def bucket(longest: int, max_length: int) -> int:
     return Buckets().length_for(longest, max_length)
 
 
-def encode_rows(tokenizer, texts, max_length, pad_id):
-    """Unpadded ids of `texts` (already checked), as common.feeds.Encoded."""
+def encode_rows(tokenizer, texts, max_length, pad_id, pairs=None):
+    """Unpadded ids of `texts` (already checked; `pairs`: a pair task's second texts), as
+    common.feeds.Encoded."""
     from common.feeds import Encoded
 
     ids, types, truncated = [], [], 0
-    for e in tokenizer.encode_batch(texts):
+    rows = texts if pairs is None else list(zip(texts, pairs, strict=True))
+    for i, e in enumerate(tokenizer.encode_batch(rows)):
         a, t = list(e.ids), list(e.type_ids)
-        if len(a) > max_length:  # keep [CLS] ... and the final [SEP]
+        if len(a) > max_length and pairs is not None:  # the pair template's own longest_first
+            tokenizer.enable_truncation(max_length, strategy="longest_first")
+            cut = tokenizer.encode(texts[i], pairs[i])
+            tokenizer.no_truncation()
+            a, t, truncated = list(cut.ids), list(cut.type_ids), truncated + 1
+        elif len(a) > max_length:  # keep [CLS] ... and the final [SEP]
             a, t, truncated = a[: max_length - 1] + a[-1:], t[: max_length - 1] + t[-1:], truncated + 1
         ids.append(np.asarray(a, dtype=np.int64))
         types.append(np.asarray(t, dtype=np.int64))
@@ -48,12 +55,13 @@ class TritonPythonModel:
     def initialize(self, args):
         from tokenizers import Tokenizer
 
-        from common.feeds import InputError
+        from common.feeds import InputError, check_pairs
         from deploy.service import decode_texts
 
         settings = json.loads((HERE / "settings.json").read_text())
         self.max_length, self.names = settings["max_length"], settings["input_names"]
-        self.pad_id = settings["pad_id"]
+        self.pad_id, self.pair = settings["pad_id"], settings["pair"]
+        self.check_pairs = check_pairs
         self.tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
         self.tokenizer.no_truncation()  # truncation is done above, as in common.feeds.encode
         self.tokenizer.no_padding()
@@ -67,11 +75,14 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 texts = self.decode(list(pb_utils.get_input_tensor_by_name(request, "text").as_numpy()))
+                second = pb_utils.get_input_tensor_by_name(request, "text_pair")
+                pairs = None if second is None else self.decode(list(second.as_numpy()), "text_pair")
+                texts, pairs = self.check_pairs(texts, pairs, self.pair)
             except self.input_error as exc:
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
                 continue
-            encoded[i] = encode_rows(self.tokenizer, texts, self.max_length, self.pad_id)
+            encoded[i] = encode_rows(self.tokenizer, texts, self.max_length, self.pad_id, pairs)
         if encoded:
             width = bucket(max(int(e.lengths().max()) for e in encoded.values()), self.max_length)
             for i, enc in encoded.items():

@@ -1,9 +1,16 @@
-"""python -m engines [--model ...] [--data ...] [--stages baseline,onnx,...] [--dry-run]
+"""python -m engines [--model ...] [--data ...] [--text-column ...] [--stages baseline,onnx,...]
+[--dry-run]
+
+The task is declared once (TaskSpec): --data (a Hub name or a local folder of train / validation
+/ test .jsonl, .csv or .parquet files), --text-column, --text-pair-column (a pair task),
+--label-column, --labels, --hub-config, --split-names, --validation-fraction and
+--validation-seed. The build reads and checks it first (artifacts/task/); every step reads its
+rows from there.
 
 Every field of every step's config has a flag (generated from the frozen dataclasses, so a flag
 cannot drift from the field it sets): the baseline's unprefixed (--epochs, --lr ...), the others
 prefixed by their step (--export-*, --fuse-*, --dynamic-*, --calib-*, --ptq-*, --qat-*,
---qat-export-*, --qlora-*, --trt-*, --trt-profile-*). --model, --data, --device, --threads,
+--qat-export-*, --qlora-*, --trt-*, --trt-profile-*). --model, --device, --threads,
 --limit-train and --limit-eval apply to every step that has that field.
 """
 
@@ -16,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from common.config import add_flags, from_flags
-from common.data import DEFAULT_DATASET
 from common.errors import ConfigError, cli
 from common.modelsource import DEFAULT_MODEL
+from common.task import TaskSpec
 from engines.pipeline import STAGES, BuildConfig, build_all, plan_all
 
-SHARED = ("model", "data", "device", "threads", "limit_train", "limit_eval")
+SHARED = ("model", "device", "threads", "limit_train", "limit_eval")
+# every step reads the task artifact: no step's `data` is a flag (BuildConfig sets it)
+NOT_FLAGS = SHARED + ("data",)
 # BuildConfig field -> flag prefix; fields a step sets itself are left out of the flags.
 PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "finetune": ("", ()), "torch_fp16": ("torch-fp16-", ()), "export": ("export-", ()), "fuse": ("fuse-", ()),
@@ -36,7 +45,6 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engines", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local dir (default: packaged MiniLM)")
-    p.add_argument("--data", default=DEFAULT_DATASET, help="Hub dataset name or local folder of jsonl")
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--reports", default="reports", help="scores the model cards carry")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
@@ -52,9 +60,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads of the training steps")
     p.add_argument("--limit-train", type=int, default=None, help="first N training rows (smoke runs)")
     p.add_argument("--limit-eval", type=int, default=None, help="first N validation rows")
+    add_flags(p, TaskSpec, title="the task: data, columns, labels (TaskSpec)")
     for name, (prefix, skip) in PREFIXES.items():
         cls = type(getattr(BuildConfig(), name))
-        add_flags(p, cls, prefix, skip=SHARED + skip, title=f"{name} ({cls.__name__})")
+        add_flags(p, cls, prefix, skip=NOT_FLAGS + skip, title=f"{name} ({cls.__name__})")
     p.add_argument("--tolerable-loss", dest="ptq_tolerable_loss", type=float, default=None,
                    metavar="PT", help="= --ptq-tolerable-loss: largest validation-B macro F1 drop "
                    "(pt) the static-PTQ search accepts")
@@ -71,8 +80,28 @@ def parse(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespac
         configs[name] = from_flags(cls, a, prefix.replace("-", "_"),
                                    **{k: v for k, v in shared.items() if k in fields})
     stages = tuple(s.strip() for s in a.stages.split(",") if s.strip())
-    return BuildConfig(model=a.model, data=a.data, artifacts=a.artifacts, reports=a.reports,
+    return BuildConfig(model=a.model, task=task_spec(a), artifacts=a.artifacts,
+                       reports=a.reports,
                        stages=stages, force=a.force, overlap=a.overlap, **configs), a
+
+
+def task_spec(a: argparse.Namespace) -> TaskSpec:
+    """The task flags. With --data, they declare the task (defaults for the rest); without, the
+    task --artifacts was built for stays declared (a later `--stages hf` needs no repeat), each
+    task flag given changing its field; with neither, the default task."""
+    from common.task import declared_task
+
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(TaskSpec)
+             if getattr(a, f.name, None) is not None}
+    if "data" in given:
+        return from_flags(TaskSpec, a)
+    built = declared_task(Path(a.artifacts))
+    if built is None:
+        return from_flags(TaskSpec, a)
+    try:
+        return dataclasses.replace(built, **given)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"TaskSpec: {exc}") from None
 
 
 @cli

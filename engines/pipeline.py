@@ -20,11 +20,11 @@ from typing import Any
 from calibration.calibset import CalibConfig
 from calibration.ptq_search import StaticConfig
 from common.config import recipe
-from common.data import DEFAULT_DATASET, dataset_fingerprint
 from common.env import cpu_device, peak_memory, versions
 from common.errors import ConfigError, UserError
 from common.manifest import Manifest, atomic_output
 from common.modelsource import DEFAULT_MODEL, model_fingerprint
+from common.task import TaskSpec
 from common.workdir import build_lock, check_writable, clean_leftovers
 from engines.preflight import check_calibration, check_models, missing_inputs, model_bytes
 from engines.trt_build import TrtConfig
@@ -39,17 +39,20 @@ from train.finetune import FinetuneConfig
 from train.qat import QatConfig
 from train.qlora import QloraConfig
 
-STAGES = ("baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "qlora", "optimum", "hf",
+# "task" (the data read and checked once, artifacts/task/) runs in every build: every later
+# stage reads its rows from there
+STAGES = ("task", "baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "qlora", "optimum", "hf",
           "trt")
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Every step's config. `model` and `data` are set into each config that has those fields
-    (engines.__main__ does that; tests build configs directly)."""
+    """Every step's config. `model` is set into each config that has that field (engines.__main__
+    does that; tests build configs directly). The task's data is read once, by the task step:
+    every config's `data` is pointed at the task artifact (artifacts/task/) here."""
 
     model: str = DEFAULT_MODEL
-    data: str = DEFAULT_DATASET
+    task: TaskSpec = field(default_factory=TaskSpec)
     artifacts: str = "artifacts"
     reports: str = "reports"  # where `make report` wrote the scores the model cards carry
     stages: tuple[str, ...] = STAGES
@@ -73,6 +76,12 @@ class BuildConfig:
     trt: TrtConfig = field(default_factory=TrtConfig)
 
     def __post_init__(self) -> None:
+        import dataclasses
+
+        for f in dataclasses.fields(self):  # `data` is a location: no recipe or key changes
+            sub = getattr(self, f.name)
+            if f.name != "task" and hasattr(sub, "data") and not isinstance(sub, type):
+                object.__setattr__(self, f.name, dataclasses.replace(sub, data=self.task_dir))
         unknown = set(self.stages) - set(STAGES)
         if unknown:
             raise ConfigError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
@@ -84,6 +93,11 @@ class BuildConfig:
         if max(rows) > self.calib.size:
             raise ConfigError(f"--ptq-calib-rows {max(rows)} is more than the calibration set "
                               f"holds (--calib-size {self.calib.size}): raise --calib-size")
+
+    @property
+    def task_dir(self) -> str:
+        """The task artifact, where every step reads its rows (the build writes it first)."""
+        return str(Path(self.artifacts) / "task")
 
 
 class MissingInput(UserError):
@@ -199,6 +213,8 @@ class Builder:
         seconds = extra.pop("child_seconds", seconds)
         child_mb = extra.pop("child_peak_rss_mb", None)
         mb = peak.mb if child_mb is None else round(child_mb, 1)
+        if step.name != "task" and self.manifest.built("task"):  # what it was made for
+            extra.setdefault("task", self.manifest.get("task").get("task"))
         extra["build_seconds"] = seconds
         extra["build_peak_rss_mb"] = mb
         if peak.since_start:  # the kernel kept the process' peak: it may be an earlier step's
@@ -234,17 +250,9 @@ class Builder:
         return out
 
 
-def training_sources(data: str, model: str) -> Callable[[], dict[str, str]]:
-    """What a training recipe reads: the train and validation rows and the base model."""
-    def sources() -> dict[str, str]:
-        fp = dataset_fingerprint(data, ("train", "validation"))
-        return {"data:train": fp["train"], "data:validation": fp["validation"],
-                "model": model_fingerprint(model)}
-    return sources
-
-
-def validation_source(data: str) -> Callable[[], dict[str, str]]:
-    return lambda: {"data:validation": dataset_fingerprint(data, ("validation",))["validation"]}
+def model_source(model: str) -> Callable[[], dict[str, str]]:
+    """What a training recipe reads besides the task artifact: the base model."""
+    return lambda: {"model": model_fingerprint(model)}
 
 
 def steps_for(b: Builder) -> list[Step]:
@@ -255,7 +263,7 @@ def steps_for(b: Builder) -> list[Step]:
 
     out: list[Step] = []
     for stage in STAGES:  # fixed order: later stages read earlier artifacts
-        if stage in b.cfg.stages:
+        if stage in b.cfg.stages or stage == "task":
             for factory in STEP_FACTORIES[stage]:
                 made = factory(b)
                 code = code_fingerprint(factory)
@@ -304,8 +312,7 @@ def build_all(cfg: BuildConfig) -> Builder:
 def _build(b: Builder) -> Builder:
     cfg = b.cfg
     t0 = time.time()
-    check_models(cfg)
-    check_calibration(cfg)
+    preflight(cfg)
     steps = steps_for(b)
     b.in_run = {s.name for s in steps}
     b.check_inputs(steps)
@@ -314,10 +321,12 @@ def _build(b: Builder) -> Builder:
     plan = planned.plan(steps)
     todo = [s for s in steps if plan[s.name].startswith("build")]
     check_writable(b.root, max((b.expected_bytes(s) for s in todo), default=0), "--artifacts")
-    b.background = start_overlap(b, steps)
     try:
         for step in steps:
-            if b.background is not None and step.name == "baseline":
+            if step.name == "task":  # first: QLoRA, started beside the baseline, reads its rows
+                b.run(step)
+                b.background = start_overlap(b, steps)
+            elif b.background is not None and step.name == "baseline":
                 with b.background.sharing_cores():
                     b.run(step)
             else:
@@ -368,9 +377,21 @@ def plan_all(cfg: BuildConfig) -> dict[str, str]:
     if b.manifest.corrupt:
         print(f"[repair] {b.manifest.path} is corrupt ({b.manifest.corrupt}): a build rebuilds it "
               f"from the entry copies of {len(b.manifest.entries)} intact artifact(s)")
-    check_models(cfg)
-    check_calibration(cfg)
+    preflight(cfg)
     steps = steps_for(b)
     b.in_run = {s.name for s in steps}
     b.check_inputs(steps)
     return b.plan(steps)
+
+
+def preflight(cfg: BuildConfig) -> None:
+    """Before any step: the data read and every row and label checked (one line naming file, row
+    and fix; nothing is built), then the base models and the calibration set's size."""
+    from common.task import resolve_task
+
+    task = resolve_task(cfg.task)
+    print(f"[task] {task.describe()}")
+    for w in task.warnings:
+        print(f"warning: {w}")
+    check_models(cfg, task)
+    check_calibration(cfg, task)

@@ -11,32 +11,33 @@ from common.errors import ConfigError
 from common.modelsource import resolve_model, validate_model
 
 if TYPE_CHECKING:
+    from common.task import Task
     from engines.pipeline import BuildConfig, Builder, Step
 
 
-def check_models(cfg: BuildConfig) -> None:
-    """The base model of each training stage of the run, before anything else reads it."""
+def check_models(cfg: BuildConfig, task: Task) -> None:
+    """The base model of each training stage of the run, before anything else reads it (a
+    classification head must have the task's number of labels)."""
     if "baseline" in cfg.stages:
-        validate_model(cfg.finetune.model, cfg.finetune.max_length)
+        validate_model(cfg.finetune.model, cfg.finetune.max_length, num_labels=task.num_labels)
     if "qlora" in cfg.stages:
-        validate_model(cfg.qlora.model, cfg.qlora.max_length, "--qlora-max-length")
+        validate_model(cfg.qlora.model, cfg.qlora.max_length, "--qlora-max-length",
+                       num_labels=task.num_labels)
 
 
-def check_calibration(cfg: BuildConfig) -> None:
+def check_calibration(cfg: BuildConfig, task: Task) -> None:
     """The validation split holds at least one calibration batch (else ONNX Runtime's calibrator
     fails after the baseline's training with "No data is collected")."""
     if "calibration" not in cfg.stages:
         return
-    from common.data import load_split
-
-    val = len(load_split(cfg.data, "validation"))
+    val = len(task.split("validation"))
     if min(cfg.calib.size, val) < cfg.calib.batch_size:
-        raise ConfigError(f"the validation split of {cfg.data} has {val} rows, fewer than one "
+        raise ConfigError(f"the validation split of {task.source} has {val} rows, fewer than one "
                           f"calibration batch (--calib-batch-size {cfg.calib.batch_size}): lower "
                           "--calib-batch-size or use more validation rows")
     if "ptq" in cfg.stages and max(cfg.static.calib_rows) > val:
         raise ConfigError(f"--ptq-calib-rows {max(cfg.static.calib_rows)} is more than the "
-                          f"validation split of {cfg.data} holds ({val} rows): lower it")
+                          f"validation split of {task.source} holds ({val} rows): lower it")
 
 
 def missing_inputs(b: Builder, steps: list[Step]) -> str | None:
@@ -55,7 +56,7 @@ def missing_inputs(b: Builder, steps: list[Step]) -> str | None:
         return None
     by_stage = {st: _stage_steps(b, st) for st in STAGES}
     where = {s.name: st for st, made in by_stage.items() for s in made}
-    stages, todo = set(b.cfg.stages), gaps
+    stages, todo = set(b.cfg.stages) | {"task"}, gaps  # the task step runs in every build
     while todo:
         new = {where[d] for _, d in todo if d in where} - stages
         if not new:
@@ -63,11 +64,11 @@ def missing_inputs(b: Builder, steps: list[Step]) -> str | None:
         stages |= new
         todo = lacking([s for st in STAGES if st in stages for s in by_stage[st]])
     step, dep = gaps[0]
-    add = [st for st in STAGES if st in stages and st not in b.cfg.stages]
+    add = [st for st in STAGES if st in stages and st not in b.cfg.stages and st != "task"]
     if not add:
         return f"{step} reads {dep}, which is not built in {b.root}, and no stage builds it"
     return (f"{step} reads {dep}, which is not built in {b.root}: add stage(s) {', '.join(add)} "
-            f"(--stages {','.join(st for st in STAGES if st in stages)})")
+            f"(--stages {','.join(st for st in STAGES if st in stages and st != 'task')})")
 
 
 def _stage_steps(b: Builder, stage: str) -> list[Step]:

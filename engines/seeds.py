@@ -50,10 +50,11 @@ def train_and_score(variant: str, cfg: Any, build: Any, work: Path) -> dict[str,
     """Train one run into `work`; its validation macro F1 (the training's own selection score)
     and its test logits at batch 1."""
     from common.checkpoint import TextEncoder
-    from common.data import load_split
     from common.manifest import Manifest
+    from common.task import task_of
 
     man = Manifest(Path(build.artifacts))
+    test = task_of(Path(build.artifacts)).split("test")
     t0 = time.time()
     if variant == "qlora":
         from common.qlora_model import load_qlora
@@ -62,8 +63,7 @@ def train_and_score(variant: str, cfg: Any, build: Any, work: Path) -> dict[str,
         r = train_qlora(cfg, work)
         te = TextEncoder.from_checkpoint(work)
         model, _ = load_qlora(work)
-        test = load_split(build.data, "test")
-        logits = _torch_logits_b1(model, te.encode(test.texts), te.input_names)
+        logits = _torch_logits_b1(model, te.encode_split(test), te.input_names)
         val = r["best_val_macro_f1"]
     else:
         from export.qat_export import export_qat
@@ -73,8 +73,7 @@ def train_and_score(variant: str, cfg: Any, build: Any, work: Path) -> dict[str,
                       build.calib.batch_size, work / "qat")
         export_qat(work / "qat", work / "qat.onnx", build.qat_export)
         te = TextEncoder.from_checkpoint(man.verify("baseline"))
-        test = load_split(build.data, "test")
-        logits = _ort_logits(work / "qat.onnx", te.encode(test.texts), te.input_names)
+        logits = _ort_logits(work / "qat.onnx", te.encode_split(test), te.input_names)
         val = r["best_val_macro_f1"]
     return {"val_macro_f1": float(val), "logits": logits, "labels": np.asarray(test.labels),
             "train_minutes": (time.time() - t0) / 60}
@@ -85,13 +84,11 @@ def run_inputs(variant: str, build: Any) -> dict[str, str]:
     and (QAT) the baseline and calibration set it starts from. A run made from other inputs is
     trained again, not reused."""
     from common.codehash import code_fingerprint
-    from common.data import dataset_fingerprint
     from common.manifest import Manifest
 
-    out = {**{f"data:{k}": v for k, v in dataset_fingerprint(build.data).items()},
-           "code": code_fingerprint(train_and_score)}
+    man = Manifest(Path(build.artifacts))
+    out = {"task": man.get("task")["sha256"], "code": code_fingerprint(train_and_score)}
     if variant == "qat":
-        man = Manifest(Path(build.artifacts))
         out.update({"baseline": man.get("baseline")["sha256"],
                     "calibration": man.get("calibration")["sha256"]})
     else:
@@ -105,13 +102,13 @@ def references(build: Any) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
     """Test logits at batch 1 of the FP32 and static-PTQ graphs the artifacts folder holds, and
     the test labels."""
     from common.checkpoint import TextEncoder
-    from common.data import load_split
     from common.manifest import Manifest
+    from common.task import task_of
 
     man = Manifest(Path(build.artifacts))
     te = TextEncoder.from_checkpoint(man.verify("baseline"))
-    test = load_split(build.data, "test")
-    enc = te.encode(test.texts)
+    test = task_of(Path(build.artifacts)).split("test")
+    enc = te.encode_split(test)
     out = {}
     for name, art in REFERENCES.items():
         if man.built(art):

@@ -12,7 +12,7 @@ from typing import Any
 
 from common.config import recipe
 from common.manifest import Manifest
-from engines.pipeline import STAGES, Builder, Step, fixed, training_sources, validation_source
+from engines.pipeline import STAGES, Builder, Step, fixed, model_source
 
 Factory = Callable[[Builder], "Step | list[Step]"]
 # stage -> the step factories that build its artifacts, in build order (register_step)
@@ -35,6 +35,20 @@ def family(b: Builder):
     return load_spec(resolve_model(b.cfg.finetune.model)).family
 
 
+def task_step(b: Builder) -> Step:
+    """artifacts/task/: the data read once with the declared columns and labels, every row
+    checked, each split written as canonical JSON Lines beside task.json. Keyed by the resolved
+    task itself (rows, label names, how validation was made): a change of any rebuilds what is
+    made from it."""
+    from common.task import resolve_task, write_task
+
+    spec = b.cfg.task
+    # the manifest keeps where the data was read from, so later builds of this folder reuse the
+    # declaration without repeating it (common.task.declared_task)
+    return Step("task", fixed("task"), spec, (), lambda: {"task": resolve_task(spec).fingerprint()},
+                lambda tmp: {**write_task(resolve_task(spec), tmp), "data": spec.data})
+
+
 def baseline_step(b: Builder) -> Step:
     from train.finetune import finetune
 
@@ -45,7 +59,7 @@ def baseline_step(b: Builder) -> Step:
         return {"best_val_macro_f1": r["best_val_macro_f1"], "train_minutes": r["train_minutes"],
                 "model_type": r["model_type"]}
 
-    return Step("baseline", fixed("baseline"), ft, (), training_sources(ft.data, ft.model), build)
+    return Step("baseline", fixed("baseline"), ft, ("task",), model_source(ft.model), build)
 
 
 def torch_fp16_step(b: Builder) -> Step:
@@ -131,14 +145,13 @@ def calibration_step(b: Builder) -> Step:
         from common.checkpoint import TextEncoder
 
         te = TextEncoder.from_checkpoint(b.path("baseline"))
-        return build_calibration_set(b.cfg.data, te.tokenizer, list(te.input_names),
-                                     te.max_length, c, tmp)
+        return build_calibration_set(b.path("task"), te, c, tmp)
 
     # The file name carries the key, so a calibration set made for other inputs is never found.
     def path(inputs: dict[str, str]) -> str:
         return f"calibration/calib-{Manifest.key(recipe(c), inputs)[:12]}.npz"
 
-    return Step("calibration", path, c, ("baseline",), validation_source(b.cfg.data), build)
+    return Step("calibration", path, c, ("baseline", "task"), dict, build)
 
 
 def ptq_step(b: Builder) -> Step:
@@ -152,22 +165,21 @@ def ptq_step(b: Builder) -> Step:
 
         from calibration.calibset import sample_calibration
         from common.checkpoint import TextEncoder
-        from common.data import load_split
+        from common.task import read_task
 
         te = TextEncoder.from_checkpoint(b.path("baseline"))
-        val = load_split(b.cfg.data, "validation")
+        val = read_task(b.path("task")).split("validation")
         names = list(te.input_names)
 
         def sampler(rows: int, seed: int) -> dict[str, Any]:
-            return sample_calibration(b.cfg.data, te.tokenizer, names, te.max_length, rows, seed,
-                                      b.cfg.calib.seq_len)[0]
+            return sample_calibration(val, te, rows, seed, b.cfg.calib.seq_len)[0]
 
         return search_static_ptq(b.path("onnx-fp32"), tmp, b.path("calibration"), names,
-                                 b.cfg.calib.batch_size, cfg, te.encode(val.texts),
+                                 b.cfg.calib.batch_size, cfg, te.encode_split(val),
                                  np.asarray(val.labels), family(b).ffn[-1], sampler)
 
-    return Step("onnx-ptq", fixed("onnx/ptq.onnx"), cfg, ("onnx-fp32", "calibration", "baseline"),
-                validation_source(b.cfg.data), build)
+    return Step("onnx-ptq", fixed("onnx/ptq.onnx"), cfg,
+                ("onnx-fp32", "calibration", "baseline", "task"), dict, build)
 
 
 def ptq_s8_step(b: Builder) -> Step:
@@ -231,8 +243,7 @@ def ptq_fused_step(b: Builder) -> Step:
 
     return Step("onnx-ptq-fused", fixed("onnx/ptq-fused.onnx"),
                 PtqFusedConfig(b.cfg.static, b.cfg.dynamic),
-                ("onnx-ptq", "onnx-fp32-fused", "calibration", "baseline"),
-                validation_source(b.cfg.data), build)
+                ("onnx-ptq", "onnx-fp32-fused", "calibration", "baseline"), dict, build)
 
 
 def qat_step(b: Builder) -> Step:
@@ -245,13 +256,7 @@ def qat_step(b: Builder) -> Step:
         return {k: r[k] for k in ("val_macro_f1_before_qat", "best_val_macro_f1", "best_step",
                                   "steps", "train_minutes", "quantization", "inserted")}
 
-    def sources() -> dict[str, str]:
-        from common.data import dataset_fingerprint
-
-        fp = dataset_fingerprint(q.data, ("train", "validation"))
-        return {"data:train": fp["train"], "data:validation": fp["validation"]}
-
-    return Step("qat", fixed("qat"), q, ("baseline", "calibration"), sources, build)
+    return Step("qat", fixed("qat"), q, ("baseline", "calibration", "task"), dict, build)
 
 
 def qat_onnx_step(b: Builder, flavour: str) -> Step:
@@ -279,7 +284,7 @@ def qlora_step(b: Builder) -> Step:
                                      "fp32_weight_bytes")}, "trained_beside_baseline": beside,
                 **child}
 
-    return Step("qlora", fixed("qlora"), q, (), training_sources(q.data, q.model), build)
+    return Step("qlora", fixed("qlora"), q, ("task",), model_source(q.model), build)
 
 
 def optimum_steps(b: Builder) -> list[Step]:
@@ -295,18 +300,18 @@ def optimum_steps(b: Builder) -> list[Step]:
         rows = int(b.manifest.get("onnx-ptq")["static"]["calib_rows"])
         with np.load(b.path("calibration")) as z:
             drawn = z["rows"][:rows].tolist()
-        return oa.build_static(b.path("onnx-fp32"), b.path("baseline"), tmp, drawn, b.cfg.data, c)
+        return oa.build_static(b.path("onnx-fp32"), b.path("baseline"), tmp, drawn,
+                               b.path("task"), c)
 
     return [
         Step("onnx-optimum-fp32", fixed("onnx/optimum-fp32.onnx"), c, ("baseline", "onnx-fp32"),
              dict, lambda tmp: oa.export_and_compare(b.path("onnx-fp32"), b.path("baseline"), tmp,
-                                                     b.cfg.data, c)),
+                                                     b.path("task"), c)),
         Step("onnx-optimum-dynamic", fixed("onnx/optimum-dynamic.onnx"), c,
              ("baseline", "onnx-fp32"), dict,
              lambda tmp: oa.build_dynamic(b.path("onnx-fp32"), b.path("baseline"), tmp)),
         Step("onnx-optimum-static", fixed("onnx/optimum-static.onnx"), c,
-             ("baseline", "onnx-fp32", "calibration", "onnx-ptq"), validation_source(b.cfg.data),
-             static, skip=skipped_steps(family(b).model_type).get("onnx-optimum-static")),
+             ("baseline", "onnx-fp32", "calibration", "onnx-ptq", "task"), dict, static, skip=skipped_steps(family(b).model_type).get("onnx-optimum-static")),
     ]
 
 
@@ -360,8 +365,6 @@ def hf_steps(b: Builder) -> list[Step]:
 def card_problem(rep: Any) -> str | None:
     """Why a report cannot go on a model card (export.hf.model_card reads these fields; a
     truncated, hand-edited or foreign report must not break the build), or None."""
-    from common.labels import LABELS
-
     def number(x: Any) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool)
 
@@ -369,14 +372,18 @@ def card_problem(rep: Any) -> str | None:
         return isinstance(x, dict) and all(k in x for k in keys)
 
     if not obj(rep, "made_by", "macro_f1", "accuracy", "size_mb", "latency_ms", "batched",
-               "batch_invariance", "device", "provider", "threads", "per_class"):
+               "batch_invariance", "device", "provider", "threads", "per_class", "task", "rows"):
         return "not a report object with every field a model card reads"
+    labels = rep["task"].get("labels") if isinstance(rep["task"], dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        return "its task names no labels"
     if not (obj(rep["made_by"], "sha256") and obj(rep["latency_ms"], "p50", "p95")
             and obj(rep["batched"], "batch_size", "macro_f1")
             and obj(rep["batch_invariance"], "differ") and obj(rep["device"])
-            and obj(rep["per_class"], *LABELS)):
-        return "its made_by, latency_ms, batched, batch_invariance, device or per_class is short"
-    rows = [rep["per_class"][c] for c in LABELS]
+            and obj(rep["per_class"], *labels) and obj(rep["rows"], "scored", "split_rows")):
+        return ("its made_by, latency_ms, batched, batch_invariance, device, per_class or rows is "
+                "short")
+    rows = [rep["per_class"][c] for c in labels]
     if not all(obj(r, "precision", "recall", "f1") for r in rows):
         return "a per_class row lacks precision, recall or f1"
     values = [rep["macro_f1"], rep["accuracy"], rep["size_mb"], rep["latency_ms"]["p50"],
@@ -461,6 +468,7 @@ def qat_onnx_s8_step(b: Builder) -> Step:
 # Build order inside a stage: later factories read earlier artifacts (ptq: the search first, then
 # its S8 (TensorRT) flavour and the fused-graph version of its recipe).
 for _stage, _factories in (
+        ("task", (task_step,)),
         ("baseline", (baseline_step, torch_fp16_step)),
         ("onnx", (onnx_step, fused_step)),
         ("dynamic", (torch_dynamic_step, ort_dynamic_plain_step, ort_dynamic_fused_step)),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from common.labels import LABELS
+from common.classes import largest_changes, names_of
 from common.manifest import Manifest, write_json_atomic, write_text_atomic
 from evaluate.report import load_report, stem
 
@@ -64,7 +64,8 @@ def agreement(r: dict, ref: dict | None, reports_dir: Path) -> dict[str, Any] | 
 def what_changed(r: dict, ref: dict | None) -> str:
     if ref is None:
         return ""
-    deltas = {c: r["per_class"][c]["f1"] - ref["per_class"][c]["f1"] for c in LABELS}
+    deltas = {c: r["per_class"][c]["f1"] - ref["per_class"][c]["f1"] for c in r["per_class"]
+              if c in ref["per_class"]}
     worst = sorted(deltas, key=deltas.get)[:2]  # type: ignore[arg-type]
     if all(abs(v) < 0.005 for v in deltas.values()):
         return "per-class F1 within 0.5 pt of the FP32 reference for every class"
@@ -202,9 +203,10 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
             "vs_fp32": ratio_vs(r, head), "vs_each_fp32": [ratio_vs(r, x) for x in refs],
             "agreement": agreement(r, agree_ref, reports_dir),
             "what_changed": what_changed(r, ref_pc),
-            "per_class_f1": {c: r["per_class"][c]["f1"] for c in LABELS},
+            "per_class_f1": {c: r["per_class"][c]["f1"] for c in names_of(r)},
             "per_class_delta_pt": None if agree_ref is None else {
-                c: 100 * (r["per_class"][c]["f1"] - agree_ref["per_class"][c]["f1"]) for c in LABELS},
+                c: 100 * (r["per_class"][c]["f1"] - agree_ref["per_class"][c]["f1"])
+                for c in names_of(r)},
             "confusion_matrix": r["confusion_matrix"], "measurement": r["measurement"],
             "versions": r["versions"], "made_by": {k: r["made_by"].get(k) for k in
                                                    ("artifact", "sha256", "key", "code")},
@@ -234,7 +236,10 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
                    "rows": [{k: x[k] for k in ("variant", "predictions_differ", "max_abs_dlogit")}
                             for x in sa["rows"]], "report": f.with_suffix(".md").name}
                   for f, sa in others.get("saturation", [])]  # `python -m evaluate --saturation`
-    return {"rows": rows, "missing": missing, "stale": stale or [], "serving": serving,
+    first = agree_ref or (reports[0] if reports else None)
+    return {"rows": rows, "labels": names_of(first) if first else [],
+            "task": first.get("task") if first else None,
+            "missing": missing, "stale": stale or [], "serving": serving,
             "studies": studies, "speedups": speedups, "profiles": profiles,
             "saturation": saturation, "reference": ref_name}
 
@@ -266,7 +271,10 @@ FIGURES = {"headline": "comparison-f1-vs-speedup.png", "per_class": "comparison-
 
 
 def comparison_markdown(c: dict) -> str:
-    out = ["# Comparison", "",
+    from evaluate.report import task_lines
+
+    out = ["# Comparison", "", *task_lines({"task": c.get("task")}),
+           *([""] if c.get("task") else []),
            "Macro F1 is scored at batch 1 (every test sentence on its own, as a per-request "
            "deployment answers); the batched F1 (batches of 32, padded) stands beside it, and "
            "`batch-invariant` says whether any prediction differs between the two (dynamic INT8 "
@@ -341,11 +349,17 @@ def comparison_markdown(c: dict) -> str:
     if c.get("studies"):
         out += ["", "## Quantization study (`python -m study`)", "", "| task | report |", "|---|---|"]
         out += [f"| {st['task']} | [{st['report']}]({st['report']}) |" for st in c["studies"]]
-    out += ["", "## Per-class F1", "", "| variant | backend | " + " | ".join(LABELS) + " | what changed |",
-            "|" + "---|" * (len(LABELS) + 3)]
+    names = c.get("labels") or []
+    shown = largest_changes(c["rows"], "per_class_delta_pt", names)
+    which = ("" if len(shown) == len(names) else
+             f" (the {len(shown)} of {len(names)} classes whose F1 changes most against "
+             f"{c['reference']}; every class is in comparison.json)")
+    out += ["", f"## Per-class F1{which}", "",
+            "| variant | backend | " + " | ".join(shown) + " | what changed |",
+            "|" + "---|" * (len(shown) + 3)]
     for r in c["rows"]:
         out.append(f"| {r['variant']} | {r['backend']} | " +
-                   " | ".join(f"{r['per_class_f1'][x]:.3f}" for x in LABELS) + f" | {r['what_changed']} |")
+                   " | ".join(f"{r['per_class_f1'][x]:.3f}" for x in shown) + f" | {r['what_changed']} |")
     out += ["", "## How each row was measured", ""]
     for r in c["rows"]:
         m = r["measurement"]
@@ -378,7 +392,7 @@ def write_comparison(reports_dir: Path, missing: list[dict],
     write_text_atomic(paths["md"], comparison_markdown(c))
     if c["rows"]:
         plots.f1_delta_vs_speedup(c, paths["headline"])
-        plots.per_class_delta(c["rows"], c["reference"], paths["per_class"])
+        plots.per_class_delta(c["rows"], c["reference"], c["labels"], paths["per_class"])
     for s in stale:
         print(f"stale: {s['report']} ({s['why']}); left out - run `{s['fix']}`")
     return paths

@@ -47,7 +47,7 @@ DEFAULT_VARIANTS = ("fp32-fused", "ptq-fused", "dynamic-fused")
 @dataclass(frozen=True)
 class OpProfileConfig:
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    data: str = "dair-ai/emotion"
+    data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
     sentences: int = 300
     round_size: int = 20  # sentences per variant per interleaved round
@@ -95,9 +95,9 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from common.checkpoint import baseline_encoder
-    from common.data import load_split
     from common.env import cpu_device, versions
     from common.manifest import Manifest
+    from common.task import scoring_task
     from common.variants import find_variant
     from deploy.ort_runner import OrtRunner
     from deploy.registry import default_threads
@@ -106,10 +106,10 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
     man = Manifest(artifacts)
-    split = load_split(cfg.data, cfg.split)
+    split = scoring_task(artifacts, cfg.data).split(cfg.split)
     n = min(cfg.sentences, len(split))
     te = baseline_encoder(artifacts)
-    enc = te.encode(split.texts[:n])
+    enc = te.encode_split(split.head(n))
     arts = {v: find_variant("ort", v).artifact for v in cfg.variants}
     with tempfile.TemporaryDirectory(prefix="ops-") as tmp, ExitStack() as stack:
         runners = {v: stack.enter_context(OrtRunner(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.labels import LABELS
+from common.classes import focus, largest_changes
 from common.plots import pyplot, save
 
 
@@ -16,24 +16,34 @@ def normalise_rows(cm: np.ndarray) -> np.ndarray:
     return cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
 
 
-def draw_confusion(ax, cm, title: str) -> None:
-    norm = normalise_rows(cm)
+def draw_confusion(ax, cm, names, per_class, title: str) -> None:
+    """The row-normalised matrix with counts; with many labels, the rows of the classes with the
+    lowest F1 and the columns their rows go to (common.classes.focus), said in the title."""
+    rows, cols = focus(names, per_class, cm)
+    full = np.asarray(cm)
+    norm = normalise_rows(full)[np.ix_(rows, cols)]
+    cm = full[np.ix_(rows, cols)]
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(LABELS)), LABELS, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(LABELS)), LABELS, fontsize=8)
+    ax.set_xticks(range(len(cols)), [names[j] for j in cols], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [names[i] for i in rows], fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    if len(rows) < len(names):
+        title += (f"\nrows: the {len(rows)} classes with the lowest F1 of {len(names)}; columns: "
+                  "those and where their rows go\n(rows normalised over all classes; the full "
+                  "matrix is in the JSON)")
     ax.set_title(title, fontsize=9)
-    cm = np.asarray(cm)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
 
 
-def confusion_png(cm, title: str, path: Path) -> Path:
-    fig, ax = pyplot().subplots(figsize=(5, 4.5))
-    draw_confusion(ax, cm, title)
+def confusion_png(cm, names, per_class, title: str, path: Path) -> Path:
+    rows, cols = focus(names, per_class, cm)
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 0.45 * len(cols) + 2.5),
+                                         max(4.5, 0.4 * len(rows) + 2.5)))
+    draw_confusion(ax, cm, names, per_class, title)
     return save(fig, path, dpi=120)
 
 
@@ -86,21 +96,27 @@ def f1_delta_vs_speedup(c: dict, path: Path) -> Path | None:
     return save(fig, path, dpi=110)
 
 
-def per_class_delta(rows: list[dict], reference: str, path: Path) -> Path:
-    """Per-class F1 delta (pt) of every variant against the FP32 reference, as a heatmap."""
+def per_class_delta(rows: list[dict], reference: str, names: list[str], path: Path) -> Path:
+    """Per-class F1 delta (pt) of every variant against the FP32 reference, as a heatmap (with
+    many labels: the classes that move most, common.classes.largest_changes)."""
     rows = [r for r in rows if r.get("per_class_delta_pt")]
+    shown = largest_changes(rows, "per_class_delta_pt", names)
     plt = pyplot()
-    data = np.array([[r["per_class_delta_pt"][c] for c in LABELS] for r in rows]) if rows else \
-        np.zeros((1, len(LABELS)))
+    data = np.array([[r["per_class_delta_pt"][c] for c in shown] for r in rows]) if rows else \
+        np.zeros((1, len(shown)))
     lim = max(1.0, float(np.abs(data).max()))
-    fig, ax = plt.subplots(figsize=(1.1 * len(LABELS) + 3.2, 0.42 * max(len(rows), 1) + 1.6))
+    fig, ax = plt.subplots(figsize=(1.1 * len(shown) + 3.2, 0.42 * max(len(rows), 1) + 1.6))
     im = ax.imshow(data, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_xticks(range(len(LABELS)), LABELS)
+    ax.set_xticks(range(len(shown)), shown, rotation=45 if len(shown) > 6 else 0,
+                  ha="right" if len(shown) > 6 else "center")
     ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
             ax.text(j, i, f"{data[i, j]:+.1f}", ha="center", va="center", fontsize=7,
                     color="white" if abs(data[i, j]) > 0.6 * lim else "black")
     fig.colorbar(im, ax=ax, label=f"per-class F1 delta vs {reference} (pt)")
-    ax.set_title(f"Per-class F1 change against {reference} (test split, batch 1)", fontsize=10)
+    which = ("" if len(shown) == len(names) else
+             f": the {len(shown)} of {len(names)} classes that change most")
+    ax.set_title(f"Per-class F1 change against {reference} (test split, batch 1){which}",
+                 fontsize=10)
     return save(fig, path, dpi=110)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.labels import LABELS
+from common.classes import MANY_LABELS, WORST_K, confused_pairs, names_of, worst
 from evaluate.plots import confusion_png
 
 
@@ -22,6 +22,7 @@ def to_markdown(r: dict) -> str:
         f"# {r['backend']} / {r['variant']}",
         "",
         f"- model: `{r['model']}`; data: `{r['data']}` split `{r['split']}` ({r['n_examples']} rows)",
+        *task_lines(r),
         f"- device: {dev.get('name', dev.get('kind'))}; provider: {r['provider']}; threads: {r['threads']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r['versions'].items()))}",
         "",
@@ -44,22 +45,56 @@ def to_markdown(r: dict) -> str:
         f"Measured: batch 1: {r['measurement']['batch1']}. Batched: {r['measurement']['batched']}. "
         f"Max length {r['measurement']['max_length']} ({r['measurement']['truncated_texts']} texts truncated).",
         "",
-        "## Per class",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
+        *per_class_markdown(r),
+        f"![confusion matrix]({stem(r['backend'], r['variant'])}-confusion.png)", "",
     ]
-    for name in LABELS:
-        c = r["per_class"][name]
-        lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
-              "| | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
-    for name, row in zip(LABELS, r["confusion_matrix"], strict=True):
-        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", f"![confusion matrix]({stem(r['backend'], r['variant'])}-confusion.png)", ""]
     if r.get("made_by"):
         lines += made_by_markdown(r["made_by"])
     return "\n".join(lines)
+
+
+def task_lines(r: dict) -> list[str]:
+    """What task was scored, and whether the rows are the whole split or a slice."""
+    t, rows = r.get("task"), r.get("rows")
+    out = []
+    if isinstance(t, dict):
+        cols = t["columns"]
+        pair = f" + `{cols['text_pair']}` (text pairs)" if t.get("pair") else ""
+        val = t["validation"]
+        carved = (f"; validation carved from {val['carved_from']} ({100 * val['fraction']:g}% per "
+                  f"label, seed {val['seed']})" if "carved_from" in val else "")
+        out.append(f"- task: `{t['source']}`, text `{cols['text']}`{pair}, label `{cols['label']}`; "
+                   f"{len(t['labels'])} labels from {t['label_source']}{carved}; rows "
+                   + ", ".join(f"{k} {v['rows']}" for k, v in t["splits"].items()))
+    if isinstance(rows, dict) and rows.get("slice"):
+        out.append(f"- **a slice**: the first {rows['scored']} of the {rows['split_rows']} rows of "
+                   f"{r['split']} (`--limit`); not the split's result")
+    return out
+
+
+def per_class_markdown(r: dict) -> list[str]:
+    """Every class up to MANY_LABELS (and the matrix); beyond, the WORST_K classes by F1 and the
+    most-confused pairs; the report's JSON keeps every class and the whole matrix."""
+    names = names_of(r)
+    many = len(names) > MANY_LABELS
+    shown = worst(r["per_class"], WORST_K) if many else names
+    head = (f"## The {len(shown)} classes with the lowest F1 (of {len(names)}; every class and the "
+            "whole confusion matrix are in the JSON)" if many else "## Per class")
+    lines = [head, "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name in shown:
+        c = r["per_class"][name]
+        lines.append(f"| {name} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    if many:
+        lines += ["", f"## The {WORST_K} most-confused pairs", "",
+                  "| true | predicted | rows |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {n} |" for a, b, n in
+                  confused_pairs(r["confusion_matrix"], names, WORST_K)]
+        return lines + [""]
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
+              "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for name, row in zip(names, r["confusion_matrix"], strict=True):
+        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    return lines + [""]
 
 
 def made_by_markdown(m: dict) -> list[str]:
@@ -124,7 +159,8 @@ def write_report(result: dict, out: Path) -> dict[str, Path]:
         saved[key] = path
     title = f"{s}: macro F1 {r['macro_f1']:.3f} (batch 1)"
     paths = write_files(out, s, r, to_markdown(r),
-                        {"confusion": lambda p: confusion_png(r["confusion_matrix"], title, p)})
+                        {"confusion": lambda p: confusion_png(r["confusion_matrix"], names_of(r),
+                                                              r["per_class"], title, p)})
     return {**paths, "png": paths["confusion"], **saved}
 
 

@@ -21,13 +21,14 @@ import numpy as np
 
 from common.checkpoint import baseline_encoder, baseline_meta
 from common.config import doc
-from common.data import DEFAULT_DATASET, SPLITS, load_split
+from common.data import SPLITS
 from common.env import cpu_device, versions
 from common.errors import ConfigError
 from common.feeds import batches
 from common.manifest import Manifest, size_bytes
 from common.metrics import classification_metrics, latency_stats
 from common.modelsource import display_model
+from common.task import brief, scoring_task
 from common.timing import first_calls, time_each
 from deploy.registry import default_threads, find_variant, make_runner
 from deploy.runner import RunnerError
@@ -37,7 +38,8 @@ from deploy.runner import RunnerError
 class EvalConfig:
     backend: str = doc("", "ort | torch | qlora | trt; or give --variant as backend/name")
     variant: str = doc("fp32", "the variant's name (or backend/name); `--help` lists them")
-    data: str = doc(DEFAULT_DATASET, "Hub dataset name or local folder of jsonl")
+    data: str = doc("", "the rows to score: empty = the task the artifacts were built for; or a "
+                    "Hub name / local folder read with that task's columns and labels")
     split: str = doc("test", "train | validation | test")
     batch_size: int = doc(32, "batch of the batched pass")
     threads: int = doc(0, "0 = every core this process may use")
@@ -90,12 +92,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     threads = cfg.threads or default_threads()
     # the runner first: a missing library or artifact is said before any data is read
     runner = make_runner(cfg.backend, cfg.variant, artifacts, threads, cfg.device)
-    split = load_split(cfg.data, cfg.split)
-    if cfg.limit:
-        split = split.head(cfg.limit)
+    task = scoring_task(artifacts, cfg.data)
+    whole = task.split(cfg.split)
+    split = whole.head(cfg.limit) if cfg.limit else whole
     man = Manifest(artifacts)
     te = baseline_encoder(artifacts)
-    enc = te.encode(split.texts)  # tokenized once, reused by every pass
+    enc = te.encode_split(split)  # tokenized once, reused by every pass
     y = np.asarray(split.labels)
     what = f"{cfg.backend}/{cfg.variant}"
     with runner:
@@ -117,8 +119,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         info = runner.info()
         files = runner.files()
 
-    metrics = classification_metrics(y, logits.argmax(-1))
-    batched = classification_metrics(y, batched_logits.argmax(-1))
+    metrics = classification_metrics(y, logits.argmax(-1), task.labels)
+    batched = classification_metrics(y, batched_logits.argmax(-1), task.labels)
     differ = int((logits.argmax(-1) != batched_logits.argmax(-1)).sum())
     device = cpu_device() if info.get("device", "cpu") == "cpu" else info.get("device_info", {
         "kind": info.get("device")})
@@ -130,6 +132,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "threads": threads, "provider": info.get("provider"), "runner": info,
         "data": split.display, "split": cfg.split, "n_examples": len(split),
         "data_fingerprint": split.fingerprint,  # the rows scored (a --limit or --data changes it)
+        "task": brief(task.summary()),
+        # a --limit slice is not the split's result (model cards say so): both counts travel
+        "rows": {"scored": len(split), "split_rows": len(whole), "slice": len(split) < len(whole)},
         "labels": y.tolist(),  # for the comparison's paired bootstrap
         **metrics,
         "scored_at": "batch 1 (every sentence on its own, unpadded)",

@@ -38,7 +38,7 @@ DEFAULT_VARIANTS = ("ptq-fused", "ptq", "dynamic-fused", "qat")
 @dataclass(frozen=True)
 class SaturationConfig:
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    data: str = "dair-ai/emotion"
+    data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
     sentences: int = 0  # 0: the whole split
     threads: int = 0
@@ -110,10 +110,10 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from common.checkpoint import baseline_encoder
-    from common.data import load_split
     from common.env import cpu_device, int8_weights_for_this_cpu, versions
     from common.manifest import Manifest
     from common.metrics import bootstrap_weights, classification_metrics, paired_delta_ci
+    from common.task import scoring_task
     from common.variants import find_variant
     from deploy.ort_runner import OrtRunner
     from deploy.registry import default_threads
@@ -121,10 +121,11 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
     man = Manifest(artifacts)
-    split = load_split(cfg.data, cfg.split)
+    task = scoring_task(artifacts, cfg.data)
+    split = task.split(cfg.split)
     n = min(cfg.sentences or len(split), len(split))
     te = baseline_encoder(artifacts)
-    enc = te.encode(split.texts[:n])
+    enc = te.encode_split(split.head(n))
     feeds = [enc.batch([i], te.input_names) for i in range(n)]
     y = np.asarray(split.labels[:n])
     w = bootstrap_weights(n)
@@ -149,8 +150,8 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
                 "right_only_shipped": int(((ps == y) & (pe != y)).sum()),
                 "right_only_exact": int(((pe == y) & (ps != y)).sum()),
                 "max_abs_dlogit": float(d.max()), "mean_abs_dlogit": float(d.mean()),
-                "macro_f1_shipped": classification_metrics(y, ps)["macro_f1"],
-                "macro_f1_exact": classification_metrics(y, pe)["macro_f1"],
+                "macro_f1_shipped": classification_metrics(y, ps, task.labels)["macro_f1"],
+                "macro_f1_exact": classification_metrics(y, pe, task.labels)["macro_f1"],
                 "delta_f1": paired_delta_ci(w, y, ps, pe)})
     return {"backend": "ort", "config": asdict(cfg), "threads": threads, "sentences": n,
             "device": cpu_device(), "rows": rows, "versions": versions(),

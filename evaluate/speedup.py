@@ -33,7 +33,7 @@ class SpeedupConfig:
                                  "ptq-fused", "qat",
                                  "optimum-dynamic", "optimum-static")
     reference: str = ""  # default: the first variant
-    data: str = "dair-ai/emotion"
+    data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
     sentences: int = 2000  # batch-1 sentences per variant (the first N of the split)
     round_size: int = 20  # sentences per variant per round
@@ -85,18 +85,18 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from common.checkpoint import baseline_encoder
-    from common.data import load_split
     from common.env import cpu_device, cuda_device, versions
     from common.feeds import batches
     from common.manifest import Manifest
+    from common.task import scoring_task
     from common.timing import first_calls, time_each
     from deploy.registry import default_threads, find_variant, make_runner
 
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
-    split = load_split(cfg.data, cfg.split)
+    split = scoring_task(artifacts, cfg.data).split(cfg.split)
     n = min(cfg.sentences, len(split))
-    enc = baseline_encoder(artifacts).encode(split.texts)
+    enc = baseline_encoder(artifacts).encode_split(split)
     man = Manifest(artifacts)
     times: dict[str, list[np.ndarray]] = {v: [] for v in cfg.variants}
     btimes: dict[str, list[float]] = {v: [] for v in cfg.variants}

@@ -5,10 +5,12 @@ ort_config.json for quantized graphs and a generated README.md model card, so th
 `AutoModelForSequenceClassification.from_pretrained(folder)` and a transformers `pipeline` load it
 as they are.
 
-The card is generated from the artifact's manifest entry (the recipe: quantization settings,
-layers kept FP32) and, once `make report` has scored the variant, from its report (test macro F1,
-accuracy and per-class F1 at batch 1, size, latency with device and threads), in the layout the Hub
-reads (YAML metadata with model-index results). The report file is an input of the step, so a new
+The card is generated from the task the baseline was trained on (dataset, columns, label names,
+rows per split), the artifact's manifest entry (the recipe: quantization settings, layers kept
+FP32) and, once `make report` has scored the variant, from its report (test macro F1, accuracy
+and per-class F1 at batch 1, size, latency with device and threads), in the layout the Hub reads
+(YAML metadata with model-index results). A score of a `--limit` slice is said to be one and
+never enters model-index as the split's result. The report file is an input of the step, so a new
 report rewrites the card on the next `make engines` (`make report` does that itself).
 """
 
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.classes import MANY_LABELS, WORST_K, worst
 from common.config import doc
-from common.labels import LABELS
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model")
@@ -30,9 +32,9 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 @dataclass(frozen=True)
 class HfConfig:
-    VERSION = 1
+    VERSION = 2
     license: str = doc("apache-2.0", "license field of the model cards (the base model's)")
-    dataset: str = "dair-ai/emotion"
+    language: str = doc("en", "language field of the model cards (the data's)")
 
 
 def write_folder(out: Path, baseline: Path, onnx_path: Path | None, entry: dict[str, Any],
@@ -106,7 +108,7 @@ def _yaml_str(s: str) -> str:
 FP32_NAMES = {"baseline", "fp32", "fp32-fused", "optimum-fp32"}
 
 
-def usage(name: str) -> list[str]:
+def usage(name: str, pair: bool = False) -> list[str]:
     """The card's snippet: runs as written once `path` names this folder (tests run it)."""
     load = (["from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
              "", f'path = "artifacts/hf/{name}"  # this folder',
@@ -119,32 +121,41 @@ def usage(name: str) -> list[str]:
     return ["```python", *load,
             'clf = pipeline("text-classification", model=model,',
             "               tokenizer=AutoTokenizer.from_pretrained(path), truncation=True)",
-            'print(clf("i feel wonderful today"))', "```"]
+            ('print(clf({"text": "a first text", "text_pair": "a second text"}))' if pair else
+             'print(clf("i feel wonderful today"))'), "```"]
 
 
 def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
                report: dict[str, Any] | None, cfg: HfConfig) -> str:
     """A Hugging Face model card: YAML metadata (license, language, library, base_model as a Hub
-    id, datasets, metrics, model-index results), then what the folder ships, its intended use and
-    limitations, how to run it, how it was made, its scores, and how to rebuild it."""
+    id, the dataset where it is a Hub one, metrics, model-index results of a whole split), then
+    the task it was trained for, what the folder ships, its intended use and limitations, how to
+    run it, how it was made, its scores, and how to rebuild it."""
     from common.modelsource import DEFAULT_MODEL, hub_id
 
     ref = meta.get("base_model")
     source = ref.get("source") if isinstance(ref, dict) else ref
     base = hub_id(source) or str(source)
+    task = meta["task"]
+    labels, pair, data = task["labels"], task["pair"], task["source"]
     onnx = name != "baseline"
-    tags = ["text-classification", "emotion"] + (["onnx"] if onnx else []) + (
+    tags = ["text-classification"] + (["onnx"] if onnx else []) + (
         ["int8", "quantized"] if name not in FP32_NAMES else [])
-    lines = ["---", f"license: {cfg.license}", "language:\n- en",
+    lines = ["---", f"license: {cfg.license}", f"language:\n- {cfg.language}",
              "library_name: " + ("optimum" if onnx else "transformers"),
-             "pipeline_tag: text-classification", f"datasets:\n- {cfg.dataset}",
+             "pipeline_tag: text-classification",
+             *([f"datasets:\n- {data.split(' ')[0]}"] if task.get("hub") else []),
              "metrics:\n- f1\n- accuracy", "tags:\n" + "\n".join(f"- {t}" for t in tags),
              f"base_model: {_yaml_str(base)}"]
-    if report:
-        lines += ["model-index:", f"- name: {_yaml_str('emotion-' + name)}", "  results:",
+    rows = (report or {}).get("rows", {})
+    whole = bool(report) and not rows.get("slice", True)
+    if report and whole:
+        lines += ["model-index:", f"- name: {_yaml_str(Path(data).name + '-' + name)}", "  results:",
                   "  - task:", "      type: text-classification", "      name: Text Classification",
-                  "    dataset:", f"      name: {cfg.dataset}", f"      type: {cfg.dataset}",
-                  "      config: split", "      split: test", "    metrics:",
+                  "    dataset:", f"      name: {_yaml_str(data)}", f"      type: {_yaml_str(data)}",
+                  *([f"      config: {_yaml_str(task['spec']['hub_config'])}"]
+                    if task.get("hub") and task["spec"].get("hub_config") else []),
+                  f"      split: {report['split']}", "    metrics:",
                   f"    - type: f1\n      name: macro F1 (batch 1)\n      value: {report['macro_f1']:.4f}"
                   "\n      args:\n        average: macro",
                   f"    - type: accuracy\n      name: accuracy (batch 1)\n      value: {report['accuracy']:.4f}"]
@@ -152,44 +163,74 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
             "an ONNX graph for ONNX Runtime" + (
                 f" running {', '.join(f'{v} {k}' for k, v in sorted(graph_ops(entry).items()))}"
                 if graph_ops(entry) else ""))
-    lines += ["---", "", f"# emotion / {name}", "",
-              f"A 6-way emotion classifier ({', '.join(LABELS)}) fine-tuned from `{base}` on "
-              f"{cfg.dataset} (split configuration: train 16,000 / validation 2,000 / test 2,000). "
-              f"This folder ships {what}, with the tokenizer and config. Max length "
-              f"{meta['max_length']} tokens; inputs {', '.join(meta['input_names'])}.", "",
+    shown = ", ".join(labels[:10]) + (f", ... ({len(labels)} in all)" if len(labels) > 10 else "")
+    cols = task["columns"]
+    inputs = (f"text pairs (`{cols['text']}`, `{cols['text_pair']}`)" if pair
+              else f"texts (`{cols['text']}`)")
+    val = task["validation"]
+    carved = (f"; validation carved from {val['carved_from']} ({100 * val['fraction']:g}% of each "
+              f"label, seed {val['seed']})" if "carved_from" in val else "")
+    sizes = " / ".join(f"{k} {v['rows']:,}" for k, v in task["splits"].items())
+    lines += ["---", "", f"# {Path(data).name} / {name}", "",
+              f"A {len(labels)}-way classifier of {inputs} into {shown} (label column "
+              f"`{cols['label']}`, names from {task['label_source']}), fine-tuned from `{base}` "
+              f"on {data} ({sizes} rows{carved}). This folder ships {what}, with the tokenizer and "
+              f"config (id2label holds the names). Max length {meta['max_length']} tokens; inputs "
+              f"{', '.join(meta['input_names'])}.", "",
               "## Intended use and limitations", "",
-              "Classifying the emotion of short English texts like the dataset's (one-sentence "
-              "posts, lower-cased). Out of scope: other languages, long documents, "
-              "decisions about people. The labels are those of dair-ai/emotion, collected "
-              "from posts by hashtags, so some are noisy; the two smallest classes (love, "
-              f"surprise) score lowest. Texts longer than {meta['max_length']} tokens are cut."
-              + (" This graph takes activation ranges per batch: run it one text at a time "
+              f"Classifying {'text pairs' if pair else 'texts'} like those of {data} into its "
+              f"{len(labels)} labels. Out of scope: inputs unlike that data (other languages, "
+              "domains or lengths), and decisions about people. The labels are the dataset's and "
+              "carry its noise. "
+              + (f"Pairs longer than {meta['max_length']} tokens are cut a token at a time from "
+                 "the longer text." if pair else
+                 f"Texts longer than {meta['max_length']} tokens are cut.")
+              + (" This graph takes activation ranges per batch: run it one input at a time "
                  "for answers that do not depend on other requests." if "quantized_ops" in entry
                  and "static" not in entry else ""), "",
-              "## Use", "", *usage(name), ""]
+              "## Use", "", *usage(name, pair), ""]
     lines += ["## How it was made", ""] + recipe_lines(name, entry) + [""]
     if report:
         lat = report["latency_ms"]
         dev = report["device"]
-        lines += ["## Results (test split)", "",
-                  f"Scored by `python -m evaluate` at batch 1 (each sentence on its own): macro F1 "
-                  f"**{report['macro_f1']:.4f}**, accuracy {report['accuracy']:.4f}; batched "
-                  f"(batch {report['batched']['batch_size']}) macro F1 {report['batched']['macro_f1']:.4f} "
-                  f"({report['batch_invariance']['differ']} predictions differ). Size "
-                  f"{report['size_mb']:.1f} MB. Batch-1 latency p50 {lat['p50']:.2f} ms, p95 "
-                  f"{lat['p95']:.2f} ms on {dev.get('name')} ({report['provider']}, "
-                  f"{report['threads']} threads).", "", "| class | precision | recall | F1 |",
-                  "|---|---|---|---|"]
+        where = (f"the {report['split']} split ({rows.get('scored', report['n_examples'])} rows)"
+                 if whole else
+                 f"**a slice: the first {rows.get('scored')} of the {rows.get('split_rows')} rows "
+                 f"of the {report['split']} split** (`--limit`), not the split's result")
+        many = len(labels) > MANY_LABELS
+        shown_pc = worst(report["per_class"], WORST_K) if many else labels
+        lines += [f"## Results ({report['split']} split{'' if whole else ', a slice'})", "",
+                  f"Scored by `python -m evaluate` at batch 1 (each input on its own) on {where}: "
+                  f"macro F1 **{report['macro_f1']:.4f}**, accuracy {report['accuracy']:.4f}; "
+                  f"batched (batch {report['batched']['batch_size']}) macro F1 "
+                  f"{report['batched']['macro_f1']:.4f} ({report['batch_invariance']['differ']} "
+                  f"predictions differ). Size {report['size_mb']:.1f} MB. Batch-1 latency p50 "
+                  f"{lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms on {dev.get('name')} "
+                  f"({report['provider']}, {report['threads']} threads).", "",
+                  *([f"The {len(shown_pc)} classes with the lowest F1 (of {len(labels)}):", ""]
+                    if many else []),
+                  "| class | precision | recall | F1 |", "|---|---|---|---|"]
         lines += [f"| {c} | {report['per_class'][c]['precision']:.3f} | "
                   f"{report['per_class'][c]['recall']:.3f} | {report['per_class'][c]['f1']:.3f} |"
-                  for c in LABELS]
+                  for c in shown_pc]
     else:
         lines += ["## Results", "", "Not scored yet: `make report` scores it and rewrites this card."]
     model_arg = "" if source in (None, "", DEFAULT_MODEL) else f" MODEL={base}"
     lines += ["", "## Rebuild", "", "```bash",
-              f"make engines DATA=<folder of the emotion jsonl files>{model_arg}", "make report",
+              f"make engines DATA=<{data}>{model_arg}{task_args(task)}", "make report",
               "```", ""]
     return "\n".join(lines)
+
+
+def task_args(task: dict[str, Any]) -> str:
+    """The task flags of `make engines` that declare this task (ENGINE_ARGS), where not the
+    defaults."""
+    from common.task import TaskSpec
+
+    default = TaskSpec()
+    flags = [f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, str) else v}"
+             for k, v in task["spec"].items() if getattr(default, k, None) != v]
+    return f" ENGINE_ARGS='{' '.join(flags)}'" if flags else ""
 
 
 def recipe_lines(name: str, entry: dict[str, Any]) -> list[str]:

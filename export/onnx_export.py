@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.config import check_ranges, doc, location
-from common.data import DEFAULT_DATASET, load_split
+from common.data import DEFAULT_DATASET
 from common.errors import UserError
 from common.feeds import Encoded, batches
 
@@ -83,11 +83,13 @@ def check_agreement(ref: Logits, cand: Logits, enc: Encoded, names: list[str], w
 
 
 def validation_inputs(checkpoint: Path, v: Validation) -> tuple[Encoded, list[str]]:
-    """The first v.n real test sentences, tokenized as the checkpoint was trained."""
+    """The first v.n real test rows (texts, or pairs for a pair task), tokenized as the
+    checkpoint was trained."""
     from common.checkpoint import TextEncoder
+    from common.task import load_split
 
     te = TextEncoder.from_checkpoint(checkpoint)
-    return te.encode(load_split(v.data, "test").head(v.n).texts), list(te.input_names)
+    return te.encode_split(load_split(v.data, "test").head(v.n)), list(te.input_names)
 
 
 def torch_to_onnx(model: Any, tokenizer: Any, names: list[str], out_path: Path, opset: int,

@@ -60,7 +60,7 @@ def build_dynamic(fp32: Path, baseline: Path, out: Path) -> dict[str, Any]:
                         "versions": _versions()}}
 
 
-def build_static(fp32: Path, baseline: Path, out: Path, rows: list[int], data: str,
+def build_static(fp32: Path, baseline: Path, out: Path, rows: list[int], data: str | Path,
                  cfg: OptimumConfig) -> dict[str, Any]:
     """Calibrated on validation rows `rows` (ours), tokenized unpadded as a user would."""
     from datasets import Dataset
@@ -68,11 +68,10 @@ def build_static(fp32: Path, baseline: Path, out: Path, rows: list[int], data: s
     from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
 
     from common.checkpoint import TextEncoder
-    from common.data import load_split
+    from common.task import load_split
 
     te = TextEncoder.from_checkpoint(baseline)
-    val = load_split(data, "validation")
-    enc = te.encode([val.texts[i] for i in rows])
+    enc = te.encode_split(load_split(data, "validation").take(rows))
     columns: dict[str, list[list[int]]] = {n: [] for n in te.input_names}
     for i in range(len(enc)):
         feed = enc.batch([i], te.input_names)
@@ -96,18 +95,18 @@ def build_static(fp32: Path, baseline: Path, out: Path, rows: list[int], data: s
                         "per_channel": qcfg.per_channel, "versions": _versions()}}
 
 
-def export_and_compare(ours: Path, baseline: Path, out: Path, data: str,
+def export_and_compare(ours: Path, baseline: Path, out: Path, data: str | Path,
                        cfg: OptimumConfig) -> dict[str, Any]:
     """Export the baseline with Optimum's exporter (to `out`) and compare its logits with our
     graph's on validation sentences (batch 1 and padded batches)."""
     from optimum.exporters.onnx import main_export
 
     from common.checkpoint import TextEncoder
-    from common.data import load_split
+    from common.task import load_split
     from export.onnx_export import check_agreement, ort_fn
 
     te = TextEncoder.from_checkpoint(baseline)
-    enc = te.encode(load_split(data, "validation").head(cfg.n_compare).texts)
+    enc = te.encode_split(load_split(data, "validation").head(cfg.n_compare))
     with tempfile.TemporaryDirectory(prefix="optimum-export-") as tmp:
         main_export(str(baseline), output=tmp, task="text-classification", opset=17,
                     do_validation=False)

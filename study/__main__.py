@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="classifier", choices=["classifier", "lm"])
     p.add_argument("--model", default="", help="lm: Hub id or local dir of a causal LM")
-    p.add_argument("--data", default="dair-ai/emotion", help="classifier data, or PTB folder / Hub name")
+    p.add_argument("--data", default="", help="classifier: the rows to score (empty: the build's "
+                   "task); lm: PTB folder or Hub name (required)")
     p.add_argument("--artifacts", default="artifacts")
     p.add_argument("--out", default="reports")
     p.add_argument("--ours", default=",".join(OURS), help=f"comma list of {OURS}")
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.task == "lm" and not a.model:
         p.error("--task lm needs --model (e.g. gpt2, or a local folder)")
+    if a.task == "lm" and not a.data:
+        p.error("--task lm needs --data (a PTB folder, e.g. ../shared/data/ptb, or a Hub name)")
 
     def items(s: str) -> tuple[str, ...]:
         return tuple(x for x in s.split(",") if x)

@@ -33,7 +33,7 @@ HEADS = {"classifier": (r"^classifier(\.|$)", r"pooler", r"^pre_classifier$"), "
 class StudyConfig:
     task: str = "classifier"
     model: str = ""  # lm: Hub id or local dir (e.g. gpt2); classifier: artifacts/baseline
-    data: str = "dair-ai/emotion"  # classifier data; lm: PTB folder or Hub name
+    data: str = ""  # classifier: empty = the build's task; lm: PTB folder or Hub name
     artifacts: str = "artifacts"
     out: str = "reports"
     ours: tuple[str, ...] = OURS
@@ -102,15 +102,16 @@ class ClassifierTask(Task):
     def __init__(self, cfg: StudyConfig):
         super().__init__(cfg)
         from common.checkpoint import TextEncoder, baseline_dir
-        from common.data import load_split
+        from common.task import scoring_task
 
         self.ckpt = baseline_dir(Path(cfg.artifacts))
         te = TextEncoder.from_checkpoint(self.ckpt)
+        task = scoring_task(Path(cfg.artifacts), cfg.data)
         self.splits = {}
         for s in ("validation", "test"):
-            sp = load_split(cfg.data, s)
+            sp = task.split(s)
             sp = sp.head(cfg.limit) if cfg.limit else sp
-            self.splits[s] = (te.encode(sp.texts), np.asarray(sp.labels))
+            self.splits[s] = (te.encode_split(sp), np.asarray(sp.labels))
         self.names = list(te.input_names)
 
     def fresh(self):

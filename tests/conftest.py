@@ -12,6 +12,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMOTION_DATA", REPO.parent / "shared" / "data" / "emotion"))
 SLICES = {"train": 320, "validation": 160, "test": 160}
+# the names of the shared data's label ids (its README), declared as a user of the local copy does
+EMOTION_LABELS = "sadness,joy,love,anger,fear,surprise"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,26 +67,27 @@ def tiny_build_config(model_dir: Path, data_dir: Path, artifacts: Path,
     tests/test_families.py)."""
     import dataclasses
 
+    from common.task import TaskSpec
     from engines.pipeline import BuildConfig
     from train.finetune import FinetuneConfig
     from train.qat import QatConfig
     from train.qlora import QloraConfig
 
     d = BuildConfig()
-    data, model = str(data_dir), str(model_dir)
-    kw = {"model": model, "data": data, "artifacts": str(artifacts),
-          "finetune": FinetuneConfig(model=model, data=data, epochs=2, lr=5e-4, batch_size=32,
+    model = str(model_dir)
+    task = overrides.pop("task", None) or TaskSpec(data=str(data_dir), labels=EMOTION_LABELS)
+    kw = {"model": model, "task": task, "artifacts": str(artifacts),
+          "finetune": FinetuneConfig(model=model, epochs=2, lr=5e-4, batch_size=32,
                                      max_length=64, seed=0, class_weights=class_weights),
-          "export": dataclasses.replace(d.export, data=data, n_validate=48),
-          "fuse": dataclasses.replace(d.fuse, data=data, n_validate=48),
-          "dynamic": dataclasses.replace(d.dynamic, data=data, n_validate=48),
+          "export": dataclasses.replace(d.export, n_validate=48),
+          "fuse": dataclasses.replace(d.fuse, n_validate=48),
+          "dynamic": dataclasses.replace(d.dynamic, n_validate=48),
           # the tiny graph is mostly Q/DQ scales and structure: no size budget for it
           "static": dataclasses.replace(d.static, calib_rows=(32, 64), latency_rounds=2,
                                         max_size_ratio=1.0, spread_seeds=(1,)),
-          "qat_export": dataclasses.replace(d.qat_export, data=data),
-          "qlora": QloraConfig(model=model, data=data, epochs=1, lr=5e-4, batch_size=32,
+          "qlora": QloraConfig(model=model, epochs=1, lr=5e-4, batch_size=32,
                                max_length=64, seed=0),
-          "qat": QatConfig(data=data, epochs=1, lr=1e-4, batch_size=32, eval_every=5, seed=0)}
+          "qat": QatConfig(epochs=1, lr=1e-4, batch_size=32, eval_every=5, seed=0)}
     kw.update(overrides)
     return BuildConfig(**kw)
 

@@ -4,10 +4,10 @@ fused FP32 graph they are compared with."""
 import numpy as np
 import pytest
 
-from common.data import load_split
 from common.feeds import batches, encode
 from common.modelsource import load_tokenizer
 from common.onnx_graph import op_counts
+from common.task import load_split
 from deploy.registry import make_runner
 from export.ort_graphs import session_op_counts
 

@@ -10,7 +10,7 @@ from evaluate.__main__ import main as evaluate_main
 def test_metrics_hand_checked():
     y = np.array([0, 0, 1, 1, 2, 3, 4, 5])
     p = np.array([0, 1, 1, 1, 2, 3, 4, 4])
-    m = classification_metrics(y, p)
+    m = classification_metrics(y, p, ("sadness", "joy", "love", "anger", "fear", "surprise"))
     assert m["accuracy"] == pytest.approx(6 / 8)
     # per class F1: sadness 2/3, joy 0.8, love 1, anger 1, fear 2/3, surprise 0
     assert m["per_class"]["sadness"]["f1"] == pytest.approx(2 / 3)
@@ -20,6 +20,23 @@ def test_metrics_hand_checked():
     assert m["confusion_matrix"][0] == [1, 1, 0, 0, 0, 0]
     assert m["confusion_matrix"][5] == [0, 0, 0, 0, 1, 0]
     assert m["per_class"]["joy"]["support"] == 2
+
+
+def test_macro_f1_averages_over_the_labels_present():
+    """A label neither in the rows nor predicted has no F1 to average (a slice of a many-label
+    task); one in either counts, its F1 0 when missed. The bootstrap uses the same set."""
+    from common.metrics import bootstrap_weights, macro_f1_resampled
+
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0, 1, 1, 1])
+    m = classification_metrics(y, p, 77)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2) and len(m["per_class"]) == 77
+    assert m["per_class"]["76"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    p2 = np.array([0, 1, 1, 5])  # a wrong guess of a label absent from the rows counts (F1 0)
+    assert classification_metrics(y, p2, 77)["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0) / 3)
+    w = np.ones((1, 4))  # the one resample that is the rows themselves
+    assert macro_f1_resampled(w, y, p2)[0] == pytest.approx((2 / 3 + 0.5 + 0) / 3)
+    assert bootstrap_weights(4, 3).shape == (3, 4)
 
 
 def test_latency_stats():
@@ -44,7 +61,7 @@ def test_evaluator_writes_reports(tiny_artifacts, data_dir, tmp_path, backend):
     assert set(r["latency_ms"]) >= {"p50", "p95", "p99"} and r["latency_ms"]["n"] == 30
     assert r["throughput"]["examples_per_s"] > 0 and r["size_mb"] > 0
     # metrics recomputed from the saved logits and the data agree with the report
-    from common.data import load_split
+    from common.task import load_split
 
     logits = np.load(out / r["logits_file"])
     y = np.array(load_split(data_dir, "test").labels)

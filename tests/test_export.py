@@ -2,11 +2,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from common.data import load_split
 from common.feeds import encode
 from common.manifest import Manifest
 from common.modelsource import load_tokenizer
 from common.onnx_graph import graph_inputs as onnx_input_names
+from common.task import load_split
 from common.torch_infer import torch_fn
 from export.onnx_export import ExportValidationError, check_agreement, ort_fn
 

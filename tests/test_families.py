@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from common.arch import FAMILIES, all_body_linears, family_of, input_names, skipped_steps
-from common.data import load_split
 from common.feeds import encode
 from common.manifest import Manifest
 from common.modelsource import load_tokenizer
 from common.onnx_graph import op_counts
+from common.task import load_split
 from tests.tiny_models import FAMILIES as TESTED
 from tests.tiny_models import OUTSIDE
 
@@ -192,7 +192,7 @@ def test_family_through_every_stage(built, family, data_dir, tmp_path):
     with TritonServer(repo, free_ports(), tmp_path / "server.log") as s:
         c = http.InferenceServerClient(s.url)
         try:
-            answer = infer_texts(http, c, "emotion", [text])
+            answer = infer_texts(http, c, "classifier", [text])
         finally:
             c.close()
     logits = np.load(tmp_path / "r" / rep["logits_file"])

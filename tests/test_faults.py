@@ -45,7 +45,7 @@ def quiet_build(cfg):
 
 @pytest.mark.parametrize("edit", ["tokenizer", "max_length"])
 def test_edited_baseline_is_refused_by_scoring_and_serving(art, data_dir, tmp_path, capsys, edit):
-    from deploy.service import EmotionService
+    from deploy.service import ClassifierService
     from evaluate.__main__ import main as evaluate_main
 
     if edit == "tokenizer":
@@ -60,7 +60,7 @@ def test_edited_baseline_is_refused_by_scoring_and_serving(art, data_dir, tmp_pa
     err = one_line_error(capsys)
     assert "baseline" in err and "make engines" in err
     with pytest.raises(ArtifactError, match="does not match its manifest hash"):
-        EmotionService(art, "ort", "fp32")
+        ClassifierService(art, "ort", "fp32")
     assert not (tmp_path / "reports" / "ort-fp32.json").exists()
     from deploy.__main__ import main as deploy_main
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from common.buckets import BucketError, Buckets, pad_feed
-from common.data import load_split
 from common.feeds import encode
 from common.modelsource import load_tokenizer
+from common.task import load_split
 from tests.tiny_models import FAMILIES
 
 

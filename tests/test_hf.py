@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from common.data import load_split
 from common.manifest import Manifest
+from common.task import load_split
 from common.variants import hf_folders
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -35,22 +35,24 @@ def pipeline_labels(folder, texts):
 
 @pytest.mark.parametrize("variant", [v for v, _ in hf_folders()])
 def test_folder_loads_in_optimum_and_pipeline_like_the_runner(tiny_artifacts, data_dir, variant):
-    from common.labels import LABELS
-    from deploy.service import EmotionService
+    from common.task import task_of
+    from deploy.service import ClassifierService
+
+    labels = task_of(tiny_artifacts).labels
 
     folder = tiny_artifacts / "hf" / variant
     assert Manifest(tiny_artifacts).built(f"hf-{variant}")
     texts = load_split(data_dir, "test").texts  # 160 sentences (the whole test slice)
     got = pipeline_labels(folder, texts)
     backend, v = ("torch", "fp32") if variant == "baseline" else ("ort", variant)
-    svc = EmotionService(tiny_artifacts, backend, v, threads=1)
+    svc = ClassifierService(tiny_artifacts, backend, v, threads=1)
     try:
-        want = [LABELS[i] for t in texts for i in svc.predict([t]).label_ids]
+        want = [name for t in texts for name in svc.predict([t]).labels]
     finally:
         svc.close()
     assert got == want  # 100% top-1 agreement, labels by name from config.json's id2label
     cfg = json.loads((folder / "config.json").read_text())
-    assert cfg["id2label"] == {str(i): n for i, n in enumerate(LABELS)}
+    assert cfg["id2label"] == {str(i): n for i, n in enumerate(labels)}
     assert (folder / "README.md").is_file()
     if variant in {"ptq", "qat", "dynamic", "ptq-s8", "qat-s8", "dynamic-fused",
                    "optimum-dynamic", "optimum-static"}:
@@ -88,12 +90,25 @@ def test_card_numbers_are_the_report_numbers(tiny_artifacts, tiny_model_dir, dat
     metrics = {m["type"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
     assert metrics["f1"] == round(report["macro_f1"], 4)
     assert metrics["accuracy"] == round(report["accuracy"], 4)
-    assert card["pipeline_tag"] == "text-classification" and card["datasets"] == ["dair-ai/emotion"]
+    # a local folder is no Hub dataset: the card names it in its text, not in `datasets`
+    assert card["pipeline_tag"] == "text-classification" and "datasets" not in card
+    assert card["model-index"][0]["results"][0]["dataset"]["name"] == data_dir.name
     body = (art / "hf" / "ptq" / "README.md").read_text()
     for c, x in report["per_class"].items():
         assert f"| {c} | {x['precision']:.3f} | {x['recall']:.3f} | {x['f1']:.3f} |" in body
     assert f"p50 {report['latency_ms']['p50']:.2f} ms" in body and "make engines" in body
     assert f"{report['size_mb']:.1f} MB" in body
+    assert "on the test split (160 rows)" in body and "a slice" not in body
+    # a --limit slice is never the split's result: no model-index, and the card says it is one
+    assert evaluate_main(["--backend", "ort", "--variant", "ptq", "--limit", "20",
+                          "--artifacts", str(art), "--out", str(reports), "--threads", "1",
+                          "--latency-samples", "10"]) == 0
+    assert build_all(tiny_build_config(tiny_model_dir, data_dir, art, stages=("hf",),
+                                       reports=str(reports))).built == ["hf-ptq"]
+    card = card_front_matter(art / "hf" / "ptq" / "README.md")
+    body = (art / "hf" / "ptq" / "README.md").read_text()
+    assert "model-index" not in card
+    assert "a slice: the first 20 of the 160 rows of the test split" in body
 
 
 def test_optimum_reference_rows(tiny_artifacts):
@@ -123,7 +138,7 @@ def test_card_follows_hub_conventions_and_its_snippet_runs(tiny_artifacts, name,
     a usage snippet that runs as written once `path` names the folder."""
     folder = tiny_artifacts / "hf" / name
     card = card_front_matter(folder / "README.md")
-    assert card["language"] == ["en"] and card["datasets"] == ["dair-ai/emotion"]
+    assert card["language"] == ["en"] and "datasets" not in card
     assert card["metrics"] == ["f1", "accuracy"] and card["base_model"]
     assert ("onnx" in card["tags"]) is (name != "baseline")
     body = (folder / "README.md").read_text()

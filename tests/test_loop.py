@@ -3,9 +3,9 @@ import json
 import numpy as np
 from transformers import AutoModelForSequenceClassification
 
-from common.data import load_split
 from common.feeds import encode
 from common.modelsource import load_tokenizer
+from common.task import load_split
 from common.torch_infer import torch_fn, torch_logits
 
 

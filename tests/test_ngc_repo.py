@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from common.data import load_split
+from common.task import load_split
 
 http = pytest.importorskip("tritonclient.http", reason="serving needs tritonclient (`serve` group)")
 
@@ -23,7 +23,7 @@ from deploy.triton_server import TritonServer, free_ports  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 MAX_BATCH = 8
-TARGET = "emotion_ort_fp32"
+TARGET = "classifier_ort_fp32"
 
 
 def parse(path):
@@ -58,15 +58,15 @@ def ngc_server(tiny_artifacts, tmp_path_factory):
 
 
 def test_repository_loads_and_answers_like_the_evaluator(ngc_server, tiny_artifacts, data_dir):
-    from deploy.service import EmotionService
+    from deploy.service import ClassifierService
 
     texts = list(load_split(data_dir, "test").texts[:24]) + ["hi", "word " * 300]
-    svc = EmotionService(tiny_artifacts, "ort", "fp32", threads=1)
+    svc = ClassifierService(tiny_artifacts, "ort", "fp32", threads=1)
     ref = svc.predict(texts)
     svc.close()
     c = http.InferenceServerClient(ngc_server.url)
     try:
-        got = [infer_texts(http, c, "emotion", texts[s:s + 4]) for s in range(0, len(texts), 4)]
+        got = [infer_texts(http, c, "classifier", texts[s:s + 4]) for s in range(0, len(texts), 4)]
         stats = c.get_inference_statistics("postprocess")["model_stats"][0]
     finally:
         c.close()
@@ -91,7 +91,7 @@ def test_concurrent_requests_of_different_lengths_are_batched(ngc_server, data_d
     def one(t):
         cc = http.InferenceServerClient(ngc_server.url)
         try:
-            infer_texts(http, cc, "emotion", [t])
+            infer_texts(http, cc, "classifier", [t])
         except Exception as exc:  # collected: the assertion below names it
             errors.append(exc)
         finally:
@@ -116,8 +116,8 @@ def test_bad_input_is_refused_by_the_tokenizer_and_the_server_keeps_serving(ngc_
         from tritonclient.utils import InferenceServerException
 
         with pytest.raises(InferenceServerException, match="empty or whitespace"):
-            infer_texts(http, c, "emotion", ["   "])
-        assert infer_texts(http, c, "emotion", ["i feel fine"])["probs"].shape == (1, 6)
+            infer_texts(http, c, "classifier", ["   "])
+        assert infer_texts(http, c, "classifier", ["i feel fine"])["probs"].shape == (1, 6)
     finally:
         c.close()
 
@@ -128,7 +128,7 @@ def test_configs_match_the_graph_and_the_request(tiny_artifacts, tmp_path):
     repo = tmp_path / "r"
     write_ngc_repo(repo, tiny_artifacts, ServeConfig(max_batch=16, threads=2,
                                                      dynamic_batching=False), gpu=True)
-    assert sorted(p.name for p in repo.iterdir()) == sorted(["emotion", TARGET, "tokenizer",
+    assert sorted(p.name for p in repo.iterdir()) == sorted(["classifier", TARGET, "tokenizer",
                                                              "postprocess"])
     cfg = parse(repo / TARGET / "config.pbtxt")
     g = onnx.load(str(repo / TARGET / "1" / "model.onnx")).graph
@@ -156,10 +156,10 @@ def test_refusals_leave_the_old_repository_untouched(tiny_artifacts, tmp_path):
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
     # every ORT variant is servable, the static-INT8 fused graph (QAttention) included
     write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="ptq-fused"), gpu=False)
-    assert (repo / "emotion_ort_ptq_fused" / "1" / "model.onnx").is_file()
+    assert (repo / "classifier_ort_ptq_fused" / "1" / "model.onnx").is_file()
     # a new variant replaces the repository whole: the older model does not stay behind
     write_ngc_repo(repo, tiny_artifacts, ServeConfig(variant="fp32"), gpu=False)
-    assert not (repo / "emotion_ort_qat").exists() and (repo / TARGET).is_dir()
+    assert not (repo / "classifier_ort_qat").exists() and (repo / TARGET).is_dir()
     assert not list(tmp_path.glob(".r.*"))  # no temporary folder left
 
 
@@ -187,7 +187,7 @@ def test_tensorrt_requests_are_checked_against_the_engine(tiny_artifacts, tmp_pa
                          Manifest(art), True)["profile"].max_batch == 32
     # both profiles are listed for Triton to choose from
     write_ngc_repo(tmp_path / "repo", art, ServeConfig(backend="trt", variant="fp16", max_batch=32))
-    group = parse(tmp_path / "repo" / "emotion_trt_fp16" / "config.pbtxt").instance_group[0]
+    group = parse(tmp_path / "repo" / "classifier_trt_fp16" / "config.pbtxt").instance_group[0]
     assert list(group.profile) == ["0", "1"]
     # a plan built by another TensorRT than the Triton image's is refused
     man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {**built, "tensorrt": "10.13.0"},
@@ -200,7 +200,7 @@ def test_tensorrt_requests_are_checked_against_the_engine(tiny_artifacts, tmp_pa
         check_request(ServeConfig(backend="trt", variant="fp16"), Manifest(art), True)
 
 
-def test_postprocess_refuses_non_finite_logits(monkeypatch):
+def test_postprocess_refuses_non_finite_logits(monkeypatch, tmp_path):
     """postprocess answers an error, not NaN probabilities (a fake of the Python backend's
     utility module: the real one exists only inside the Triton stub)."""
     import importlib.util
@@ -225,11 +225,20 @@ def test_postprocess_refuses_non_finite_logits(monkeypatch):
     fake = types.SimpleNamespace(Tensor=Tensor, TritonError=TritonError, InferenceResponse=Response,
                                  get_input_tensor_by_name=lambda r, n: r[n])
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    spec = importlib.util.spec_from_file_location("post", REPO / "deploy" / "triton_postprocess.py")
+    # laid out as the repository lays it out: model.py, the task's labels.json, project/common
+    version = tmp_path / "postprocess" / "1"
+    (version / "project" / "common").mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "triton_postprocess.py", version / "model.py")
+    for rel in ("common/__init__.py", "common/probs.py"):
+        shutil.copy(REPO / rel, version / "project" / rel)
+    (version / "labels.json").write_text('["a", "b", "c", "d", "e", "f"]')
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the model prepends its project/ copy
+    spec = importlib.util.spec_from_file_location("post", version / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     good = {"logits": Tensor("logits", np.array([[0.1, 2.0, 0, 0, 0, 0]], np.float32))}
     bad = {"logits": Tensor("logits", np.array([[np.nan, 1, 0, 0, 0, 0]], np.float32))}
     ok, err = mod.TritonPythonModel().execute([good, bad])
     assert ok.error is None and ok.outputs[1].a.tolist() == [[1]]
+    assert ok.outputs[0].a.tolist() == [[b"b"]]  # the task's name of label 1
     assert err.outputs is None and "non-finite" in err.error.msg and err.error.code == "INTERNAL"

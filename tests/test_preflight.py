@@ -92,10 +92,13 @@ def test_the_calibration_set_builder_says_it_too(tiny_model_dir, data_dir, tmp_p
     small = Path(shutil.copytree(data_dir, tmp_path / "small"))
     rows = (small / "validation.jsonl").read_text().splitlines()[:8]
     (small / "validation.jsonl").write_text("\n".join(rows) + "\n")
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    from common.checkpoint import TextEncoder
+
+    te = TextEncoder(AutoTokenizer.from_pretrained(str(tiny_model_dir)), 64,
+                     ("input_ids", "attention_mask"))
     with pytest.raises(ConfigError, match="fewer than one calibration batch"):
-        build_calibration_set(str(small), tok, ["input_ids", "attention_mask"], 64,
-                              CalibConfig(size=64, batch_size=16), tmp_path / "c.npz")
+        build_calibration_set(str(small), te, CalibConfig(size=64, batch_size=16),
+                              tmp_path / "c.npz")
 
 
 # 8. the base model folder -----------------------------------------------------------------------
@@ -128,12 +131,13 @@ DAMAGE = {"no config.json": "has no config.json", "no tokenizer": "has no tokeni
 
 
 @pytest.mark.parametrize("how", list(DAMAGE))
-def test_a_damaged_model_folder_is_refused_before_anything(how, tiny_model_dir, tmp_path, capsys):
+def test_a_damaged_model_folder_is_refused_before_anything(how, tiny_model_dir, data_dir, tmp_path,
+                                                           capsys):
     model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
     damage(model, how)
     with pytest.raises(ModelSourceError, match=DAMAGE[how]):
-        validate_model(str(model), 64)
-    code, out, err = run_engines(["--model", str(model), "--data", str(tmp_path), "--dry-run",
+        validate_model(str(model), 64, num_labels=6)
+    code, out, err = run_engines(["--model", str(model), "--data", str(data_dir), "--dry-run",
                                   "--artifacts", str(tmp_path / "art")], capsys)
     assert DAMAGE[how] in assert_one_line(code, err)
 

@@ -8,10 +8,10 @@ import onnx
 import pytest
 
 from common.calibset import CalibrationSet
-from common.data import load_split
 from common.feeds import batches, encode
 from common.modelsource import load_tokenizer
 from common.onnx_graph import op_counts
+from common.task import load_split
 from deploy.registry import make_runner
 from tests.test_dynamic_variants import MIN_AGREEMENT
 

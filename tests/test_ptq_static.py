@@ -10,21 +10,24 @@ from calibration.calibset import CalibConfig, build_calibration_set
 from calibration.ort_static import block_of, quantizable_nodes
 from calibration.ptq_search import StaticConfig, agreement, search_static_ptq
 from common.calibset import CalibrationSet
-from common.data import load_split, stratified_halves
+from common.checkpoint import TextEncoder
+from common.data import stratified_halves
 from common.feeds import encode
 from common.manifest import Manifest, sha256_of
 from common.modelsource import load_tokenizer
+from common.task import load_split
 from deploy.registry import make_runner
 
 
 def test_calibration_set_is_validation_rows_fixed_shape_and_seeded(tiny_artifacts, data_dir, tmp_path):
     tok = load_tokenizer(tiny_artifacts / "baseline")
     names = ["input_ids", "attention_mask", "token_type_ids"]
+    te = TextEncoder(tok, 64, tuple(names))
     cfg = CalibConfig(size=64, seed=3)
     a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
-    info = build_calibration_set(str(data_dir), tok, names, 64, cfg, a)
-    build_calibration_set(str(data_dir), tok, names, 64, cfg, b)
-    build_calibration_set(str(data_dir), tok, names, 64, dataclasses.replace(cfg, seed=4), c)
+    info = build_calibration_set(str(data_dir), te, cfg, a)
+    build_calibration_set(str(data_dir), te, cfg, b)
+    build_calibration_set(str(data_dir), te, dataclasses.replace(cfg, seed=4), c)
     assert sha256_of(a) == sha256_of(b) != sha256_of(c)
     assert info["split"] == "validation" and info["rows"] == 64 and info["seq_len"] % 8 == 0
     val = load_split(data_dir, "validation")
@@ -35,7 +38,7 @@ def test_calibration_set_is_validation_rows_fixed_shape_and_seeded(tiny_artifact
     # the stored ids are exactly the tokenized validation rows the indices name
     first = encode(tok, [val.texts[rows[0]]], 64).ids[0]
     assert ids[0, : len(first)].tolist() == first.tolist()
-    fixed = build_calibration_set(str(data_dir), tok, names, 64, CalibConfig(size=16, seq_len="32"),
+    fixed = build_calibration_set(str(data_dir), te, CalibConfig(size=16, seq_len="32"),
                                   tmp_path / "d.npz")
     assert fixed["seq_len"] == 32 and CalibrationSet(tmp_path / "d.npz", 4).seq_len == 32
     # rows are kept in draw order: a prefix is itself a seeded sample, served by rows=k
@@ -136,11 +139,11 @@ def test_search_tries_the_space_chooses_on_a_confirms_on_b_and_never_reads_test(
         tiny_artifacts, data_dir, tmp_path, monkeypatch):
     import common.data
 
-    real = common.data._read_jsonl  # every local split is read through it
-    asked = []
-    monkeypatch.setattr(common.data, "_read_jsonl", lambda p, s: asked.append(s) or real(p, s))
     man = Manifest(tiny_artifacts)
     val = load_split(data_dir, "validation")
+    real = common.data.READERS[".jsonl"]  # every local JSON Lines file is read through it
+    asked = []
+    monkeypatch.setitem(common.data.READERS, ".jsonl", lambda p: asked.append(p) or real(p))
     tok = load_tokenizer(tiny_artifacts / "baseline")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     enc = encode(tok, val.texts, 64)
@@ -152,8 +155,8 @@ def test_search_tries_the_space_chooses_on_a_confirms_on_b_and_never_reads_test(
     info = search_static_ptq(tiny_artifacts / "onnx" / "fp32.onnx", tmp_path / "q.onnx",
                              tiny_artifacts / man.get("calibration")["path"], names, 16, cfg, enc,
                              np.asarray(val.labels), "output.dense",
-                             lambda rows, seed: sample_calibration(str(data_dir), tok, names, 64,
-                                                                   rows, seed)[0])
+                             lambda rows, seed: sample_calibration(
+                                 val, TextEncoder(tok, 64, tuple(names)), rows, seed)[0])
     s = info["search"]
     labels = [r["label"] for r in s["tried"]]
     # every calibration (minmax; percentile 99.99 and 99.999; 32 and 64 rows) with every MatMul,
@@ -168,7 +171,8 @@ def test_search_tries_the_space_chooses_on_a_confirms_on_b_and_never_reads_test(
     assert all(r["latency_ms_b1"] > 0 and r["size_bytes"] > 0 for r in s["tried"])
     assert s["halves"]["a"] + s["halves"]["b"] == len(val)
     assert [x["seed"] for x in s["calibration_seed_spread"]["rows"]] == [7]
-    assert asked and "test" not in asked and (tmp_path / "q.onnx").is_file()
+    # the search reads no split at all: it sees only the validation rows it is given
+    assert asked == [] and (tmp_path / "q.onnx").is_file()
 
 
 def test_block_fallback_when_nothing_fits(tiny_artifacts, data_dir, tmp_path, monkeypatch):

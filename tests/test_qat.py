@@ -9,7 +9,6 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from common.calibset import CalibrationSet
-from common.data import load_split
 from common.env import int8_weights_for_this_cpu
 from common.errors import ConfigError
 from common.feeds import encode
@@ -27,6 +26,7 @@ from common.qat_model import (
     remove_fake_quant,
     upper_quantile,
 )
+from common.task import load_split
 from common.torch_infer import torch_fn
 from deploy.registry import make_runner
 from export.qat_export import (
@@ -150,8 +150,9 @@ def test_qat_artifact_recipe_and_selection(tiny_artifacts):
     scores = [h["val_macro_f1"] for h in recipe["history"]]
     assert recipe["best_val_macro_f1"] == max(scores) == e["best_val_macro_f1"]
     assert [h["step"] for h in recipe["history"]] == [0, 5, 10]
-    assert set(e["inputs"]) == {"artifact:baseline", "artifact:calibration", "code", "data:train",
-                                "data:validation"}
+    # its rows come from the task artifact: a change of the task rebuilds it
+    assert set(e["inputs"]) == {"artifact:baseline", "artifact:calibration", "artifact:task",
+                                "code"}
     assert "classification head" in recipe["quantization"]["fp32"]
     assert recipe["quantizers"]["attention_matmuls"] is True and recipe["model_type"] == "bert"
     # the saved weights are the selected step's: the baseline's only if no QAT step beat it
@@ -330,7 +331,7 @@ def test_qat_loss_carries_the_baselines_class_weights(tiny_artifacts, data_dir):
     model, _ = _calibrated(tiny_artifacts)
     feed = _feed(tiny_artifacts, data_dir, 16)
     labels = torch.tensor(load_split(data_dir, "test").labels[:16])
-    w = class_weights("sqrt-inverse", np.asarray(load_split(data_dir, "train").labels), "cpu")
+    w = class_weights("sqrt-inverse", np.asarray(load_split(data_dir, "train").labels), "cpu", 6)
     assert w is not None and w.mean().item() == pytest.approx(1.0) and w.max() > 1.5 * w.min()
     model.eval()  # no dropout: the loss is a function of the weights only
     with torch.no_grad():

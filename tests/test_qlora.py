@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import load_split
 from common.feeds import encode
 from common.modelsource import load_tokenizer
 from common.qlora_model import load_qlora, weight_memory
+from common.task import load_split
+from tests.conftest import EMOTION_LABELS
 from train.qlora import QloraConfig, build_peft_model
+
+LABELS = tuple(EMOTION_LABELS.split(","))
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -33,7 +36,7 @@ def _batch(cfg, n=32):
 
 
 def test_nf4_layers_and_trainable_params(cfg):
-    model = build_peft_model(cfg, "cpu")
+    model = build_peft_model(cfg, "cpu", LABELS)
     import bitsandbytes as bnb
 
     four = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -54,7 +57,7 @@ def test_nf4_embedding_is_deterministic_and_close(cfg):
     same ids give the same rows every time, within NF4's error of the FP32 table."""
     from transformers import AutoModelForSequenceClassification
 
-    model = build_peft_model(cfg, "cpu")
+    model = build_peft_model(cfg, "cpu", LABELS)
     emb = model.base_model.model.bert.embeddings.word_embeddings
     fp32 = AutoModelForSequenceClassification.from_pretrained(cfg.model).bert.embeddings.word_embeddings
     ids = torch.arange(emb.num_embeddings).repeat(3).view(3, -1)
@@ -71,7 +74,7 @@ def test_training_steps_reduce_loss_on_fixed_batch(cfg):
     losses = []
     for _ in range(2):  # twice: same seed, same losses (the CPU path is deterministic)
         torch.manual_seed(0)
-        model = build_peft_model(cfg, "cpu")
+        model = build_peft_model(cfg, "cpu", LABELS)
         feed, y = _batch(cfg)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
         model.train()
@@ -89,7 +92,7 @@ def test_training_steps_reduce_loss_on_fixed_batch(cfg):
 
 def test_saved_adapter_reloads_with_identical_logits(cfg, tmp_path):
     torch.manual_seed(0)
-    model = build_peft_model(cfg, "cpu")
+    model = build_peft_model(cfg, "cpu", LABELS)
     feed, y = _batch(cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     model.train()
@@ -105,7 +108,8 @@ def test_saved_adapter_reloads_with_identical_logits(cfg, tmp_path):
     from common.modelsource import base_reference
 
     (tmp_path / "recipe.json").write_text(json.dumps({"base_model": base_reference(cfg.model),
-                                                      "nf4": vars(cfg.nf4())}))
+                                                      "nf4": vars(cfg.nf4()),
+                                                      "labels": list(LABELS)}))
     reloaded, _ = load_qlora(tmp_path)
     with torch.no_grad():
         after = reloaded(**feed).logits
@@ -147,7 +151,7 @@ def test_bf16_cpu_repacking_is_off_after_validation(cfg, data_dir):
 
     from common.torch_infer import torch_logits
 
-    model = build_peft_model(cfg, "cpu")
+    model = build_peft_model(cfg, "cpu", LABELS)
     four = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert four and all(m.support_avx512bf16_for_cpu is False for m in four)
     rows = load_split(cfg.data, "validation").head(16)

@@ -4,6 +4,7 @@ config that no longer fits the code is refused in one line."""
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -122,15 +123,18 @@ def test_saved_config_round_trips_and_mismatch_is_one_line():
 
 def test_every_config_is_reachable_from_python_m_engines():
     """Each field of each step's config has its flag, and the flag sets that field."""
-    from engines.__main__ import PREFIXES, SHARED, parse
+    from engines.__main__ import NOT_FLAGS, PREFIXES, parse
 
     cfg, _ = parse(["--trt-profile-max-seq", "256", "--ptq-methods", "minmax",
                     "--calib-size", "512", "--no-qat-attention-matmuls", "--qlora-targets",
-                    "attention", "--epochs", "3", "--data", "x/y"])
+                    "attention", "--epochs", "3", "--data", "x/y", "--text-pair-column", "b",
+                    "--labels", "n,y", "--artifacts", "out/art"])
     assert cfg.trt.profile.max_seq == 256 and cfg.static.methods == ("minmax",)
     assert cfg.calib.size == 512 and cfg.qat.attention_matmuls is False
     assert cfg.qlora.targets == "attention" and cfg.finetune.epochs == 3
-    assert cfg.finetune.data == cfg.qat.data == cfg.export.data == "x/y"
+    assert cfg.task.data == "x/y" and cfg.task.text_pair_column == "b" and cfg.task.labels == "n,y"
+    # every step reads the task artifact, not the user's data
+    assert cfg.finetune.data == cfg.qat.data == cfg.export.data == str(Path("out/art/task"))
     import argparse
 
     from engines.__main__ import parser
@@ -138,7 +142,7 @@ def test_every_config_is_reachable_from_python_m_engines():
     flags = {a.dest for a in parser()._actions if isinstance(a, argparse.Action)}
     for name, (prefix, skip) in PREFIXES.items():
         for f in dataclasses.fields(getattr(cfg, name)):
-            if f.name in SHARED + skip:
+            if f.name in NOT_FLAGS + skip:
                 continue
             if dataclasses.is_dataclass(f.default_factory) if f.default_factory is not \
                     dataclasses.MISSING else False:

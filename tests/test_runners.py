@@ -3,9 +3,9 @@ import shutil
 import numpy as np
 import pytest
 
-from common.data import load_split
 from common.feeds import batches, encode
 from common.modelsource import load_tokenizer
+from common.task import load_split
 from deploy.ort_runner import OrtRunner
 from deploy.registry import make_runner
 from deploy.runner import Runner, RunnerError

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data import load_split
 from common.errors import ConfigError, UserError
 from common.feeds import InputError
 from common.manifest import ArtifactError, Manifest
+from common.task import load_split
 from common.variants import find_variant
-from deploy.service import EmotionService, decode_texts
+from deploy.service import ClassifierService, decode_texts
 
 pytest.importorskip("tritonclient.http", reason="serving needs tritonclient (`serve` group)")
 http = pytest.importorskip("tritonclient.http")
@@ -41,7 +41,7 @@ def server(tiny_artifacts, tmp_path_factory):
         yield s
 
 
-def post(url: str, body: bytes, model: str = "emotion") -> tuple[int, str]:
+def post(url: str, body: bytes, model: str = "classifier") -> tuple[int, str]:
     req = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", data=body,
                                  headers={"Content-Type": "application/json"})
     try:
@@ -66,14 +66,14 @@ def good(server) -> None:
 
 def test_round_trip_equals_runner(server, tiny_artifacts, data_dir):
     texts = list(load_split(data_dir, "test").texts[:40])
-    svc = EmotionService(tiny_artifacts, "ort", "fp32", threads=1)
+    svc = ClassifierService(tiny_artifacts, "ort", "fp32", threads=1)
     ref = svc.predict(texts)
     svc.close()
     c = http.InferenceServerClient(server.url)
     g = grpc.InferenceServerClient(server.grpc_url)
     try:
         for mod, client in ((http, c), (grpc, g)):
-            got = [infer_texts(mod, client, "emotion", texts[s:s + MAX_BATCH])
+            got = [infer_texts(mod, client, "classifier", texts[s:s + MAX_BATCH])
                    for s in range(0, 40, MAX_BATCH)]
             ids = np.concatenate([x["label_id"].reshape(-1) for x in got])
             probs = np.concatenate([x["probs"] for x in got])
@@ -84,7 +84,7 @@ def test_round_trip_equals_runner(server, tiny_artifacts, data_dir):
         # the bench's bare client (KServe v2 JSON over http.client, one keep-alive connection)
         raw = connect("raw", server.url)
         try:
-            got = [raw.infer("emotion", texts[s:s + MAX_BATCH]) for s in range(0, 40, MAX_BATCH)]
+            got = [raw.infer("classifier", texts[s:s + MAX_BATCH]) for s in range(0, 40, MAX_BATCH)]
             assert np.array_equal(np.concatenate([x["label_id"].reshape(-1) for x in got]),
                                   ref.label_ids)
             np.testing.assert_allclose(np.concatenate([x["probs"] for x in got]), ref.probs,
@@ -93,7 +93,7 @@ def test_round_trip_equals_runner(server, tiny_artifacts, data_dir):
             with pytest.raises(RuntimeError, match="HTTP 4"):  # unknown model: the server's code
                 raw.infer("no-such-model", texts[:1])
             # the keep-alive connection still serves after the error response
-            assert raw.infer("emotion", texts[:1])["label_id"].reshape(-1)[0] == ref.label_ids[0]
+            assert raw.infer("classifier", texts[:1])["label_id"].reshape(-1)[0] == ref.label_ids[0]
         finally:
             raw.close()
     finally:
@@ -119,13 +119,13 @@ def test_overhead_headline_is_the_bare_clients_where_measured():
 def test_dynamic_batching_groups_concurrent_requests(server, data_dir):
     texts = list(load_split(data_dir, "test").texts[:32])
     stats = http.InferenceServerClient(server.url)
-    before = server_batches(stats, "emotion")
+    before = server_batches(stats, "classifier")
     errors = []
 
     def one(i):
         c = http.InferenceServerClient(server.url)
         try:
-            infer_texts(http, c, "emotion", [texts[i]])
+            infer_texts(http, c, "classifier", [texts[i]])
         except Exception as exc:
             errors.append(exc)
         finally:
@@ -136,7 +136,7 @@ def test_dynamic_batching_groups_concurrent_requests(server, data_dir):
         t.start()
     for t in threads:
         t.join()
-    after = server_batches(stats, "emotion")
+    after = server_batches(stats, "classifier")
     stats.close()
     assert not errors
     inferences, executions = after[0] - before[0], after[1] - before[1]
@@ -168,7 +168,7 @@ def test_invalid_utf8_is_rejected_with_400(server):
     inp = http.InferInput("text", [1, 1], "BYTES")
     inp.set_data_from_numpy(x)
     with pytest.raises(Exception, match="not valid UTF-8") as e:
-        c.infer("emotion", [inp])
+        c.infer("classifier", [inp])
     assert "400" in str(e.value) and "Traceback" not in str(e.value)
     c.close()
     good(server)
@@ -181,7 +181,7 @@ def test_one_megabyte_text_is_truncated_and_served(server, tiny_artifacts):
     code, body = post(server.url, kserve_json([text]))
     assert code == 200, body[:300]
     outs = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
-    svc = EmotionService(tiny_artifacts, "ort", "fp32", threads=1)
+    svc = ClassifierService(tiny_artifacts, "ort", "fp32", threads=1)
     try:
         full = svc.predict([text])
         short = svc.predict(["so happy " * 31])  # 62 word tokens + [CLS] + [SEP] = max length 64
@@ -274,29 +274,34 @@ def test_config_pbtxt_files_parse(tiny_artifacts, tmp_path):
     for path in sorted(tmp_path.rglob("config.pbtxt")):
         cfg = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
         configs[f"{path.parent.parent.name}/{cfg.name}"] = cfg
-    local = configs["local/emotion"]
+    local = configs["local/classifier"]
     assert local.backend == "python" and local.instance_group[0].count == 2
     assert local.dynamic_batching.max_queue_delay_microseconds == ServeConfig().queue_delay_us
     assert [(o.name, list(o.dims)) for o in local.output] == [("label", [1]), ("label_id", [1]),
                                                               ("probs", [6])]
-    ens = configs["ngc/emotion"]
-    assert ens.platform == "ensemble" and info["serves"] == "emotion_ort_qat"
-    assert [s.model_name for s in ens.ensemble_scheduling.step] == ["tokenizer", "emotion_ort_qat",
+    ens = configs["ngc/classifier"]
+    assert ens.platform == "ensemble" and info["serves"] == "classifier_ort_qat"
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == ["tokenizer", "classifier_ort_qat",
                                                                    "postprocess"]
-    onnx_cfg = configs["ngc/emotion_ort_qat"]
+    onnx_cfg = configs["ngc/classifier_ort_qat"]
     assert onnx_cfg.backend == "onnxruntime" and all(list(i.dims) == [-1] for i in onnx_cfg.input)
     assert onnx_cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert (tmp_path / "ngc" / "emotion_ort_qat" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "ngc" / "classifier_ort_qat" / "1" / "model.onnx").is_file()
     assert (tmp_path / "ngc" / "tokenizer" / "1" / "tokenizer.json").is_file()
     # a typo in a config is a parse error here, not a failed deployment
     with pytest.raises(text_format.ParseError):
         text_format.Parse('name: "x"\nmax_batch_sise: 8\n', model_config_pb2.ModelConfig())
 
 
-def test_ngc_tokenizer_encodes_like_the_project(tiny_artifacts, data_dir, tmp_path):
+def test_ngc_tokenizer_encodes_like_the_project(tiny_artifacts, data_dir, tmp_path, monkeypatch):
     """The NGC tokenizer model (tokenizers library only) gives the evaluator's exact ids, padded
     with the tokenizer's pad id to one bucket width per execution."""
     import importlib.util
+    import sys
+
+    # the model puts its project/ copy first on sys.path: undone after the test, so processes
+    # spawned by later tests (they inherit sys.path) import the real `common`
+    monkeypatch.setattr(sys, "path", list(sys.path))
 
     from common.feeds import encode
     from common.modelsource import load_tokenizer
@@ -421,7 +426,7 @@ def test_serving_a_batch_dependent_variant_with_the_batcher_warns(tiny_artifacts
 @pytest.mark.parametrize("backend, variant", [("torch", "fp32"), ("ort", "qat"), ("qlora", "nf4")])
 def test_other_backends_serve_the_same_contract(tiny_artifacts, data_dir, tmp_path, backend, variant):
     texts = list(load_split(data_dir, "test").texts[:MAX_BATCH])
-    svc = EmotionService(tiny_artifacts, backend, variant, threads=1)
+    svc = ClassifierService(tiny_artifacts, backend, variant, threads=1)
     ref = svc.predict(texts)
     svc.close()
     repo = tmp_path / "repo"
@@ -430,7 +435,7 @@ def test_other_backends_serve_the_same_contract(tiny_artifacts, data_dir, tmp_pa
     with TritonServer(repo, free_ports(), start_timeout_s=240) as s:
         c = http.InferenceServerClient(s.url)
         try:
-            got = infer_texts(http, c, "emotion", texts)
+            got = infer_texts(http, c, "classifier", texts)
         finally:
             c.close()
     assert np.array_equal(got["label_id"].reshape(-1), ref.label_ids)
@@ -443,12 +448,12 @@ def test_spin_setting_reaches_the_ort_session_and_only_ort_takes_it(tiny_artifac
     from deploy.bench import BenchConfig, label
     from deploy.registry import make_runner
     from deploy.runner import RunnerError
-    from deploy.service import EmotionService
+    from deploy.service import ClassifierService
 
     texts = load_split(data_dir, "test").texts[:16]
     preds = {}
     for spin in (True, False):
-        svc = EmotionService(tiny_artifacts, "ort", "fp32", threads=2, spin=spin)
+        svc = ClassifierService(tiny_artifacts, "ort", "fp32", threads=2, spin=spin)
         opts = svc.runner.session.get_session_options()
         assert opts.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
         preds[spin] = svc.predict(texts).probs

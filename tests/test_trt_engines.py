@@ -4,9 +4,9 @@ e.g. inside docker/Dockerfile.gpu; skipped with the reason elsewhere)."""
 import numpy as np
 import pytest
 
-from common.data import load_split
 from common.feeds import batches, encode
 from common.modelsource import load_tokenizer
+from common.task import load_split
 
 pytestmark = pytest.mark.trt
 

@@ -76,7 +76,9 @@ def _deberta_tokenizer(texts: list[str], out: Path):
                                   cls_token="[CLS]", mask_token="[MASK]")
 
 
-def build_tiny(family: str, data_dir: Path, out: Path, seed: int = 0) -> Path:
+def build_tiny(family: str, data_dir: Path, out: Path, seed: int = 0, num_labels: int = 6) -> Path:
+    """A tiny random classifier of `family` with a head of `num_labels` (a model whose head does
+    not fit the task is refused by the build), its tokenizer trained on data_dir's texts."""
     import torch
     from transformers import (
         AutoModelForSequenceClassification,
@@ -88,12 +90,11 @@ def build_tiny(family: str, data_dir: Path, out: Path, seed: int = 0) -> Path:
         RobertaConfig,
     )
 
-    from common.labels import ID2LABEL, LABEL2ID
-
     out.mkdir(parents=True, exist_ok=True)
     texts = _texts(data_dir)
     s = SIZES
-    labels = dict(num_labels=6, id2label=ID2LABEL, label2id=LABEL2ID)
+    labels = dict(num_labels=num_labels, id2label={i: f"LABEL_{i}" for i in range(num_labels)},
+                  label2id={f"LABEL_{i}": i for i in range(num_labels)})
     bert_like = dict(hidden_size=s["hidden"], num_hidden_layers=s["layers"],
                      num_attention_heads=s["heads"], intermediate_size=s["ffn"], **labels)
     if family == "bert":

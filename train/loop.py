@@ -16,11 +16,13 @@ class TrainingDiverged(UserError, FloatingPointError):
 
 
 def train_val_splits(data: str, limit_train: int = 0, limit_eval: int = 0):
-    """Train and validation splits, optionally cut to their first rows (tests, smoke runs)."""
-    from common.data import load_split
+    """The task, and its train and validation splits, optionally cut to their first rows (tests,
+    smoke runs)."""
+    from common.task import load_task
 
-    train, val = load_split(data, "train"), load_split(data, "validation")
-    return (train.head(limit_train) if limit_train else train,
+    task = load_task(data)
+    train, val = task.split("train"), task.split("validation")
+    return (task, train.head(limit_train) if limit_train else train,
             val.head(limit_eval) if limit_eval else val)
 
 
@@ -149,12 +151,12 @@ def bucketed_batches(enc: Encoded, batch_size: int, rng: np.random.Generator,
 
 
 def validation_row(model, enc: Encoded, names, labels, device: str, epoch: int, train_loss: float,
-                   minutes: float) -> dict:
+                   minutes: float, num_labels: int) -> dict:
     """Score one epoch on validation: the history row that model selection reads."""
     from common.metrics import classification_metrics
     from common.torch_infer import torch_logits
 
     logits = torch_logits(model, enc, names, batch_size=128, device=device, progress="validation")
-    m = classification_metrics(np.asarray(labels), logits.argmax(-1))
+    m = classification_metrics(np.asarray(labels), logits.argmax(-1), num_labels)
     return {"epoch": epoch, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"],
             "train_loss_ema": train_loss, "minutes": minutes}

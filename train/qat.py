@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from common.config import check_ranges, doc, location, recipe, run_only
+from common.data import DEFAULT_DATASET
 from common.errors import ConfigError
 from common.feeds import encode
 from train.loop import (
@@ -38,7 +39,7 @@ from train.loop import (
 class QatConfig:
     # 3: the loss carries the baseline recipe's class weights; fused AdamW; 4: distillation fields
     VERSION = 4
-    data: str = location("dair-ai/emotion", "Hub dataset name or local folder of jsonl")
+    data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
     # Quantizers (INT8 symmetric everywhere; weights per channel, activations per tensor).
     calib_method: str = doc("percentile", "max | percentile (of |x|, mean over calibration batches)")
     percentile: float = 99.99
@@ -173,9 +174,9 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     n_quantizers = calibrate(model, CalibrationSet(calib_npz, calib_batch_size, names), device)
     frozen_params = _freeze(model, cfg.freeze_layers)
 
-    train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
-    train_enc = encode(tokenizer, train.texts, max_length)
-    val_enc = encode(tokenizer, val.texts, max_length)
+    task, train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
+    train_enc = encode(tokenizer, train.texts, max_length, train.pairs)
+    val_enc = encode(tokenizer, val.texts, max_length, val.pairs)
     y_train = torch.tensor(train.labels)
     rng = np.random.default_rng(cfg.seed)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -192,7 +193,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
                  {"params": no_decay, "weight_decay": 0.0}], cfg.lr, device)
     # QAT continues the baseline's training, so it keeps the baseline's loss (class weights)
     weights = class_weights(meta.get("config", {}).get("class_weights", "none"),
-                            np.asarray(train.labels), device)
+                            np.asarray(train.labels), device, task.num_labels)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
 
     teacher_logits = None
@@ -217,7 +218,8 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     t0 = time.time()
 
     def score(step: int, loss: float) -> dict:
-        row = validation_row(model, val_enc, names, val.labels, device, 0, loss, (time.time() - t0) / 60)
+        row = validation_row(model, val_enc, names, val.labels, device, 0, loss, (time.time() - t0) / 60,
+                             task.num_labels)
         row["step"] = step
         return row
 
@@ -254,7 +256,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     out = {
         "config": recipe(cfg), "quantizers": cfg.quantizer_kwargs(), "model_type": model_type,
         "baseline_best_val_macro_f1": meta.get("best_val_macro_f1"),
-        "input_names": names, "max_length": max_length, "steps": total,
+        "input_names": names, "max_length": max_length, "steps": total, "task": meta.get("task"),
         "steps_per_epoch": steps_per_epoch, "inserted": inserted,
         "activation_quantizers": n_quantizers, "frozen_params": frozen_params,
         "val_macro_f1_before_qat": history[0]["val_macro_f1"],

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from common.config import check_ranges, doc, location, recipe, run_only
+from common.data import DEFAULT_DATASET
 from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, base_reference, load_classifier, load_tokenizer
 from common.qlora_model import Nf4Spec
+from common.task import brief
 from train.loop import (
     bucketed_batches,
     resolve_device,
@@ -45,7 +47,7 @@ TARGETS = ("attention", "attention+ffn")
 class QloraConfig:
     VERSION = 3
     model: str = location(DEFAULT_MODEL, "Hub id or local dir (default: the packaged MiniLM)")
-    data: str = location("dair-ai/emotion", "Hub dataset name or local folder of jsonl")
+    data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -87,13 +89,13 @@ class QloraConfig:
         return Nf4Spec(self.double_quant, self.compute_dtype, self.quantize_embeddings)
 
 
-def build_peft_model(cfg: QloraConfig, device: str):
+def build_peft_model(cfg: QloraConfig, device: str, labels: tuple[str, ...]):
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
     from common.arch import family_of, lora_targets
     from common.qlora_model import load_nf4_base
 
-    base = load_nf4_base(cfg.model, cfg.nf4(), device)
+    base = load_nf4_base(cfg.model, cfg.nf4(), device, labels)
     # gradient checkpointing off: it trades compute for memory, and memory is not short here
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.rank, lora_alpha=cfg.alpha,
@@ -114,15 +116,16 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     validate_model(cfg.model, cfg.max_length, "--qlora-max-length")  # one line, before any work
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
+    task, train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
     tok = load_tokenizer(cfg.model)
-    model = build_peft_model(cfg, device)
+    model = build_peft_model(cfg, device, task.labels)
     names = input_names(model.get_base_model().config)
-    tr, va = encode(tok, train.texts, cfg.max_length), encode(tok, val.texts, cfg.max_length)
+    tr = encode(tok, train.texts, cfg.max_length, train.pairs)
+    va = encode(tok, val.texts, cfg.max_length, val.pairs)
     y = torch.tensor(train.labels)
     from train.finetune import class_weights
 
-    weights = class_weights(cfg.class_weights, np.asarray(train.labels), device)
+    weights = class_weights(cfg.class_weights, np.asarray(train.labels), device, task.num_labels)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
@@ -138,7 +141,8 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
                               f"QLoRA epoch {epoch} step {step}", class_weights=weights)
             ema = loss if step == 1 else 0.98 * ema + 0.02 * loss
             bar.set_postfix(loss=f"{ema:.4f}")
-        row = validation_row(model, va, names, val.labels, device, epoch, ema, (time.time() - t0) / 60)
+        row = validation_row(model, va, names, val.labels, device, epoch, ema, (time.time() - t0) / 60,
+                             task.num_labels)
         history.append(row)
         print(f"qlora epoch {epoch}: validation macro F1 {row['val_macro_f1']:.4f}")
         if row["val_macro_f1"] > best:
@@ -150,7 +154,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)  # adapters + the trained head/pooler (modules_to_save)
     tok.save_pretrained(out_dir)
-    fp32_bytes = sum(p.numel() * 4 for p in load_classifier(cfg.model).parameters())
+    fp32_bytes = sum(p.numel() * 4 for p in load_classifier(cfg.model, task.labels).parameters())
     meta = {"config": recipe(cfg), "base_model": base_reference(cfg.model), "nf4": vars(cfg.nf4()),
             "fp32_weight_bytes": fp32_bytes, "max_length": cfg.max_length,
             "targets": sorted(model.peft_config["default"].target_modules),
@@ -159,7 +163,8 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
             "best_val_macro_f1": best, "history": history,
             "train_minutes": (time.time() - t0) / 60, "device": device,
             "data": {"train": train.fingerprint, "validation": val.fingerprint},
-            "input_names": list(names)}
+            "input_names": list(names), "labels": list(task.labels),
+            "task": brief(task.summary())}
     (out_dir / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
