@@ -346,8 +346,8 @@ def _resolve(spec: TaskSpec, stamp: tuple) -> Task:
             ids[dst] = [ids["train"][i] for i in src]
         validation = {"carved_from": origin["train"], "fraction": spec.validation_fraction,
                       "seed": spec.validation_seed, "rows": len(held),
-                      "how": "that share of each label's training rows, drawn with the seed; "
-                             "the rest stay in train, order kept"}
+                      "how": "that share of the rows, shared out over the labels in proportion, "
+                             "drawn with the seed; the rest stay in train, order kept"}
         origin["validation"] = f"carved from {origin['train']}"
     rows = {}
     for split in SPLITS:

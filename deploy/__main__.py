@@ -68,7 +68,7 @@ def serve(a) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    print(f"serving {a.backend}/{a.variant} as model '{a.model_name}': HTTP http://{server.url}, "
+    print(f"serving {sc.backend}/{sc.variant} as model '{sc.model_name}': HTTP http://{server.url}, "
           f"gRPC {server.grpc_url}, metrics http://127.0.0.1:{a.metrics_port}/metrics "
           f"(log: {server.log}); Ctrl-C or SIGTERM stops it")
     assert server.proc is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from common.classes import MANY_LABELS, WORST_K, confused_pairs, names_of, worst
+from common.data import SPLITS
 from evaluate.plots import confusion_png
 
 
@@ -61,11 +62,11 @@ def task_lines(r: dict) -> list[str]:
         cols = t["columns"]
         pair = f" + `{cols['text_pair']}` (text pairs)" if t.get("pair") else ""
         val = t["validation"]
-        carved = (f"; validation carved from {val['carved_from']} ({100 * val['fraction']:g}% per "
-                  f"label, seed {val['seed']})" if "carved_from" in val else "")
+        carved = (f"; validation carved from {val['carved_from']} ({100 * val['fraction']:g}%, "
+                  f"stratified, seed {val['seed']})" if "carved_from" in val else "")
         out.append(f"- task: `{t['source']}`, text `{cols['text']}`{pair}, label `{cols['label']}`; "
                    f"{len(t['labels'])} labels from {t['label_source']}{carved}; rows "
-                   + ", ".join(f"{k} {v['rows']}" for k, v in t["splits"].items()))
+                   + ", ".join(f"{k} {t['splits'][k]['rows']}" for k in SPLITS if k in t["splits"]))
     if isinstance(rows, dict) and rows.get("slice"):
         out.append(f"- **a slice**: the first {rows['scored']} of the {rows['split_rows']} rows of "
                    f"{r['split']} (`--limit`); not the split's result")

@@ -168,13 +168,20 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
     inputs = (f"text pairs (`{cols['text']}`, `{cols['text_pair']}`)" if pair
               else f"texts (`{cols['text']}`)")
     val = task["validation"]
-    carved = (f"; validation carved from {val['carved_from']} ({100 * val['fraction']:g}% of each "
-              f"label, seed {val['seed']})" if "carved_from" in val else "")
-    sizes = " / ".join(f"{k} {v['rows']:,}" for k, v in task["splits"].items())
+    carved = (f"; validation carved from {val['carved_from']} ({100 * val['fraction']:g}%, "
+              f"stratified, seed {val['seed']})" if "carved_from" in val else "")
+    from common.data import SPLITS
+
+    splits = task["splits"]
+    sizes = " / ".join(f"{k} {splits[k]['rows']:,}" for k in SPLITS) + " rows"
+    trained = meta.get("train_rows", splits["train"]["rows"])
+    limited = trained < splits["train"]["rows"]
+    if limited:  # --limit-train: say what the model really saw
+        sizes += f"; trained on the first {trained:,} training rows"
     lines += ["---", "", f"# {Path(data).name} / {name}", "",
               f"A {len(labels)}-way classifier of {inputs} into {shown} (label column "
               f"`{cols['label']}`, names from {task['label_source']}), fine-tuned from `{base}` "
-              f"on {data} ({sizes} rows{carved}). This folder ships {what}, with the tokenizer and "
+              f"on {data} ({sizes}{carved}). This folder ships {what}, with the tokenizer and "
               f"config (id2label holds the names). Max length {meta['max_length']} tokens; inputs "
               f"{', '.join(meta['input_names'])}.", "",
               "## Intended use and limitations", "",
@@ -217,19 +224,21 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
         lines += ["## Results", "", "Not scored yet: `make report` scores it and rewrites this card."]
     model_arg = "" if source in (None, "", DEFAULT_MODEL) else f" MODEL={base}"
     lines += ["", "## Rebuild", "", "```bash",
-              f"make engines DATA=<{data}>{model_arg}{task_args(task)}", "make report",
+              f"make engines DATA=<{data}>{model_arg}"
+              f"{engine_args(task, [f'--limit-train {trained}'] if limited else [])}",
+              "make report",
               "```", ""]
     return "\n".join(lines)
 
 
-def task_args(task: dict[str, Any]) -> str:
-    """The task flags of `make engines` that declare this task (ENGINE_ARGS), where not the
-    defaults."""
+def engine_args(task: dict[str, Any], more: list[str]) -> str:
+    """ENGINE_ARGS of the `make engines` that declares this task (its flags where not the
+    defaults) and `more`."""
     from common.task import TaskSpec
 
     default = TaskSpec()
     flags = [f"--{k.replace('_', '-')} {json.dumps(v) if isinstance(v, str) else v}"
-             for k, v in task["spec"].items() if getattr(default, k, None) != v]
+             for k, v in task["spec"].items() if getattr(default, k, None) != v] + more
     return f" ENGINE_ARGS='{' '.join(flags)}'" if flags else ""
 
 

@@ -154,6 +154,9 @@ def test_dynamic_batching_groups_concurrent_requests(server, data_dir):
     (kserve_json([1, 2], datatype="INT64"), {400}, "INT64"),
     (kserve_json(["x"] * (MAX_BATCH + 1)), {400}, "batch"),
     (b"this is not json", {500}, "failed to parse the request JSON"),
+    # a second text for a model of single texts (the tiny task is not a pair task)
+    (json.dumps({"inputs": [{"name": n, "shape": [1, 1], "datatype": "BYTES", "data": ["x"]}
+                            for n in ("text", "text_pair")]}).encode(), {400}, "text_pair"),
 ])
 def test_hostile_requests_get_clear_errors_and_server_keeps_working(server, body, codes, fragment):
     code, text = post(server.url, body)
