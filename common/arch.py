@@ -235,7 +235,7 @@ def lora_targets(model: Any, which: str) -> list[str]:
 # --- what each family gets from each stage (the README's families x stages table) -------------
 
 STAGE_COLUMNS = ("baseline + ONNX", "fused FP32 (ORT)", "dynamic INT8", "dynamic INT8 fused",
-                 "static PTQ", "QAT", "QLoRA", "Optimum rows", "TensorRT")
+                 "static PTQ", "student", "QAT", "QLoRA", "Optimum rows", "TensorRT")
 
 
 def skipped_steps(model_type: str) -> dict[str, str]:
@@ -244,8 +244,8 @@ def skipped_steps(model_type: str) -> dict[str, str]:
     their source). Machine-dependent skips, such as TensorRT, are not family facts."""
     fam = family_by_type(model_type)
     out = {}
-    if not fam.ort_fusion:
-        out["onnx-fp32-fused"] = fam.ort_fusion_why_not
+    if not fam.ort_fusion:  # the baseline's and the student's fused graphs
+        out["onnx-fp32-fused"] = out["onnx-student-fused"] = fam.ort_fusion_why_not
     if fam.onnx_subgraphs:
         out["onnx-optimum-static"] = OPTIMUM_SUBGRAPHS
     return out
@@ -264,6 +264,8 @@ def stage_support(model_type: str) -> dict[str, str]:
             "dynamic INT8 fused": fused,
             "static PTQ": "yes (ptq; ptq-fused: " + ("yes)" if fam.ort_fusion else
                                                    "skipped with the fused graph)"),
+            "student": "yes (FP32 ONNX; fused and static INT8: " + ("yes)" if fam.ort_fusion else
+                                                                 "skipped with the fused graph)"),
             "QAT": qat,
             "Optimum rows": ("exporter and dynamic; static skipped: " + OPTIMUM_SUBGRAPHS
                              if fam.onnx_subgraphs else "exporter, dynamic, static"),
@@ -287,6 +289,7 @@ def families_table() -> str:
     other = {"baseline + ONNX": "yes", "fused FP32 (ORT)": "skipped: fusion not known to apply",
              "dynamic INT8": "yes", "dynamic INT8 fused": "skipped with the fused graph",
              "static PTQ": "yes (ptq; ptq-fused skipped with the fused graph)",
+             "student": "yes (FP32 ONNX; fused and static INT8 skipped with the fused graph)",
              "QAT": "yes (every layer Linear found in its modules; attention matmuls stay FP32)",
              "QLoRA": "yes (NF4 base, LoRA on every layer Linear)",
              "Optimum rows": "where Optimum's exporter knows it",

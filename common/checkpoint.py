@@ -26,6 +26,14 @@ def read_recipe(ckpt: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is corrupt ({exc.msg}); rebuild it with `make engines`") from None
 
 
+def trained_with(meta: dict[str, Any], field: str, default: Any = None) -> Any:
+    """A field of the config a checkpoint was trained with (recipe.json's `config` is a tagged
+    recipe: {"type", "version", "fields"})."""
+    cfg = meta.get("config")
+    fields = cfg.get("fields") if isinstance(cfg, dict) else None
+    return fields.get(field, default) if isinstance(fields, dict) else default
+
+
 @dataclass(frozen=True)
 class TextEncoder:
     """Texts (or text pairs) -> unpadded token ids, exactly as the baseline was trained

@@ -91,23 +91,32 @@ def _closure(module: str) -> frozenset[str]:
     return frozenset(seen)
 
 
+def _project_function(g: object) -> bool:
+    module = getattr(g, "__module__", None) or ""
+    return (inspect.isfunction(g) and module.split(".")[0] in PROJECT
+            and module not in NOT_CODE)
+
+
 def _helpers(fn: Callable) -> list[Callable]:
-    """`fn` and the functions of its own module it calls by name, transitively (a step factory's
-    helpers: their code builds the artifact too)."""
-    module = inspect.getmodule(fn)
+    """`fn` and the project functions it calls by name, transitively, each name looked up in the
+    module of the function that uses it (a step factory's helpers, its own module's or ones it
+    imported from another project module such as the baseline's step functions a student step
+    reuses: their code builds the artifact too)."""
     seen: dict[str, Callable] = {}
     todo = [fn]
     while todo:
         f = todo.pop()
-        if f.__qualname__ in seen:
+        key = f"{f.__module__}.{f.__qualname__}"
+        if key in seen:
             continue
-        seen[f.__qualname__] = f
+        seen[key] = f
+        module = inspect.getmodule(f)
         tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
         for node in ast.walk(tree):
             if isinstance(node, ast.Name):
                 g = getattr(module, node.id, None)
-                if inspect.isfunction(g) and g.__module__ == fn.__module__:
-                    todo.append(g)
+                if _project_function(g):
+                    todo.append(g)  # type: ignore[arg-type]
     return [seen[k] for k in sorted(seen)]
 
 

@@ -66,12 +66,23 @@ class Variant:
     def runner_key(self) -> str:
         return self.runner or self.backend
 
-    def param(self, name: str) -> str:
-        return dict(self.params)[name]
+    def param(self, name: str, default: str | None = None) -> str:
+        p = dict(self.params)
+        if default is None:
+            return p[name]
+        return p.get(name, default)
+
+    @property
+    def checkpoint(self) -> str:
+        """The PyTorch checkpoint (artifact) this variant was made from: its config and tokenizer
+        go into its Hugging Face folder."""
+        return self.artifact if self.backend == "torch" else self.param("checkpoint", "baseline")
 
 
 _NGC = ("triton", "ngc", "k8s")
 _GPU = ("ngc", "k8s")  # the local server's Python backend runs CPU runners only
+# a graph of the student: its Hugging Face folder carries the student's config (checkpoint)
+_STUDENT = (("checkpoint", "student"),)
 
 _REGISTRY: dict[str, Variant] = {}
 
@@ -115,6 +126,23 @@ for _v in (
     Variant("ort", "ptq-fused", "onnx-ptq-fused", "the same recipe on the fused graph: static "
             "QAttention + QDQ MatMuls (ONNX Runtime CPU)", "ptq", serve=_NGC, speedup="yes",
             hf=True),
+    Variant("torch", "student", "student", "the distilled student: every other encoder layer of the "
+            "baseline, trained on its logits (train/student.py), in PyTorch", "student",
+            gpu_row=True, speedup="yes", hf=True),
+    Variant("torch", "student-fp16-graphs", "student-fp16", "the student in FP16, replayed from "
+            "CUDA graphs per bucket", "student", device="cuda", gpu_row=True, serve=(),
+            runner="torch-graphs"),
+    Variant("ort", "student-fp32", "onnx-student", "the student's FP32 ONNX export", "student",
+            gpu_row=True, serve=_NGC, speedup="yes", hf=True, params=_STUDENT),
+    Variant("ort", "student-fused", "onnx-student-fused", "the student's FP32 graph after ORT's "
+            "transformers optimizer", "student", serve=_NGC, speedup="yes", hf=True,
+            params=_STUDENT),
+    Variant("ort", "student-ptq-fused", "onnx-student-ptq-fused", "ort/ptq's recipe on the "
+            "student's fused graph: static QAttention + QDQ MatMuls", "student", serve=_NGC,
+            speedup="yes", hf=True, params=_STUDENT),
+    Variant("ort", "student-ptq-s8", "onnx-student-ptq-s8", "ort/ptq's recipe on the student's "
+            "plain graph with S8 activations (TensorRT flavour)", "student", serve=_NGC,
+            params=_STUDENT),
     Variant("ort", "qat", "onnx-qat", "QAT INT8 Q/DQ graph, U8 activations (CPU flavour)", "qat",
             serve=_NGC, speedup="yes", hf=True),
     Variant("ort", "qat-s8", "onnx-qat-s8", "QAT INT8 Q/DQ graph, S8 activations (TensorRT flavour)",
@@ -144,6 +172,13 @@ for _v in (
     Variant("trt", "qat", "trt-qat", "TensorRT explicit INT8 from the QAT Q/DQ ONNX (S8)", "trt",
             device="cuda", needs=("tensorrt",), gpu_row=True, serve=_GPU,
             params=(("precision", "int8-explicit"), ("source", "onnx-qat-s8"))),
+    Variant("trt", "student-fp16", "trt-student-fp16", "TensorRT FP16 engine of the student",
+            "trt", device="cuda", needs=("tensorrt",), gpu_row=True, serve=_GPU,
+            params=(("precision", "fp16"), ("source", "onnx-student"), *_STUDENT)),
+    Variant("trt", "student-ptq", "trt-student-ptq", "TensorRT explicit INT8 from the student's "
+            "S8 Q/DQ ONNX", "trt", device="cuda", needs=("tensorrt",), gpu_row=True, serve=_GPU,
+            params=(("precision", "int8-explicit"), ("source", "onnx-student-ptq-s8"),
+                    *_STUDENT)),
 ):
     register(_v)
 
@@ -175,7 +210,7 @@ def find_variant(backend: str, variant: str) -> Variant:
 def hf_folders() -> tuple[tuple[str, Variant], ...]:
     """(folder name, variant) of the Hugging Face folders `make engines` writes: the PyTorch
     baseline as "baseline", every other variant marked hf by its name."""
-    return tuple(("baseline" if v.backend == "torch" else v.variant, v)
+    return tuple(("baseline" if v.key == "torch/fp32" else v.variant, v)
                  for v in variants() if v.hf)
 
 

@@ -35,7 +35,8 @@ NOT_FLAGS = SHARED + ("data",)
 PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "finetune": ("", ()), "torch_fp16": ("torch-fp16-", ()), "export": ("export-", ()), "fuse": ("fuse-", ()),
     "torch_dynamic": ("torch-dynamic-", ()), "dynamic": ("dynamic-", ()), "calib": ("calib-", ()),
-    "static": ("ptq-", ()), "qat": ("qat-", ()), "qat_export": ("qat-export-", ("flavour",)),
+    "static": ("ptq-", ()), "teacher": ("teacher-", ()), "student": ("student-", ()),
+    "qat": ("qat-", ()), "qat_export": ("qat-export-", ("flavour",)),
     "qlora": ("qlora-", ()), "optimum": ("optimum-", ()), "hf": ("hf-", ()),
     "trt": ("trt-", ("precision", "calib_batch_size")),
 }

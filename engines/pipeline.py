@@ -38,11 +38,12 @@ from export.torch_fp16 import TorchFp16Config
 from train.finetune import FinetuneConfig
 from train.qat import QatConfig
 from train.qlora import QloraConfig
+from train.student import StudentConfig, TeacherConfig
 
 # "task" (the data read and checked once, artifacts/task/) runs in every build: every later
 # stage reads its rows from there
-STAGES = ("task", "baseline", "onnx", "dynamic", "calibration", "ptq", "qat", "qlora", "optimum", "hf",
-          "trt")
+STAGES = ("task", "baseline", "onnx", "dynamic", "calibration", "ptq", "student", "qat", "qlora",
+          "optimum", "hf", "trt")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class BuildConfig:
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     static: StaticConfig = field(default_factory=StaticConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     qat: QatConfig = field(default_factory=QatConfig)
     qat_export: QatExportConfig = field(default_factory=QatExportConfig)
     qlora: QloraConfig = field(default_factory=QloraConfig)

@@ -1,12 +1,13 @@
-"""The seed spread of a trained compressed variant (QLoRA, QAT), trained as `make engines` trains
-it (its step's config and code) with each seed:
+"""The seed spread of a trained compressed variant (QLoRA, QAT, the student), trained as `make
+engines` trains it (its step's config and code) with each seed:
 
     python -m engines.seeds --variant qlora --seeds 42,1,2 [--name NAME] [engines flags...]
 
 Each run is scored on validation (all that choosing a recipe may look at) and on the test split
 at batch 1, the way the variant is deployed (QLoRA: the NF4 base + adapters in PyTorch; QAT: its
-exported CPU graph in ONNX Runtime), beside the FP32 graph and the static PTQ graph of the same
-artifacts folder. The delta against FP32 is the mean over seeds with a paired bootstrap 95%
+exported CPU graph in ONNX Runtime; the student: its static INT8 fused graph, `student`, and its
+FP32 graph, `student-fp32`, both in ONNX Runtime and both built by the build's own student
+steps), beside the FP32 graph and the static PTQ graph of the same artifacts folder. The delta against FP32 is the mean over seeds with a paired bootstrap 95%
 interval over the test rows (each resample scores every seed and the reference on the same rows).
 Runs already in the report (same variant, name, recipe and seed) are not repeated. Writes
 <out>/variant-seeds.{json,md}. Every flag of `python -m engines` is taken (--data, --artifacts,
@@ -29,7 +30,9 @@ import numpy as np
 from common.config import recipe
 from common.errors import ConfigError, cli
 
-VARIANTS = ("qlora", "qat")
+VARIANTS = ("qlora", "qat", "student")
+# what a student run is scored as: the graphs the build's student steps make
+STUDENT_GRAPHS = {"student": "onnx-student-ptq-fused", "student-fp32": "onnx-student"}
 REFERENCES = {"fp32": "onnx-fp32", "ptq-fused": "onnx-ptq-fused", "ptq": "onnx-ptq"}
 
 
@@ -65,7 +68,7 @@ def train_and_score(variant: str, cfg: Any, build: Any, work: Path) -> dict[str,
         model, _ = load_qlora(work)
         logits = _torch_logits_b1(model, te.encode_split(test), te.input_names)
         val = r["best_val_macro_f1"]
-    else:
+    elif variant == "qat":
         from export.qat_export import export_qat
         from train.qat import train_qat
 
@@ -75,22 +78,53 @@ def train_and_score(variant: str, cfg: Any, build: Any, work: Path) -> dict[str,
         te = TextEncoder.from_checkpoint(man.verify("baseline"))
         logits = _ort_logits(work / "qat.onnx", te.encode_split(test), te.input_names)
         val = r["best_val_macro_f1"]
+    else:
+        out = student_run(cfg, build, work)
+        te = TextEncoder.from_checkpoint(man.verify("baseline"))
+        enc = te.encode_split(test)
+        graphs = {name: _ort_logits(out.verify(art), enc, te.input_names)
+                  for name, art in STUDENT_GRAPHS.items()}
+        logits = graphs.pop("student")
+        val = out.get("student")["best_val_macro_f1"]
+        return {"val_macro_f1": float(val), "logits": logits, "labels": np.asarray(test.labels),
+                "train_minutes": (time.time() - t0) / 60, "also": graphs}
     return {"val_macro_f1": float(val), "logits": logits, "labels": np.asarray(test.labels),
             "train_minutes": (time.time() - t0) / 60}
 
 
+def student_run(cfg: Any, build: Any, work: Path) -> Any:
+    """Build the student stage with recipe `cfg` into `work`, by the build's own steps, on top of
+    the artifacts folder's other artifacts (linked, with their manifest entries); returns the
+    manifest of `work`."""
+    from common.manifest import MANIFEST_NAME, Manifest, write_json_atomic
+    from engines.pipeline import build_all
+
+    src = Manifest(Path(build.artifacts))
+    keep = {k: e for k, e in src.entries.items() if "skipped" not in e
+            and not k.startswith(("student", "onnx-student", "hf-", "trt-"))}
+    for e in keep.values():
+        target = work / e["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to((src.root / e["path"]).resolve())
+    write_json_atomic(work / MANIFEST_NAME, keep)
+    build_all(dataclasses.replace(build, artifacts=str(work), stages=("student",), student=cfg,
+                                  overlap=False))
+    return Manifest(work)
+
+
 def run_inputs(variant: str, build: Any) -> dict[str, str]:
     """What a run is made from besides its recipe: the data, the code that trains and scores it,
-    and (QAT) the baseline and calibration set it starts from. A run made from other inputs is
+    and (QAT, the student) the baseline and calibration set it starts from. A run made from other inputs is
     trained again, not reused."""
     from common.codehash import code_fingerprint
     from common.manifest import Manifest
 
     man = Manifest(Path(build.artifacts))
     out = {"task": man.get("task")["sha256"], "code": code_fingerprint(train_and_score)}
-    if variant == "qat":
+    if variant in ("qat", "student"):  # a student also takes ort/ptq's recipe for its INT8 graph
         out.update({"baseline": man.get("baseline")["sha256"],
-                    "calibration": man.get("calibration")["sha256"]})
+                    "calibration": man.get("calibration")["sha256"],
+                    **({"onnx-ptq": man.get("onnx-ptq")["sha256"]} if variant == "student" else {})})
     else:
         from common.modelsource import model_fingerprint
 
@@ -195,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"--seeds takes seeds >= 0, not {a.seeds!r}")
-    base_cfg = build.qlora if a.variant == "qlora" else build.qat
+    base_cfg: Any = {"qlora": build.qlora, "qat": build.qat, "student": build.student}[a.variant]
     out = Path(a.out)
     path = out / "variant-seeds.json"
     report = json.loads(path.read_text()) if path.is_file() else {"runs": []}
@@ -214,11 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             r = train_and_score(a.variant, cfg, build, Path(tmp) / "run")
         test = classification_metrics(r["labels"], r["logits"].argmax(-1))["macro_f1"]
-        report["runs"].append({"variant": a.variant, "name": a.name, "seed": seed, "recipe": rec,
-                               "val_macro_f1": r["val_macro_f1"], "test_macro_f1": test,
-                               "train_minutes": r["train_minutes"], "inputs": inputs,
-                               # the predictions (not the logits): the report stays self-contained
-                               "test_pred": r["logits"].argmax(-1).tolist()})
+        for name, logits in {a.variant: r["logits"], **r.get("also", {})}.items():
+            report["runs"] = [x for x in report["runs"]
+                              if (x["variant"], x["name"], x["seed"]) != (name, a.name, seed)]
+            report["runs"].append({
+                "variant": name, "name": a.name, "seed": seed, "recipe": rec,
+                "val_macro_f1": r["val_macro_f1"],
+                "test_macro_f1": classification_metrics(r["labels"], logits.argmax(-1))["macro_f1"],
+                "train_minutes": r["train_minutes"], "inputs": inputs,
+                # the predictions (not the logits): the report stays self-contained
+                "test_pred": logits.argmax(-1).tolist()})
         write_report(out, "variant-seeds", report, "")  # a later failure keeps this run
         print(f"{a.variant}/{a.name} seed {seed}: validation {r['val_macro_f1']:.4f}, test "
               f"{test:.4f} (batch 1), {r['train_minutes']:.1f} min")

@@ -62,24 +62,34 @@ def baseline_step(b: Builder) -> Step:
     return Step("baseline", fixed("baseline"), ft, ("task",), model_source(ft.model), build)
 
 
-def torch_fp16_step(b: Builder) -> Step:
-    """torch/fp16 (and the CUDA-graph runner): the baseline's weights saved in FP16, what a GPU
+def fp16_checkpoint(b: Builder, name: str, rel: str, ckpt: str) -> Step:
+    """A checkpoint's weights saved in FP16 (torch/fp16 and the CUDA-graph runner): what a GPU
     deployment ships and loads (half the bytes of the FP32 checkpoint)."""
     from export.torch_fp16 import save_fp16
 
-    return Step("torch-fp16", fixed("torch/fp16"), b.cfg.torch_fp16, ("baseline",), dict,
-                lambda tmp: save_fp16(b.path("baseline"), tmp, b.cfg.torch_fp16))
+    return Step(name, fixed(rel), b.cfg.torch_fp16, (ckpt,), dict,
+                lambda tmp: save_fp16(b.path(ckpt), tmp, b.cfg.torch_fp16))
 
 
-def onnx_step(b: Builder) -> Step:
+def torch_fp16_step(b: Builder) -> Step:
+    return fp16_checkpoint(b, "torch-fp16", "torch/fp16", "baseline")
+
+
+def onnx_export_step(b: Builder, name: str, rel: str, ckpt: str) -> Step:
+    """A checkpoint's FP32 ONNX export, validated against it in PyTorch."""
     from export.onnx_export import export_onnx
 
     ex = b.cfg.export
-    return Step("onnx-fp32", fixed("onnx/fp32.onnx"), ex, ("baseline",), dict,
-                lambda tmp: export_onnx(b.path("baseline"), tmp, ex))
+    return Step(name, fixed(rel), ex, (ckpt,), dict, lambda tmp: export_onnx(b.path(ckpt), tmp, ex))
 
 
-def fused_step(b: Builder) -> Step:
+def onnx_step(b: Builder) -> Step:
+    return onnx_export_step(b, "onnx-fp32", "onnx/fp32.onnx", "baseline")
+
+
+def fused_graph_step(b: Builder, name: str, rel: str, src: str, ckpt: str) -> Step:
+    """ONNX Runtime's transformers optimizer on the FP32 graph `src` exported from `ckpt`,
+    validated against that checkpoint in PyTorch; skipped for families it does not fuse."""
     from common.arch import skipped_steps
     from export.onnx_export import Validation, check_agreement, ort_fn, validation_inputs
     from export.ort_graphs import fuse_fp32
@@ -93,19 +103,23 @@ def fused_step(b: Builder) -> Step:
         from common.arch import load_spec
         from common.torch_infer import torch_fn
 
-        ckpt = b.path("baseline")
-        spec = load_spec(ckpt)
-        info = fuse_fp32(b.path("onnx-fp32"), tmp, str(fam.ort_fusion), spec.num_heads,
+        path = b.path(ckpt)
+        spec = load_spec(path)
+        info = fuse_fp32(b.path(src), tmp, str(fam.ort_fusion), spec.num_heads,
                          spec.hidden_size, fu)
-        enc, names = validation_inputs(ckpt, Validation(fu.n_validate, fu.data))
-        model = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+        enc, names = validation_inputs(path, Validation(fu.n_validate, fu.data))
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         info["validation"] = check_agreement(torch_fn(model), ort_fn(tmp), enc, names,
                                              f"{tmp}: fused FP32 graph disagrees with PyTorch",
                                              fu.atol, 1.0)
         return info
 
-    return Step("onnx-fp32-fused", fixed("onnx/fp32-fused.onnx"), fu, ("onnx-fp32", "baseline"),
-                dict, build, skip=skipped_steps(fam.model_type).get("onnx-fp32-fused"))
+    return Step(name, fixed(rel), fu, (src, ckpt), dict, build,
+                skip=skipped_steps(fam.model_type).get(name))
+
+
+def fused_step(b: Builder) -> Step:
+    return fused_graph_step(b, "onnx-fp32-fused", "onnx/fp32-fused.onnx", "onnx-fp32", "baseline")
 
 
 def ort_dynamic_step(b: Builder, fused: bool) -> Step:
@@ -182,25 +196,40 @@ def ptq_step(b: Builder) -> Step:
                 ("onnx-fp32", "calibration", "baseline", "task"), dict, build)
 
 
-def ptq_s8_step(b: Builder) -> Step:
-    """ort/ptq-s8 (and trt/ptq): the recipe ort/ptq chose, with symmetric S8 activations, the only
-    kind TensorRT takes; no search of its own."""
+def chosen_recipe(b: Builder, ckpt: str, **change: Any) -> Any:
+    """The static-PTQ recipe ort/ptq's search chose, for the model in `ckpt`: a student keeps
+    the FP32 blocks among the layers it kept, renumbered (train.student.kept_layers)."""
+    from calibration.ort_static import Recipe
+
+    chosen = b.manifest.get("onnx-ptq")["static"]
+    blocks = tuple(chosen["fp32_blocks"])
+    if ckpt != "baseline":
+        keep = b.manifest.get(ckpt)["layers_kept"]
+        blocks = tuple(keep.index(x) for x in blocks if x in keep)
+    return Recipe(**{**chosen, "fp32_blocks": blocks, **change})
+
+
+def ptq_s8_graph_step(b: Builder, name: str, rel: str, src: str, ckpt: str) -> Step:
+    """The recipe ort/ptq chose, on the FP32 graph `src` of `ckpt`, with symmetric S8
+    activations, the only kind TensorRT takes; no search of its own."""
     from calibration.ptq_search import build_fixed
 
     def build(tmp: Path) -> dict[str, Any]:
-        from calibration.ort_static import Recipe
         from common.checkpoint import TextEncoder
 
-        chosen = b.manifest.get("onnx-ptq")["static"]
-        recipe = Recipe(**{**chosen, "fp32_blocks": tuple(chosen["fp32_blocks"]),
-                           "activation_type": "s8", "symmetric": True})
-        te = TextEncoder.from_checkpoint(b.path("baseline"))
-        return build_fixed(b.path("onnx-fp32"), tmp, b.path("calibration"), list(te.input_names),
+        recipe = chosen_recipe(b, ckpt, activation_type="s8", symmetric=True)
+        te = TextEncoder.from_checkpoint(b.path(ckpt))
+        return build_fixed(b.path(src), tmp, b.path("calibration"), list(te.input_names),
                            b.cfg.calib.batch_size, recipe, family(b).ffn[-1],
                            b.cfg.static.per_channel)
 
-    return Step("onnx-ptq-s8", fixed("onnx/ptq-s8.onnx"), b.cfg.static,
-                ("onnx-ptq", "onnx-fp32", "calibration", "baseline"), dict, build)
+    return Step(name, fixed(rel), b.cfg.static, ("onnx-ptq", src, "calibration", ckpt), dict,
+                build)
+
+
+def ptq_s8_step(b: Builder) -> Step:
+    """ort/ptq-s8 (and trt/ptq)."""
+    return ptq_s8_graph_step(b, "onnx-ptq-s8", "onnx/ptq-s8.onnx", "onnx-fp32", "baseline")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,36 +243,39 @@ class PtqFusedConfig:
     check: Any
 
 
-def ptq_fused_step(b: Builder) -> Step:
-    """ort/ptq-fused: the recipe ort/ptq chose, on the fused graph (static QAttention + QDQ
-    MatMuls, calibration/ort_fused.py); skipped with the fused graph for families ONNX Runtime
-    does not fuse."""
+def ptq_fused_graph_step(b: Builder, name: str, rel: str, src: str, ckpt: str) -> Step:
+    """The recipe ort/ptq chose, on the fused graph `src` of `ckpt` (static QAttention + QDQ
+    MatMuls, calibration/ort_fused.py), checked against that fused FP32 graph; skipped with the
+    fused graph for families ONNX Runtime does not fuse."""
     from calibration.ort_fused import quantize_fused
 
     def build(tmp: Path) -> dict[str, Any]:
-        from calibration.ort_static import Recipe
         from common.calibset import CalibrationSet
         from common.checkpoint import TextEncoder
         from export.onnx_export import Validation, check_agreement, ort_fn, validation_inputs
 
-        chosen = b.manifest.get("onnx-ptq")["static"]
-        recipe = Recipe(**{**chosen, "fp32_blocks": tuple(chosen["fp32_blocks"])})
-        names = list(TextEncoder.from_checkpoint(b.path("baseline")).input_names)
+        recipe = chosen_recipe(b, ckpt)
+        names = list(TextEncoder.from_checkpoint(b.path(ckpt)).input_names)
         calib = CalibrationSet(b.path("calibration"), b.cfg.calib.batch_size, names,
                                recipe.calib_rows)
-        info = quantize_fused(b.path("onnx-fp32-fused"), tmp, calib, recipe, family(b).ffn[-1],
+        info = quantize_fused(b.path(src), tmp, calib, recipe, family(b).ffn[-1],
                               b.cfg.static.per_channel)
         # the same bar as the dynamic INT8 graphs: top-1 agreement with the fused FP32 graph
         dy = b.cfg.dynamic
-        enc, names = validation_inputs(b.path("baseline"), Validation(dy.n_validate, dy.data))
+        enc, names = validation_inputs(b.path(ckpt), Validation(dy.n_validate, dy.data))
         info["agreement_vs_fp32"] = check_agreement(
-            ort_fn(b.path("onnx-fp32-fused")), ort_fn(tmp), enc, names,
+            ort_fn(b.path(src)), ort_fn(tmp), enc, names,
             f"{tmp}: static INT8 on the fused graph vs FP32", None, dy.min_top1)
         return info
 
-    return Step("onnx-ptq-fused", fixed("onnx/ptq-fused.onnx"),
-                PtqFusedConfig(b.cfg.static, b.cfg.dynamic),
-                ("onnx-ptq", "onnx-fp32-fused", "calibration", "baseline"), dict, build)
+    return Step(name, fixed(rel), PtqFusedConfig(b.cfg.static, b.cfg.dynamic),
+                ("onnx-ptq", src, "calibration", ckpt), dict, build)
+
+
+def ptq_fused_step(b: Builder) -> Step:
+    """ort/ptq-fused."""
+    return ptq_fused_graph_step(b, "onnx-ptq-fused", "onnx/ptq-fused.onnx", "onnx-fp32-fused",
+                                "baseline")
 
 
 def qat_step(b: Builder) -> Step:
@@ -311,7 +343,8 @@ def optimum_steps(b: Builder) -> list[Step]:
              ("baseline", "onnx-fp32"), dict,
              lambda tmp: oa.build_dynamic(b.path("onnx-fp32"), b.path("baseline"), tmp)),
         Step("onnx-optimum-static", fixed("onnx/optimum-static.onnx"), c,
-             ("baseline", "onnx-fp32", "calibration", "onnx-ptq", "task"), dict, static, skip=skipped_steps(family(b).model_type).get("onnx-optimum-static")),
+             ("baseline", "onnx-fp32", "calibration", "onnx-ptq", "task"), dict, static,
+             skip=skipped_steps(family(b).model_type).get("onnx-optimum-static")),
     ]
 
 
@@ -348,15 +381,16 @@ def hf_steps(b: Builder) -> list[Step]:
                     if rep else "none"}
 
         def build(tmp: Path, folder: str = folder, artifact: str = v.artifact,
+                  ckpt: str = v.checkpoint, torch: bool = v.backend == "torch",
                   scored=scored) -> dict[str, Any]:
             from export.hf import write_folder
 
             rep = scored()
-            onnx = None if folder == "baseline" else b.path(artifact)
-            return write_folder(tmp, b.path("baseline"), onnx, b.manifest.get(artifact), rep,
-                                folder, c)
+            onnx = None if torch else b.path(artifact)
+            return write_folder(tmp, b.path(ckpt), onnx, b.manifest.get(artifact), rep, folder,
+                                c)
 
-        deps = ("baseline",) if folder == "baseline" else (v.artifact, "baseline")
+        deps = tuple(dict.fromkeys((v.artifact, v.checkpoint)))
         steps.append(Step(f"hf-{folder}", fixed(f"hf/{folder}"), c, deps, sources, build,
                           optional=True))
     return steps
@@ -467,6 +501,8 @@ def qat_onnx_s8_step(b: Builder) -> Step:
 
 # Build order inside a stage: later factories read earlier artifacts (ptq: the search first, then
 # its S8 (TensorRT) flavour and the fused-graph version of its recipe).
+from engines import student as _student  # noqa: E402 - its steps use the step functions above
+
 for _stage, _factories in (
         ("task", (task_step,)),
         ("baseline", (baseline_step, torch_fp16_step)),
@@ -474,6 +510,7 @@ for _stage, _factories in (
         ("dynamic", (torch_dynamic_step, ort_dynamic_plain_step, ort_dynamic_fused_step)),
         ("calibration", (calibration_step,)),
         ("ptq", (ptq_step, ptq_s8_step, ptq_fused_step)),
+        ("student", _student.FACTORIES),
         ("qat", (qat_step, qat_onnx_u8_step, qat_onnx_s8_step)),
         ("qlora", (qlora_step,)),
         ("optimum", (optimum_steps,)),

@@ -37,31 +37,34 @@ class HfConfig:
     language: str = doc("en", "language field of the model cards (the data's)")
 
 
-def write_folder(out: Path, baseline: Path, onnx_path: Path | None, entry: dict[str, Any],
+def write_folder(out: Path, checkpoint: Path, onnx_path: Path | None, entry: dict[str, Any],
                  report: dict[str, Any] | None, name: str, cfg: HfConfig) -> dict[str, Any]:
-    """One self-contained folder; returns what the manifest records."""
+    """One self-contained folder: the config and tokenizer of the checkpoint the variant was
+    made from (the baseline, or the student), and its ONNX graph (or, onnx_path None, the
+    checkpoint's PyTorch weights); returns what the manifest records."""
     from common.checkpoint import read_recipe
 
     out.mkdir(parents=True)
-    meta = read_recipe(baseline)
-    shutil.copy(baseline / "config.json", out / "config.json")
+    meta = read_recipe(checkpoint)
+    shutil.copy(checkpoint / "config.json", out / "config.json")
     for f in TOKENIZER_FILES:
-        if (baseline / f).is_file():
-            shutil.copy(baseline / f, out / f)
+        if (checkpoint / f).is_file():
+            shutil.copy(checkpoint / f, out / f)
     # the pipeline truncates at model_max_length: make it the max length every variant was built for
     tc = json.loads((out / "tokenizer_config.json").read_text())
     tc["model_max_length"] = int(meta["max_length"])
     (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
     if onnx_path is None:
         for f in WEIGHT_FILES:
-            if (baseline / f).is_file():
-                shutil.copy(baseline / f, out / f)
+            if (checkpoint / f).is_file():
+                shutil.copy(checkpoint / f, out / f)
     else:
         shutil.copy(onnx_path, out / "model.onnx")
         quant = ort_config(entry)
         if quant:
             (out / "ort_config.json").write_text(json.dumps(quant, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(name, meta, entry, report, cfg), encoding="utf-8")
+    (out / "README.md").write_text(model_card(name, meta, entry, report, cfg,
+                                              onnx_path is not None), encoding="utf-8")
     return {"files": sorted(p.name for p in out.iterdir()), "card_has_results": report is not None}
 
 
@@ -105,15 +108,16 @@ def _yaml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid YAML scalar
 
 
-FP32_NAMES = {"baseline", "fp32", "fp32-fused", "optimum-fp32"}
+FP32_NAMES = {"baseline", "fp32", "fp32-fused", "optimum-fp32", "student", "student-fp32",
+              "student-fused"}
 
 
-def usage(name: str, pair: bool = False) -> list[str]:
+def usage(name: str, pair: bool = False, onnx: bool = True) -> list[str]:
     """The card's snippet: runs as written once `path` names this folder (tests run it)."""
     load = (["from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
              "", f'path = "artifacts/hf/{name}"  # this folder',
              "model = AutoModelForSequenceClassification.from_pretrained(path)"]
-            if name == "baseline" else
+            if not onnx else
             ["from optimum.onnxruntime import ORTModelForSequenceClassification",
              "from transformers import AutoTokenizer, pipeline", "",
              f'path = "artifacts/hf/{name}"  # this folder',
@@ -126,7 +130,7 @@ def usage(name: str, pair: bool = False) -> list[str]:
 
 
 def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
-               report: dict[str, Any] | None, cfg: HfConfig) -> str:
+               report: dict[str, Any] | None, cfg: HfConfig, onnx: bool = True) -> str:
     """A Hugging Face model card: YAML metadata (license, language, library, base_model as a Hub
     id, the dataset where it is a Hub one, metrics, model-index results of a whole split), then
     the task it was trained for, what the folder ships, its intended use and limitations, how to
@@ -138,7 +142,6 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
     base = hub_id(source) or str(source)
     task = meta["task"]
     labels, pair, data = task["labels"], task["pair"], task["source"]
-    onnx = name != "baseline"
     tags = ["text-classification"] + (["onnx"] if onnx else []) + (
         ["int8", "quantized"] if name not in FP32_NAMES else [])
     lines = ["---", f"license: {cfg.license}", f"language:\n- {cfg.language}",
@@ -195,8 +198,8 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
               + (" This graph takes activation ranges per batch: run it one input at a time "
                  "for answers that do not depend on other requests." if "quantized_ops" in entry
                  and "static" not in entry else ""), "",
-              "## Use", "", *usage(name, pair), ""]
-    lines += ["## How it was made", ""] + recipe_lines(name, entry) + [""]
+              "## Use", "", *usage(name, pair, onnx), ""]
+    lines += ["## How it was made", ""] + student_lines(meta) + recipe_lines(name, entry) + [""]
     if report:
         lat = report["latency_ms"]
         dev = report["device"]
@@ -242,7 +245,23 @@ def engine_args(task: dict[str, Any], more: list[str]) -> str:
     return f" ENGINE_ARGS='{' '.join(flags)}'" if flags else ""
 
 
+def student_lines(meta: dict[str, Any]) -> list[str]:
+    """What a student is (its checkpoint's recipe.json names the layers it kept)."""
+    if "layers_kept" not in meta:
+        return []
+    f = meta.get("config", {}).get("fields", {})
+    keep = meta["layers_kept"]
+    return [f"A student: {len(keep)} of the fine-tuned baseline's {meta['baseline_layers']} encoder "
+            f"layers (kept: {', '.join(map(str, keep))}) with its embeddings and head, distilled "
+            f"from the baseline's logits (temperature {f.get('temperature')}, weight "
+            f"{f.get('distill')} beside the labels) for {f.get('epochs')} epochs; validation macro "
+            f"F1 {meta['best_val_macro_f1']:.4f} (baseline {meta['baseline_best_val_macro_f1']:.4f}).",
+            ""]
+
+
 def recipe_lines(name: str, entry: dict[str, Any]) -> list[str]:
+    if "layers_kept" in entry:  # the student's own folder: its PyTorch weights
+        return ["Its FP32 PyTorch weights, the epoch with the best validation macro F1 kept."]
     if name == "baseline":
         f = entry.get("recipe", {}).get("fields", {})
         return [f"Fine-tuned in FP32: {f.get('epochs')} epochs, AdamW lr {f.get('lr')}, batch "

@@ -152,6 +152,19 @@ def test_family_through_every_stage(built, family, data_dir, tmp_path):
         assert op_counts(art / "onnx" / "fp32-fused.onnx").get("Attention") == \
             model.config.num_hidden_layers
 
+    # the student: every other layer of this family's baseline, through the same later steps
+    from common.arch import layer_stack
+
+    student = AutoModelForSequenceClassification.from_pretrained(art / "student").eval()
+    assert len(layer_stack(student)) == 1 and man.get("student")["layers_kept"] == [1]
+    assert man.get("onnx-student")["validation"]["top1_agreement"] == 1.0
+    assert man.built("onnx-student-ptq-fused") is bool(fam.ort_fusion)
+    with make_runner("ort", "student-fp32", art, threads=1) as o:
+        feed = enc.batch(list(range(8)), names)
+        with torch.inference_mode():
+            ref = student(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+        assert np.abs(o.infer(feed) - ref).max() < 1e-4
+
     # torch dynamic and QLoRA quantize the same Linears, found through the family's table
     with make_runner("torch", "ptq-dynamic", art, threads=1) as q:
         from torch.ao.nn.quantized.dynamic import Linear as DynLinear

@@ -35,6 +35,7 @@ def pipeline_labels(folder, texts):
 
 @pytest.mark.parametrize("variant", [v for v, _ in hf_folders()])
 def test_folder_loads_in_optimum_and_pipeline_like_the_runner(tiny_artifacts, data_dir, variant):
+    spec = dict(hf_folders())[variant]
     from common.task import task_of
     from deploy.service import ClassifierService
 
@@ -44,7 +45,7 @@ def test_folder_loads_in_optimum_and_pipeline_like_the_runner(tiny_artifacts, da
     assert Manifest(tiny_artifacts).built(f"hf-{variant}")
     texts = load_split(data_dir, "test").texts  # 160 sentences (the whole test slice)
     got = pipeline_labels(folder, texts)
-    backend, v = ("torch", "fp32") if variant == "baseline" else ("ort", variant)
+    backend, v = spec.backend, spec.variant
     svc = ClassifierService(tiny_artifacts, backend, v, threads=1)
     try:
         want = [name for t in texts for name in svc.predict([t]).labels]

@@ -153,6 +153,9 @@ def test_qat_artifact_recipe_and_selection(tiny_artifacts):
     # its rows come from the task artifact: a change of the task rebuilds it
     assert set(e["inputs"]) == {"artifact:baseline", "artifact:calibration", "artifact:task",
                                 "code"}
+    # it trained with the baseline's loss: the class weights the baseline's recipe names
+    baseline = json.loads((tiny_artifacts / "baseline" / "recipe.json").read_text())
+    assert recipe["class_weights"] == baseline["config"]["fields"]["class_weights"] == "sqrt-inverse"
     assert "classification head" in recipe["quantization"]["fp32"]
     assert recipe["quantizers"]["attention_matmuls"] is True and recipe["model_type"] == "bert"
     # the saved weights are the selected step's: the baseline's only if no QAT step beat it

@@ -15,12 +15,17 @@ from tests.conftest import tiny_build_config
 # BuildConfig field -> (a field of that config to change, its new value, the steps built from it)
 CHANGES = {
     "finetune": ("epochs", 3, {"baseline"}),
-    "export": ("atol", 5e-4, {"onnx-fp32"}),
-    "fuse": ("atol", 3e-3, {"onnx-fp32-fused"}),
+    # the baseline's and the student's graphs are made by the same step functions and configs
+    "export": ("atol", 5e-4, {"onnx-fp32", "onnx-student"}),
+    "fuse": ("atol", 3e-3, {"onnx-fp32-fused", "onnx-student-fused"}),
     # ort/ptq-fused is checked against the dynamic INT8 graphs' top-1 floor (PtqFusedConfig)
-    "dynamic": ("min_top1", 0.9, {"onnx-dynamic", "onnx-dynamic-fused", "onnx-ptq-fused"}),
+    "dynamic": ("min_top1", 0.9, {"onnx-dynamic", "onnx-dynamic-fused", "onnx-ptq-fused",
+                                  "onnx-student-ptq-fused"}),
     "calib": ("size", 100, {"calibration"}),
-    "static": ("tolerable_loss", 0.3, {"onnx-ptq", "onnx-ptq-s8", "onnx-ptq-fused"}),
+    "static": ("tolerable_loss", 0.3, {"onnx-ptq", "onnx-ptq-s8", "onnx-ptq-fused",
+                                       "onnx-student-ptq-fused", "onnx-student-ptq-s8"}),
+    "teacher": ("batch_size", 64, {"teacher-logits"}),
+    "student": ("temperature", 3.0, {"student"}),
     "qat": ("lr", 2e-4, {"qat"}),
     "qat_export": ("min_top1", 0.98, {"onnx-qat", "onnx-qat-s8"}),
     "qlora": ("rank", 8, {"qlora"}),
@@ -54,8 +59,11 @@ def test_unchanged_configs_plan_nothing(tiny_artifacts, tiny_model_dir, data_dir
 
     plan = plan_all(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts))
     assert rebuilt(plan) == set()
+    from common.variants import variants
+
     trt = {k for k in plan if k.startswith("trt-")}
-    assert len(trt) == 5 and (trt <= skipped(plan)) == (not tensorrt_status()[0])
+    assert trt == {v.artifact for v in variants() if v.backend == "trt"}
+    assert (trt <= skipped(plan)) == (not tensorrt_status()[0])
 
 
 @pytest.mark.parametrize("name", sorted(CHANGES))

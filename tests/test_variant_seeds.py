@@ -3,6 +3,8 @@ scored at batch 1 as deployed, against the FP32 and static-PTQ graphs of the sam
 
 import json
 
+from common.manifest import Manifest
+
 
 def test_seed_spread_of_qlora_and_qat(tiny_artifacts, tiny_model_dir, data_dir, tmp_path, capsys):
     from engines.seeds import main
@@ -31,3 +33,20 @@ def test_seed_spread_of_qlora_and_qat(tiny_artifacts, tiny_model_dir, data_dir, 
     assert main(["--variant", "qlora", "--seeds", "0", *common, "--qlora-max-length", "64",
                  "--qlora-lr", "5e-4"]) == 2
     assert "pick another --name" in capsys.readouterr().err
+
+
+def test_seed_spread_of_the_student(tiny_artifacts, tiny_model_dir, data_dir, tmp_path):
+    """A student run is built by the build's own student steps (on the artifacts folder's other
+    artifacts) and scored twice: its INT8 fused graph (`student`) and its FP32 graph."""
+    from engines.seeds import main
+
+    assert main(["--variant", "student", "--seeds", "3", "--out", str(tmp_path),
+                 "--artifacts", str(tiny_artifacts), "--model", str(tiny_model_dir),
+                 "--student-epochs", "1"]) == 0
+    report = json.loads((tmp_path / "variant-seeds.json").read_text())
+    runs = {(r["variant"], r["seed"]): r for r in report["runs"]}
+    assert set(runs) == {("student", 3), ("student-fp32", 3)}
+    assert runs[("student", 3)]["recipe"]["fields"]["seed"] == 3
+    assert {s["variant"] for s in report["summary"]} == {"student", "student-fp32"}
+    # the artifacts folder itself is untouched: its student is the build's
+    assert Manifest(tiny_artifacts).get("student")["recipe"]["fields"]["seed"] == 42

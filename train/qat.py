@@ -154,7 +154,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
 
     from common.arch import family_of
     from common.calibset import CalibrationSet
-    from common.checkpoint import read_recipe
+    from common.checkpoint import read_recipe, trained_with
     from common.qat_model import AMAX_FILE, amax_state, insert_fake_quant, remove_fake_quant
     from train.finetune import class_weights
 
@@ -192,8 +192,8 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     opt = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
                  {"params": no_decay, "weight_decay": 0.0}], cfg.lr, device)
     # QAT continues the baseline's training, so it keeps the baseline's loss (class weights)
-    weights = class_weights(meta.get("config", {}).get("class_weights", "none"),
-                            np.asarray(train.labels), device, task.num_labels)
+    loss_weights = trained_with(meta, "class_weights", "none")
+    weights = class_weights(loss_weights, np.asarray(train.labels), device, task.num_labels)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
 
     teacher_logits = None
@@ -257,6 +257,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
         "config": recipe(cfg), "quantizers": cfg.quantizer_kwargs(), "model_type": model_type,
         "baseline_best_val_macro_f1": meta.get("best_val_macro_f1"),
         "input_names": names, "max_length": max_length, "steps": total, "task": meta.get("task"),
+        "class_weights": loss_weights,
         "steps_per_epoch": steps_per_epoch, "inserted": inserted,
         "activation_quantizers": n_quantizers, "frozen_params": frozen_params,
         "val_macro_f1_before_qat": history[0]["val_macro_f1"],
