@@ -106,6 +106,47 @@ def torch_to_device(a: np.ndarray) -> tuple[Any, int]:
     return t, int(t.data_ptr())
 
 
+def write_cache(path: Path, data: bytes) -> None:
+    """The cache, then its sha256 beside it (`<cache>.sha256`), each under a temporary name that a
+    later build cleans if this one is killed (common.workdir.clean_leftovers), renamed into
+    place: a cache is only ever read whole and as written."""
+    import os
+    import tempfile
+
+    from common.manifest import write_text_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    write_text_atomic(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+
+
+def read_cache(path: Path) -> bytes | None:
+    """The cache's bytes when they are the ones written (its sha256 file agrees); else None, said
+    in one line, and TensorRT calibrates again (and writes a good one)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    digest = path.with_name(path.name + ".sha256")
+    want = digest.read_text(encoding="utf-8").strip() if digest.is_file() else None
+    if want != hashlib.sha256(data).hexdigest():
+        why = "has no sha256 beside it" if want is None else "does not match its sha256"
+        print(f"[calibration] {path} {why}: not read, calibrating again")
+        return None
+    return data
+
+
 def make_entropy_calibrator(stream: BatchStream, cache_path: Path):
     """An IInt8EntropyCalibrator2 that delegates to `stream` and reads/writes its named cache."""
     import tensorrt as trt
@@ -123,14 +164,11 @@ def make_entropy_calibrator(stream: BatchStream, cache_path: Path):
             return self.stream.get_batch(names)
 
         def read_calibration_cache(self) -> bytes | None:
-            if self.cache_path.is_file():
-                self.stream.cache_read = True
-                return self.cache_path.read_bytes()
-            return None
+            data = read_cache(self.cache_path)
+            self.stream.cache_read = data is not None
+            return data
 
         def write_calibration_cache(self, cache) -> None:
-            tmp = self.cache_path.with_suffix(".tmp")
-            tmp.write_bytes(bytes(cache))
-            tmp.replace(self.cache_path)
+            write_cache(self.cache_path, bytes(cache))
 
     return EntropyCalibrator()

@@ -8,7 +8,10 @@ on every Python version (a container's 3.12 and a host's 3.11 agree).
 
 Left out on purpose: modules that only record or report (errors, manifest, environment, report
 and plot writers, the config serialiser whose output is already in the key); they never change an
-artifact's bytes.
+artifact's bytes. The variant registry (common.variants) is data, not code: a step built from a
+variant's facts puts those facts in its key itself (a TensorRT engine's precision in its recipe
+and its source ONNX as an input; a Hugging Face folder's name and backend as inputs), so
+rewording or registering a variant rebuilds nothing that existed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ("common", "train", "export", "calibration", "engines", "deploy", "evaluate", "study")
 NOT_CODE = frozenset({"common.errors", "common.manifest", "common.env", "common.reports",
-                      "common.plots", "common.config", "common.codehash"})
+                      "common.plots", "common.config", "common.codehash", "common.variants",
+                      "engines.freshness"})
 
 
 def normalised(source: str) -> str:

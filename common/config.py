@@ -143,15 +143,18 @@ def add_flags(p: argparse.ArgumentParser | Any, cls: type, prefix: str = "",
         help_ = f"{help_} (default: {shown})" if help_ else f"default: {shown}"
         help_ = help_.replace("%", "%%")  # argparse formats help strings with %
         if isinstance(default, bool):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_)
+            action = group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                                        default=None, help=help_)
         elif isinstance(default, tuple):
             elem = type(default[0]) if default else str
-            group.add_argument(flag, dest=dest, type=_parse_tuple(elem), default=None,
-                               metavar="on,off" if elem is bool else "A,B,...", help=help_)
+            action = group.add_argument(flag, dest=dest, type=_parse_tuple(elem), default=None,
+                                        metavar="on,off" if elem is bool else "A,B,...",
+                                        help=help_)
         else:
-            group.add_argument(flag, dest=dest, type=type(default), default=None, help=help_,
-                               choices=choices.get(f.name))
+            action = group.add_argument(flag, dest=dest, type=type(default), default=None,
+                                        help=help_, choices=choices.get(f.name))
+        # None above means "not given" (from_flags); the field's own default, for --print-config
+        action.config_default = default  # type: ignore[attr-defined,union-attr]
 
 
 def from_flags(cls: type[T], ns: argparse.Namespace, prefix: str = "", **fixed: Any) -> T:

@@ -37,6 +37,22 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def seal_of(entry: dict[str, Any]) -> str:
+    """sha256 over every field of a built entry but the seal itself: what a build recorded beside
+    the key (ort/ptq's chosen recipe, the student's kept layers, the task) is read by later steps
+    and the cards, so an edit of any of it is caught like an edit of the recipe."""
+    return hashlib.sha256(canonical_json({k: v for k, v in entry.items() if k != "sealed"})
+                          .encode()).hexdigest()
+
+
+def edited(entry: dict[str, Any]) -> bool:
+    """Whether a built entry no longer matches its key or its seal (entries recorded before
+    seals existed carry none: their key alone is checked)."""
+    if Manifest.key(entry.get("recipe", {}), entry.get("inputs", {})) != entry.get("key"):
+        return True
+    return "sealed" in entry and seal_of(entry) != entry["sealed"]
+
+
 # file sha256 by (path, size, mtime_ns, inode): a file rewritten since is hashed again, one read
 # twice in a process is not (every read of an artifact verifies it, some several times a run)
 _FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
@@ -141,7 +157,6 @@ def describe_change(entry: dict[str, Any], recipe: dict[str, Any], inputs: dict[
 
 
 ENTRIES_DIR = ".entries"  # a copy of each built entry: what a corrupt manifest is rebuilt from
-UPDATE_LOCK = ".manifest.lock"  # held while one writer re-reads, changes and writes the manifest
 
 
 class ManifestCorrupt(ArtifactError):
@@ -230,6 +245,9 @@ class Manifest:
 
     def __init__(self, root: Path, recover: bool = False):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():  # every command reads artifacts here
+            raise ArtifactError(f"--artifacts {self.root} is a file, not a folder: pass the folder "
+                                "`make engines` built (artifacts/ by default)")
         self.path = self.root / MANIFEST_NAME
         self.entries: dict[str, dict[str, Any]] = {}
         self.corrupt: str | None = None
@@ -269,17 +287,11 @@ class Manifest:
                 write_json_atomic(copy, {"name": name, "entry": e})
 
     def _update(self, change: Callable[[dict[str, dict[str, Any]]], bool]) -> None:
-        """Under root/.manifest.lock: re-read the manifest from disk (what another writer recorded
-        meanwhile is kept), apply `change`, write it back when `change` says it changed it."""
-        import fcntl
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / UPDATE_LOCK, "a", encoding="utf-8") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.path.exists():
-                self.entries = read_entries(self.path)
-            if change(self.entries):
-                write_json_atomic(self.path, self.entries)
+        """Apply `change`, write the manifest (atomically) when `change` says it changed it. One
+        writer: only a build writes the manifest, and a build holds the folder's build lock
+        (common.workdir.build_lock), so no lock of its own is needed here."""
+        if change(self.entries):
+            write_json_atomic(self.path, self.entries)
 
     @staticmethod
     def key(recipe: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -296,8 +308,8 @@ class Manifest:
             return "not built yet"
         if "skipped" in e:
             return "skipped by an earlier run"
-        if self.key(e.get("recipe", {}), e.get("inputs", {})) != e.get("key"):
-            return "its manifest entry was edited (the stored recipe does not match its key)"
+        if edited(e):
+            return "its manifest entry was edited (what it records does not match its key)"
         if e.get("key") != self.key(recipe, inputs):
             return describe_change(e, recipe, inputs)
         path = self.root / e["path"]
@@ -317,6 +329,8 @@ class Manifest:
             "versions": versions, "device": device,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}),
         }
+        entry = json.loads(canonical_json(entry))  # as it will read back, then sealed
+        entry["sealed"] = seal_of(entry)
 
         def change(entries: dict[str, dict[str, Any]]) -> bool:
             write_json_atomic(entry_copy_path(self.root, name), {"name": name, "entry": entry})
@@ -379,14 +393,14 @@ class Manifest:
                                 f"(build it with `{REBUILD_HINT}`)")
         if "skipped" in e:
             raise ArtifactError(f"artifact {name!r} was not built: {e['skipped']}")
+        if edited(e):  # every read of what a build recorded: the recipe, the chosen recipe...
+            raise ArtifactError(f"{name}'s manifest entry was edited: what it records no longer "
+                                f"matches its key; rebuild it with `{REBUILD_HINT}`")
         return e
 
     def verify(self, name: str, check_hash: bool = True) -> Path:
         """Path of a built artifact, after checking it is intact and its inputs are current."""
-        e = self.get(name)
-        if self.key(e.get("recipe", {}), e.get("inputs", {})) != e.get("key"):
-            raise ArtifactError(f"{name}'s manifest entry was edited: its recipe or inputs no longer "
-                                f"match its key; rebuild it with `{REBUILD_HINT}`")
+        e = self.get(name)  # the entry's key and seal checked there
         path = self.root / e["path"]
         if not path.exists():
             raise ArtifactError(f"{path} ({name}) is missing; rebuild it with `{REBUILD_HINT}`")

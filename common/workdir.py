@@ -76,6 +76,23 @@ def check_writable(folder: Path | str, need_bytes: int = 0, flag: str = "") -> P
     return folder
 
 
+def lock_held(root: Path | str) -> bool:
+    """Whether a build holds `root/.lock` now (asked read-only: it works on a read-only folder)."""
+    import fcntl
+
+    try:
+        f = open(Path(root) / LOCK_NAME, encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError:
+        return False  # no lock file: no build ever held it
+    try:
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        f.close()
+
+
 @contextlib.contextmanager
 def build_lock(root: Path | str) -> Iterator[None]:
     """Hold `root/.lock` (flock, released when the process ends, even when it is killed) for the
@@ -106,11 +123,11 @@ def build_lock(root: Path | str) -> Iterator[None]:
         f.close()  # closing the file releases the lock
 
 
-def clean_leftovers(root: Path | str, locked: bool = False) -> list[str]:
+def clean_leftovers(root: Path | str, locked: bool = False, dry_run: bool = False) -> list[str]:
     """Remove what killed builds left under `root` (theirs only: a process still alive keeps its
     files, unless `locked`, the caller holding the build lock) and put back a folder whose swap
     was interrupted (the final name missing, the old copy still there), so it is not rebuilt.
-    Returns one line per thing done."""
+    Returns one line per thing done (`dry_run`: per thing it would do, doing nothing)."""
     root = Path(root)
     done: list[str] = []
     if not root.is_dir():
@@ -132,15 +149,18 @@ def clean_leftovers(root: Path | str, locked: bool = False) -> list[str]:
             p = here / name
             m = _TMP.match(name) or _OVERLAP.match(name) or _TEXT.match(name)
             if m and dead(m.group("pid")):
-                _remove(p)
+                if not dry_run:
+                    _remove(p)
                 done.append(f"removed {p} (left by a killed build)")
             elif (m := _OLD.match(name)) and dead(m.group("pid")):
                 final = here / m.group("final")
                 if final.exists():
-                    _remove(p)
+                    if not dry_run:
+                        _remove(p)
                     done.append(f"removed {p} (left by a killed build)")
                 else:
-                    os.replace(p, final)
+                    if not dry_run:
+                        os.replace(p, final)
                     done.append(f"restored {final} (a build was killed while replacing it)")
         dirs[:] = [d for d in dirs if (here / d).is_dir()]  # removed or renamed: not walked
     return done

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cliconfig import add_config_flags, parse_args
 from common.errors import ConfigError, cli
 
 
@@ -168,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="load benchmark (starts its own servers unless --url)")
     _serve_args(b)
     add_flags(b, BenchConfig, skip=("serve", "artifacts"), title="the sweep (BenchConfig)")
-    a = p.parse_args(argv)
+    for one in (s, r, k, b):
+        add_config_flags(one)
+    a = parse_args(p, argv)
     _serve_config(a)  # an unknown variant or a bad flag is refused before anything is written
     check_output(a)
     return {"serve": serve, "triton-repo": triton_repo, "k8s": k8s, "bench": bench}[a.cmd](a)

@@ -31,7 +31,7 @@ from common.config import doc
 from common.env import cpu_device, versions
 from common.errors import ConfigError
 from common.manifest import Manifest
-from deploy.registry import default_threads
+from deploy.factories import default_threads
 from deploy.triton_repo import ServeConfig, write_local_repo
 
 # http / grpc: tritonclient, what a user of Triton's client library sees; raw: KServe v2 REST

@@ -26,7 +26,7 @@ from common.checkpoint import baseline_meta
 from common.errors import UserError
 from common.manifest import Manifest, atomic_output
 from common.task import Task, task_of
-from deploy.registry import find_variant
+from deploy.factories import find_variant
 from deploy.triton_repo import (
     HERE,
     PROJECT_ROOT,

@@ -31,10 +31,12 @@ def check_provider(provider: str) -> str:
 
 
 def provider_options(provider: str, variant: str) -> dict[str, str]:
-    """Options of the execution provider. CUDA: an FP32 graph keeps FP32 matmuls (the CUDA EP
-    runs them in TF32 unless `use_tf32` is 0), so a GPU "fp32" row is FP32, as the TensorRT
-    fp32 engine (TF32 cleared) is."""
-    if provider == "cuda" and "fp32" in variant:
+    """Options of the execution provider. CUDA: an FP32 graph (the registry's precision of ort's
+    `variant`) keeps FP32 matmuls (the CUDA EP runs them in TF32 unless `use_tf32` is 0), so a
+    GPU "fp32" row is FP32, as the TensorRT fp32 engine (TF32 cleared) is."""
+    from common.variants import FP32, find_variant
+
+    if provider == "cuda" and find_variant("ort", variant).precision is FP32:
         return {"use_tf32": "0"}
     return {}
 

@@ -65,7 +65,7 @@ class ClassifierService:
                  device: str = "cpu", spin: bool = True):
         from common.checkpoint import baseline_encoder
         from common.task import task_of
-        from deploy.registry import make_runner
+        from deploy.factories import make_runner
 
         artifacts = Path(artifacts)
         self.encoder = baseline_encoder(artifacts)

@@ -22,7 +22,7 @@ from typing import Any
 from common.config import doc
 from common.errors import ConfigError, UserError
 from common.manifest import Manifest
-from deploy.registry import find_variant
+from deploy.factories import find_variant
 
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parent

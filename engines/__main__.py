@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cliconfig import add_config_flags, parse_args
 from common.config import add_flags, from_flags
 from common.errors import ConfigError, cli
 from common.modelsource import DEFAULT_MODEL
@@ -62,17 +63,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, default=None, help="first N training rows (smoke runs)")
     p.add_argument("--limit-eval", type=int, default=None, help="first N validation rows")
     add_flags(p, TaskSpec, title="the task: data, columns, labels (TaskSpec)")
+    for a in p._actions:  # not given, a task flag keeps the task --artifacts was built for
+        if a.dest in {f.name for f in dataclasses.fields(TaskSpec)}:
+            a.config_default = None  # type: ignore[attr-defined]
     for name, (prefix, skip) in PREFIXES.items():
         cls = type(getattr(BuildConfig(), name))
         add_flags(p, cls, prefix, skip=NOT_FLAGS + skip, title=f"{name} ({cls.__name__})")
     p.add_argument("--tolerable-loss", dest="ptq_tolerable_loss", type=float, default=None,
                    metavar="PT", help="= --ptq-tolerable-loss: largest validation-B macro F1 drop "
                    "(pt) the static-PTQ search accepts")
+    add_config_flags(p)
     return p
 
 
 def parse(argv: list[str] | None = None) -> tuple[BuildConfig, argparse.Namespace]:
-    a = parser().parse_args(argv)
+    a = parse_args(parser(), argv)
     shared: dict[str, Any] = {k: getattr(a, k) for k in SHARED if getattr(a, k) is not None}
     configs = {}
     for name, (prefix, _) in PREFIXES.items():

@@ -25,7 +25,7 @@ from common.errors import ConfigError, UserError
 from common.manifest import Manifest, atomic_output
 from common.modelsource import DEFAULT_MODEL, model_fingerprint
 from common.task import TaskSpec
-from common.workdir import build_lock, check_writable, clean_leftovers
+from common.workdir import build_lock, check_writable, clean_leftovers, lock_held
 from engines.preflight import check_calibration, check_models, missing_inputs, model_bytes
 from engines.trt_build import TrtConfig
 from export.hf import HfConfig
@@ -58,8 +58,9 @@ class BuildConfig:
     reports: str = "reports"  # where `make report` wrote the scores the model cards carry
     stages: tuple[str, ...] = STAGES
     force: bool = False
-    # train QLoRA beside the baseline on CPU, one thread each (engines/overlap.py: the two took
-    # 16.6 min together vs 20.1 min in a row on 2 cores); False: one after the other
+    # train QLoRA beside the baseline on CPU, one thread each: on a small CPU a training step
+    # scales poorly with threads (engines/overlap.py; measured: docs/decisions.md); False: one
+    # after the other
     overlap: bool = True
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     torch_fp16: TorchFp16Config = field(default_factory=TorchFp16Config)
@@ -299,7 +300,11 @@ def build_all(cfg: BuildConfig) -> Builder:
     Before any step: the folder is writable with room for the largest step, no other build holds
     it (artifacts/.lock), what killed builds left is cleaned (an interrupted swap put back), a
     corrupt manifest is rebuilt from the entry copies, the base model is checked, and every input
-    of the run is built or built in it."""
+    of the run is built or built in it. A build with nothing to do writes nothing (idle_build):
+    it succeeds on a read-only folder."""
+    idle = idle_build(cfg)
+    if idle is not None:
+        return idle
     root = check_writable(cfg.artifacts, 0, "--artifacts")
     with build_lock(root):
         for line in clean_leftovers(root, locked=True):
@@ -310,6 +315,55 @@ def build_all(cfg: BuildConfig) -> Builder:
             print(f"[repair] {repaired}")
         b.manifest.save_copies()
         return _build(b)
+
+
+def idle_build(cfg: BuildConfig) -> Builder | None:
+    """The finished Builder of a build that would write nothing (every step up to date, every skip
+    already recorded with its reason, no leftover to clean, no manifest to repair or entry copy
+    to add), having written nothing; None when the build has something to do. Checked before the
+    folder is asked to be writable: an up-to-date build on a read-only folder succeeds."""
+    from common.manifest import entry_copy_path
+
+    root = Path(cfg.artifacts)
+    if not root.is_dir() or lock_held(root) or clean_leftovers(root, dry_run=True):
+        return None  # the usual path says what is wrong (another build) or does the work
+    import contextlib
+    import io
+
+    b = Builder(cfg)
+    if b.manifest.corrupt or not b.manifest.entries or any(
+            "skipped" not in e and not entry_copy_path(root, n).is_file()
+            for n, e in b.manifest.entries.items()):
+        return None
+    said = io.StringIO()  # preflight's lines: printed once, by whichever path goes on
+    with contextlib.redirect_stdout(said):
+        preflight(cfg)
+        steps = steps_for(b)
+        b.in_run = {s.name for s in steps}
+        b.check_inputs(steps)
+        plan = Builder(cfg).plan(steps)
+    if any(v.startswith("build") for v in plan.values()):
+        return None
+    for step in steps:
+        why = plan[step.name].removeprefix("skip: ")
+        if plan[step.name].startswith("skip") and (
+                b.manifest.entries.get(step.name, {}).get("skipped") != why
+                or b.manifest.entries[step.name].get("recipe") != recipe(step.config)):
+            return None  # a skip to record: run() writes it
+    print(said.getvalue(), end="")
+    for step in steps:
+        if plan[step.name] == "up to date":
+            print(f"[up to date] {step.name}: {root / step.path(b.inputs(step))}")
+            b.up_to_date.append(step.name)
+        else:
+            why = plan[step.name].removeprefix("skip: ")
+            print(f"[skip] {step.name}: {why}")
+            b.skipped[step.name] = why
+    print(f"nothing to rebuild: all {len(b.up_to_date)} artifact(s) in {root} are up to date "
+          "(nothing written)")
+    if b.skipped:
+        print(f"skipped ({len(b.skipped)}, reasons above): {', '.join(b.skipped)}")
+    return b
 
 
 def _build(b: Builder) -> Builder:
@@ -398,3 +452,4 @@ def preflight(cfg: BuildConfig) -> None:
         print(f"warning: {w}")
     check_models(cfg, task)
     check_calibration(cfg, task)
+

@@ -33,7 +33,6 @@ from common.errors import ConfigError, cli
 VARIANTS = ("qlora", "qat", "student")
 # what a student run is scored as: the graphs the build's student steps make
 STUDENT_GRAPHS = {"student": "onnx-student-ptq-fused", "student-fp32": "onnx-student"}
-REFERENCES = {"fp32": "onnx-fp32", "ptq-fused": "onnx-ptq-fused", "ptq": "onnx-ptq"}
 
 
 def _ort_logits(path: Path, enc: Any, names: tuple[str, ...]) -> np.ndarray:
@@ -144,7 +143,9 @@ def references(build: Any) -> tuple[dict[str, dict[str, Any]], np.ndarray]:
     test = task_of(Path(build.artifacts)).split("test")
     enc = te.encode_split(test)
     out = {}
-    for name, art in REFERENCES.items():
+    from common.variants import listed
+
+    for name, art in ((v.variant, v.artifact) for v in listed("seed-reference", "ort")):
         if man.built(art):
             out[name] = {"artifact": art, "sha256": man.get(art)["sha256"],
                          "logits": _ort_logits(man.verify(art), enc, te.input_names)}

@@ -359,6 +359,16 @@ def hf_steps(b: Builder) -> list[Step]:
 
     c = b.cfg.hf
     steps = []
+    now: list[frozenset[str]] = []  # the code's fingerprints, computed once, when first asked
+
+    def code_why(artifact: str) -> str | None:
+        """Why a build would remake `artifact` for its code alone: its scores are then not the
+        folder's to quote (the rule the comparison applies)."""
+        from engines.freshness import code_stale, current_code
+
+        now[:] = now or [current_code()]
+        return code_stale(b.manifest, now[0]).get(artifact)
+
     for folder, v in hf_folders():
         report = Path(b.cfg.reports) / f"{v.backend}-{v.variant}.json"
 
@@ -371,24 +381,27 @@ def hf_steps(b: Builder) -> list[Step]:
                 rep = json.loads(report.read_text())
             except (OSError, ValueError):  # a truncated report is no score
                 return None
-            if card_problem(rep):  # not a report the model card can read: no score either
+            if card_problem(rep) or code_why(artifact):  # unreadable, or would be remade
                 return None
             return rep if rep["made_by"].get("sha256") == b.art(artifact) else None
 
-        def sources(scored=scored) -> dict[str, str]:
+        def sources(scored=scored, folder: str = folder, key: str = v.key,
+                    precision: str = v.precision.value) -> dict[str, str]:
             rep = scored()
+            # the registry facts this folder is built from (common.variants is data, not code,
+            # in the key: common.codehash)
             return {"report": hashlib.sha256(json.dumps(rep, sort_keys=True).encode()).hexdigest()
-                    if rep else "none"}
+                    if rep else "none", "variant": f"{key} ({precision}) as hf/{folder}"}
 
         def build(tmp: Path, folder: str = folder, artifact: str = v.artifact,
                   ckpt: str = v.checkpoint, torch: bool = v.backend == "torch",
-                  scored=scored) -> dict[str, Any]:
+                  precision: str = v.precision.value, scored=scored) -> dict[str, Any]:
             from export.hf import write_folder
 
             rep = scored()
             onnx = None if torch else b.path(artifact)
             return write_folder(tmp, b.path(ckpt), onnx, b.manifest.get(artifact), rep, folder,
-                                c)
+                                c, precision)
 
         deps = tuple(dict.fromkeys((v.artifact, v.checkpoint)))
         steps.append(Step(f"hf-{folder}", fixed(f"hf/{folder}"), c, deps, sources, build,

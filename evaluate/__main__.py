@@ -18,6 +18,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from common.cliconfig import add_config_flags, parse_args
 from common.config import add_flags, from_flags
 from common.errors import ConfigError, UserError, cli
 from common.manifest import Manifest
@@ -49,12 +50,13 @@ def parser() -> argparse.ArgumentParser:
                    help="with --all/--compare: write the comparison into this README's Results block")
     add_flags(p, EvalConfig, title="what is scored and how (EvalConfig)",
               choices={"backend": list(backends()), "split": ["train", "validation", "test"]})
+    add_config_flags(p)
     return p
 
 
 def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace]:
     p = parser()
-    a = p.parse_args(argv)
+    a = parse_args(p, argv)
     if not (a.all or a.compare or a.backend or a.gpu_check or (a.variant and "/" in a.variant)):
         p.error("give --variant backend/name (or --backend with --variant), or --all, "
                 "--compare, --gpu-check")
@@ -139,9 +141,9 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
 
 
 def run_profile_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
-    from evaluate.op_profile import DEFAULT_VARIANTS, OpProfileConfig, profile_ops, write_op_profile
+    from evaluate.op_profile import OpProfileConfig, default_variants, profile_ops, write_op_profile
 
-    names = variant_list(a.profile_ops, DEFAULT_VARIANTS, "ort")
+    names = variant_list(a.profile_ops, default_variants(), "ort")
     try:
         pc = OpProfileConfig(variants=names, data=cfg.data, split=cfg.split,
                              sentences=cfg.latency_samples or OpProfileConfig.sentences,
@@ -158,13 +160,13 @@ def run_profile_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
 
 def run_saturation_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     from evaluate.saturation import (
-        DEFAULT_VARIANTS,
         SaturationConfig,
         check_saturation,
+        default_variants,
         write_saturation,
     )
 
-    names = variant_list(a.saturation, DEFAULT_VARIANTS, "ort")
+    names = variant_list(a.saturation, default_variants(), "ort")
     try:
         sc = SaturationConfig(variants=names, data=cfg.data, split=cfg.split,
                               sentences=cfg.latency_samples, threads=cfg.threads,
@@ -174,6 +176,9 @@ def run_saturation_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     r = check_saturation(sc)
     paths = write_saturation(r, Path(cfg.out))
     for x in r["rows"]:
+        if "skipped" in x:
+            print(f"ort/{x['variant']}: {x['skipped']}")
+            continue
         print(f"ort/{x['variant']}: {x['predictions_differ']} of {r['sentences']} answers differ "
               f"from exact sums (max |dlogit| {x['max_abs_dlogit']:.3f}), macro F1 "
               f"{x['macro_f1_shipped']:.4f} vs {x['macro_f1_exact']:.4f}")

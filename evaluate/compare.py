@@ -3,7 +3,8 @@ backend, device and thread count, agreement with the PyTorch FP32 model, the row
 be measured, each with its reason, and the reports that are stale.
 
 A report is compared only when the artifact it measured is the one the manifest says is current
-(same sha256 and key: recipe, inputs and the code's fingerprint); any other is listed as stale,
+(same sha256 and key: recipe, inputs and the code's fingerprint) and one a build would not remake
+because its code changed since (the rule `--dry-run` applies); any other is listed as stale,
 with its reason and the fix (`make report`), and its numbers are left out. Publishing (the README's
 Results block and docs/results/) copies exactly what the comparison lists.
 """
@@ -20,9 +21,6 @@ from common.manifest import Manifest, write_json_atomic, write_text_atomic
 from evaluate.report import load_report, stem
 
 AGREEMENT_REFERENCE = ("torch", "fp32")
-# FP32 rows each backend is divided by; QLoRA runs in PyTorch, so its reference is torch/fp32.
-FP32_REFS = {"torch": (("torch", "fp32"),), "ort": (("ort", "fp32"), ("ort", "fp32-fused")),
-             "trt": (("trt", "fp32"),), "qlora": (("torch", "fp32"),)}
 FIX = "make report"
 # report families besides the variant reports: file prefix -> kind
 OTHER_REPORTS = {"serve-": "serving", "study-": "study", "speedup-": "speedup", "ops-": "ops",
@@ -87,8 +85,19 @@ def report_files(reports_dir: Path) -> dict[str, list[Path]]:
     return out
 
 
-def why_stale(report: Any, man: Manifest, kind: str) -> str | None:
-    """None when every artifact the report measured is the manifest's current one."""
+def why_stale(report: Any, man: Manifest, kind: str,
+              code: dict[str, str] | None = None) -> str | None:
+    """None when every artifact the report measured is the manifest's current one and a build
+    would not remake it (`code`: engines.pipeline.code_stale, the rule of `--dry-run`)."""
+    code = code or {}
+
+    def fresh(m: Any) -> str | None:
+        why = man.freshness(m)
+        name = m.get("artifact") if isinstance(m, dict) else None
+        if why is None and name in code:
+            return f"{name} would be rebuilt: {code[name]} (`python -m engines --dry-run`)"
+        return why
+
     if not isinstance(report, dict):
         return "not a report (no JSON object)"
     if kind == "study" and report.get("task") != "classifier":
@@ -98,11 +107,11 @@ def why_stale(report: Any, man: Manifest, kind: str) -> str | None:
         if not isinstance(made, dict) or not made:
             return "it records no artifact hashes (written by older code)"
         for variant, m in made.items():
-            why = man.freshness(m)
+            why = fresh(m)
             if why:
                 return f"{variant}: {why}"
         return None
-    return man.freshness(made)
+    return fresh(made)
 
 
 def logits_problem(r: dict, folder: Path) -> str | None:
@@ -127,8 +136,11 @@ def load_current(reports_dir: Path, man: Manifest, files: list[Path] | None = No
     found = report_files(reports_dir)
     if files is not None:
         found["variant"] = list(files)
+    from engines.freshness import code_stale
+
     current: dict[str, list[tuple[Path, dict]]] = {k: [] for k in found}
     stale = []
+    code = code_stale(man)
     for kind, paths in found.items():
         for p in paths:
             try:
@@ -137,8 +149,8 @@ def load_current(reports_dir: Path, man: Manifest, files: list[Path] | None = No
                 stale.append({"report": p.name, "why": f"unreadable ({type(exc).__name__})",
                               "fix": FIX})
                 continue
-            why = why_stale(r, man, kind) or (logits_problem(r, p.parent) if kind == "variant"
-                                               else None)
+            why = why_stale(r, man, kind, code) or (
+                logits_problem(r, p.parent) if kind == "variant" else None)
             if why:
                 stale.append({"report": p.name, "why": why, "fix": FIX})
             else:
@@ -169,6 +181,7 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
                      others: dict[str, list[tuple[Path, dict]]] | None = None,
                      stale: list[dict] | None = None) -> dict:
     from common.metrics import bootstrap_weights, paired_delta_ci
+    from common.variants import fp32_references
 
     others = others or {}
     by = {(r["backend"], r["variant"]): r for r in reports}
@@ -180,7 +193,7 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
     ref_name = stem(*AGREEMENT_REFERENCE) if agree_ref is by.get(AGREEMENT_REFERENCE) else "ort-fp32"
     rows = []
     for r in reports:
-        refs = [by[k] for k in FP32_REFS.get(r["backend"], ()) if k in by]
+        refs = [by[k] for k in fp32_references(r["backend"]) if k in by]
         same = [x for x in refs if device_key(x) == device_key(r)]
         # headline reference: the fastest FP32 graph of this backend on this device/threads
         head = min(same, key=lambda x: x["latency_ms"]["p50"]) if same else (refs[0] if refs else None)
@@ -234,7 +247,9 @@ def build_comparison(reports: list[dict], missing: list[dict], reports_dir: Path
                 for f, op in others.get("ops", [])]  # `python -m evaluate --profile-ops`
     saturation = [{"backend": sa["backend"], "device": sa["device"].get("name"),
                    "rows": [{k: x[k] for k in ("variant", "predictions_differ", "max_abs_dlogit")}
-                            for x in sa["rows"]], "report": f.with_suffix(".md").name}
+                            for x in sa["rows"] if "skipped" not in x],
+                   "not_checked": [x["variant"] for x in sa["rows"] if "skipped" in x],
+                   "report": f.with_suffix(".md").name}
                   for f, sa in others.get("saturation", [])]  # `python -m evaluate --saturation`
     first = agree_ref or (reports[0] if reports else None)
     return {"rows": rows, "labels": names_of(first) if first else [],
@@ -345,6 +360,8 @@ def comparison_markdown(c: dict) -> str:
         out += ["", f"Does the answer depend on the CPU ({sa['backend']}, {sa['device']}: answers "
                 "that differ from exact INT8 sums, where U8S8 products saturate without VNNI): "
                 + ", ".join(f"{x['variant']} {x['predictions_differ']}" for x in sa["rows"])
+                + "".join(f"; {v} not checked (its weights are already U8)"
+                          for v in sa.get("not_checked", []))
                 + f": [{sa['report']}]({sa['report']})."]
     if c.get("studies"):
         out += ["", "## Quantization study (`python -m study`)", "", "| task | report |", "|---|---|"]

@@ -19,7 +19,7 @@ import json
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,17 @@ GROUPS = {"MatMul": "matrix products", "MatMulIntegerToFloat": "matrix products"
           "BiasGelu": "GELU", "Gelu": "GELU", "FastGelu": "GELU"}
 
 
-# the FP32 reference of the speed-ups and the INT8 graphs built on it
-DEFAULT_VARIANTS = ("fp32-fused", "ptq-fused", "dynamic-fused")
+def default_variants() -> tuple[str, ...]:
+    """The registry's "ops" list: the FP32 reference of the speed-ups and the INT8 graphs built
+    on it."""
+    from common.variants import listed
+
+    return tuple(v.variant for v in listed("ops", "ort"))
 
 
 @dataclass(frozen=True)
 class OpProfileConfig:
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    variants: tuple[str, ...] = field(default_factory=default_variants)
     data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
     sentences: int = 300
@@ -99,8 +103,8 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
     from common.manifest import Manifest
     from common.task import scoring_task
     from common.variants import find_variant
+    from deploy.factories import default_threads
     from deploy.ort_runner import OrtRunner
-    from deploy.registry import default_threads
     from evaluate.speedup import rotated
 
     artifacts = Path(cfg.artifacts)

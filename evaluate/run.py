@@ -30,7 +30,7 @@ from common.metrics import classification_metrics, latency_stats
 from common.modelsource import display_model
 from common.task import brief, scoring_task
 from common.timing import first_calls, time_each
-from deploy.registry import default_threads, find_variant, make_runner
+from deploy.factories import default_threads, find_variant, make_runner
 from deploy.runner import RunnerError
 
 

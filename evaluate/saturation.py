@@ -17,7 +17,7 @@ without VNNI the difference is what saturation does to this model. Writes
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,17 @@ WEIGHT_INPUTS = {"DequantizeLinear": (0, 2, 1), "MatMulIntegerToFloat": (1, 5, 3
                  "DynamicQuantizeMatMul": (1, 3, 2), "MatMulInteger": (1, 3, None),
                  "QAttention": (1, 7, 4)}
 
-# the INT8 graphs with S8 weights in the products (QAT's CPU flavour stores U8 weights when it is
-# built on a CPU without VNNI: docs/methods.md)
-DEFAULT_VARIANTS = ("ptq-fused", "ptq", "dynamic-fused", "qat")
+def default_variants() -> tuple[str, ...]:
+    """The registry's "saturation" list: the CPU INT8 graphs (a graph whose weights are already U8,
+    as QAT's CPU flavour built on a CPU without VNNI, is reported as not checkable)."""
+    from common.variants import listed
+
+    return tuple(v.variant for v in listed("saturation", "ort"))
 
 
 @dataclass(frozen=True)
 class SaturationConfig:
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    variants: tuple[str, ...] = field(default_factory=default_variants)
     data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
     sentences: int = 0  # 0: the whole split
@@ -105,6 +108,11 @@ def logits_of(runner: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([runner.infer(f) for f in feeds]).astype(np.float64)
 
 
+NOTHING_TO_CHECK = ("not checked: its INT8 weights are already U8 (as QAT's CPU flavour is when built "
+                    "on a CPU without VNNI), so its products run in the U8U8 kernels that cannot "
+                    "saturate; there is no S8 weight to rewrite and no answer that could differ")
+
+
 def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
     import onnx
     from tqdm import tqdm
@@ -115,8 +123,8 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
     from common.metrics import bootstrap_weights, classification_metrics, paired_delta_ci
     from common.task import scoring_task
     from common.variants import find_variant
+    from deploy.factories import default_threads
     from deploy.ort_runner import OrtRunner
-    from deploy.registry import default_threads
 
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()
@@ -136,6 +144,9 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
             path = man.verify(arts[v])
             model = onnx.load(str(path))
             rewritten = exact_twin(model)
+            if rewritten == 0:  # nothing to compare: its products are the exact U8U8 ones
+                rows.append({"variant": v, "weights_rewritten": 0, "skipped": NOTHING_TO_CHECK})
+                continue
             twin_path = Path(tmp) / f"{v}-exact.onnx"
             onnx.save(model, str(twin_path))
             with OrtRunner(path, tuple(te.input_names), threads, variant=v) as r:
@@ -176,13 +187,14 @@ def markdown(r: dict) -> str:
              "| variant | S8 weights rewritten | answers differ | right only shipped | right only "
              "exact | max abs dlogit | mean abs dlogit | macro F1 shipped | macro F1 exact | "
              "delta pt [95% CI] |", "|" + "---|" * 10]
-    for x in r["rows"]:
+    for x in (x for x in r["rows"] if "skipped" not in x):
         d = x["delta_f1"]
         lines.append(f"| {x['variant']} | {x['weights_rewritten']} | {x['predictions_differ']} | "
                      f"{x['right_only_shipped']} | {x['right_only_exact']} | "
                      f"{x['max_abs_dlogit']:.3f} | {x['mean_abs_dlogit']:.4f} | "
                      f"{x['macro_f1_shipped']:.4f} | {x['macro_f1_exact']:.4f} | "
                      f"{100 * d['delta']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}] |")
+    lines += [""] + [f"- {x['variant']}: {x['skipped']}." for x in r["rows"] if "skipped" in x]
     vers = ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items()))
     lines += ["", f"Versions: {vers}.", ""]
     return "\n".join(lines)

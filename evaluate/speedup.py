@@ -29,9 +29,7 @@ from common.config import check_ranges
 @dataclass(frozen=True)
 class SpeedupConfig:
     backend: str = "ort"
-    variants: tuple[str, ...] = ("fp32-fused", "fp32", "dynamic", "dynamic-fused", "ptq",
-                                 "ptq-fused", "qat",
-                                 "optimum-dynamic", "optimum-static")
+    variants: tuple[str, ...] = ()  # empty: the registry's speed-up list of `backend`
     reference: str = ""  # default: the first variant
     data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
@@ -48,6 +46,10 @@ class SpeedupConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not self.variants:
+            from common.variants import speedup_variants
+
+            object.__setattr__(self, "variants", speedup_variants(self.backend))
         if len(self.variants) < 2:
             raise ValueError("give at least two variants to compare")
         if len(set(self.variants)) != len(self.variants):
@@ -90,7 +92,7 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
     from common.manifest import Manifest
     from common.task import scoring_task
     from common.timing import first_calls, time_each
-    from deploy.registry import default_threads, find_variant, make_runner
+    from deploy.factories import default_threads, find_variant, make_runner
 
     artifacts = Path(cfg.artifacts)
     threads = cfg.threads or default_threads()

@@ -38,10 +38,12 @@ class HfConfig:
 
 
 def write_folder(out: Path, checkpoint: Path, onnx_path: Path | None, entry: dict[str, Any],
-                 report: dict[str, Any] | None, name: str, cfg: HfConfig) -> dict[str, Any]:
+                 report: dict[str, Any] | None, name: str, cfg: HfConfig,
+                 precision: str = "fp32") -> dict[str, Any]:
     """One self-contained folder: the config and tokenizer of the checkpoint the variant was
     made from (the baseline, or the student), and its ONNX graph (or, onnx_path None, the
-    checkpoint's PyTorch weights); returns what the manifest records."""
+    checkpoint's PyTorch weights); returns what the manifest records. `precision`: the
+    registry's (common.variants.Precision value), for the card's tags."""
     from common.checkpoint import read_recipe
 
     out.mkdir(parents=True)
@@ -64,7 +66,7 @@ def write_folder(out: Path, checkpoint: Path, onnx_path: Path | None, entry: dic
         if quant:
             (out / "ort_config.json").write_text(json.dumps(quant, indent=2) + "\n")
     (out / "README.md").write_text(model_card(name, meta, entry, report, cfg,
-                                              onnx_path is not None), encoding="utf-8")
+                                              onnx_path is not None, precision), encoding="utf-8")
     return {"files": sorted(p.name for p in out.iterdir()), "card_has_results": report is not None}
 
 
@@ -108,10 +110,6 @@ def _yaml_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid YAML scalar
 
 
-FP32_NAMES = {"baseline", "fp32", "fp32-fused", "optimum-fp32", "student", "student-fp32",
-              "student-fused"}
-
-
 def usage(name: str, pair: bool = False, onnx: bool = True) -> list[str]:
     """The card's snippet: runs as written once `path` names this folder (tests run it)."""
     load = (["from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
@@ -130,7 +128,8 @@ def usage(name: str, pair: bool = False, onnx: bool = True) -> list[str]:
 
 
 def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
-               report: dict[str, Any] | None, cfg: HfConfig, onnx: bool = True) -> str:
+               report: dict[str, Any] | None, cfg: HfConfig, onnx: bool = True,
+               precision: str = "fp32") -> str:
     """A Hugging Face model card: YAML metadata (license, language, library, base_model as a Hub
     id, the dataset where it is a Hub one, metrics, model-index results of a whole split), then
     the task it was trained for, what the folder ships, its intended use and limitations, how to
@@ -143,7 +142,7 @@ def model_card(name: str, meta: dict[str, Any], entry: dict[str, Any],
     task = meta["task"]
     labels, pair, data = task["labels"], task["pair"], task["source"]
     tags = ["text-classification"] + (["onnx"] if onnx else []) + (
-        ["int8", "quantized"] if name not in FP32_NAMES else [])
+        ["int8", "quantized"] if precision == "int8" else [])
     lines = ["---", f"license: {cfg.license}", f"language:\n- {cfg.language}",
              "library_name: " + ("optimum" if onnx else "transformers"),
              "pipeline_tag: text-classification",

@@ -8,7 +8,7 @@ from common.feeds import batches, encode
 from common.modelsource import load_tokenizer
 from common.onnx_graph import op_counts
 from common.task import load_split
-from deploy.registry import make_runner
+from deploy.factories import make_runner
 from export.ort_graphs import session_op_counts
 
 # Agreement floor for the tiny random model: its logits sit close together (trained 2 epochs on

@@ -95,7 +95,7 @@ def test_family_through_every_stage(built, family, data_dir, tmp_path):
     modules), through every stage that needs no fact discovery cannot give; the rest skipped
     with a one-line reason."""
     from common.trt import tensorrt_status
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
 
     model_dir, art, log = built(family)
     man = Manifest(art)

@@ -85,17 +85,7 @@ def test_a_build_step_reads_its_inputs_verified(art, tiny_model_dir, data_dir):
         quiet_build(cfg)
 
 
-# 2. one build at a time; writers merge --------------------------------------------------------
-
-def test_two_writers_keep_each_others_entries(tmp_path):
-    (tmp_path / "a.bin").write_bytes(b"a")
-    (tmp_path / "b.bin").write_bytes(b"b")
-    first, second = Manifest(tmp_path), Manifest(tmp_path)  # both read the empty manifest
-    first.record("a", "a.bin", {"r": 1}, {}, {}, {})
-    second.record("b", "b.bin", {"r": 2}, {}, {}, {})
-    second.record_skip("c", {"r": 3}, "not here")
-    assert set(Manifest(tmp_path).entries) == {"a", "b", "c"}
-
+# 2. one build at a time (the only writer of the manifest) -------------------------------------
 
 def test_a_second_build_into_the_same_folder_is_refused(tmp_path, tiny_model_dir, data_dir,
                                                        capsys):
@@ -258,6 +248,61 @@ def test_an_unwritable_artifacts_folder_stops_the_build_before_training(
     assert code == 2
     assert str(root) in one_line_error(capsys)
     assert "[build]" not in capsys.readouterr().out
+
+
+def test_a_build_with_nothing_to_do_writes_nothing(tmp_path, tiny_artifacts, tiny_model_dir,
+                                                   data_dir):
+    """An up-to-date build takes no lock and writes no file (so it succeeds on a read-only
+    folder: made read-only here where the tests do not run as root); one with a leftover to
+    clean takes the usual path."""
+    art = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts, art)
+    (art / ".lock").unlink(missing_ok=True)
+
+    def snapshot() -> dict[str, tuple[int, int]]:
+        return {str(p.relative_to(art)): (p.stat().st_mtime_ns, p.stat().st_size)
+                for p in art.rglob("*")}
+
+    cfg = tiny_build_config(tiny_model_dir, data_dir, art)
+    before = snapshot()
+    read_only = os.geteuid() != 0
+    if read_only:
+        for p in [art, *art.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o555)
+    try:
+        b, out = quiet_build(cfg)
+    finally:
+        if read_only:
+            for p in [art, *art.rglob("*")]:
+                if p.is_dir():
+                    p.chmod(0o755)
+    assert b.built == [] and "baseline" in b.up_to_date and "onnx-fp32" in b.up_to_date
+    assert "nothing to rebuild" in out and "(nothing written)" in out
+    assert snapshot() == before and not (art / ".lock").exists()
+    # a leftover of a killed build: the usual path (lock, clean), which says what it removed
+    (art / "onnx" / ".fp32.onnx.tmp-999999-1").write_bytes(b"")
+    b, out = quiet_build(cfg)
+    assert "[clean] removed" in out and "(nothing written)" not in out and b.built == []
+    assert (art / ".lock").exists()
+
+
+@pytest.mark.parametrize("cmd", [
+    ["evaluate", "--variant", "ort/fp32"], ["evaluate", "--compare"],
+    ["evaluate", "--backend", "ort", "--speedup", "default"], ["engines", "--dry-run"],
+    ["engines"], ["deploy", "triton-repo", "--variant", "ort/fp32"],
+    ["deploy", "bench", "--variant", "ort/fp32"]])
+def test_a_file_given_for_the_artifacts_folder_is_named_as_such(cmd, tmp_path, capsys):
+    import importlib
+
+    art = tmp_path / "artifacts.tar"
+    art.write_text("")
+    main = importlib.import_module(f"{cmd[0]}.__main__").main
+    args = [*cmd[1:], "--artifacts", str(art)]
+    if cmd[0] == "deploy" or "--compare" in cmd:
+        args += ["--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert f"--artifacts {art} is a file, not a folder" in one_line_error(capsys)
 
 
 def test_an_unwritable_evaluate_out_is_said_before_scoring(art, data_dir, tmp_path, capsys,

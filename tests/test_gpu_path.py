@@ -137,7 +137,7 @@ def test_sizes_are_what_ships_and_loads(tiny_artifacts, data_dir, tmp_path):
     """torch/fp16 ships the FP16 file (half the FP32 one); QLoRA ships its adapters and the whole
     base it re-quantizes; every row reports its weights' bytes in memory."""
     from common.manifest import Manifest, size_bytes
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
 
     man = Manifest(tiny_artifacts)
     fp32 = size_bytes(man.verify("baseline") / "model.safetensors")
@@ -185,7 +185,7 @@ def test_qlora_finds_its_base_after_artifacts_and_environment_moved(
     import common.modelsource as ms
     from common.manifest import ArtifactError
     from common.modelsource import DEFAULT_MODEL
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
     from engines.pipeline import build_all
     from tests.conftest import tiny_build_config
     from train.qlora import QloraConfig
@@ -221,9 +221,26 @@ def test_qlora_finds_its_base_after_artifacts_and_environment_moved(
         make_runner("qlora", "nf4", moved, threads=1).load()
 
 
-def test_ort_cuda_fp32_rows_keep_fp32():
+def test_ort_cuda_fp32_rows_ask_for_fp32():
+    """What the runner asks of the CUDA provider, by the registry's precision (not the name)."""
     from deploy.ort_runner import provider_options
 
     assert provider_options("cuda", "fp32") == {"use_tf32": "0"}
-    assert provider_options("cuda", "fp32-fused") == {"use_tf32": "0"}
+    assert provider_options("cuda", "student-fused") == {"use_tf32": "0"}
     assert provider_options("cuda", "ptq") == {} and provider_options("cpu", "fp32") == {}
+
+
+@pytest.mark.gpu
+def test_onnx_runtime_honours_use_tf32_off(tiny_artifacts):
+    """The CUDA session ONNX Runtime built for an FP32 row runs with TF32 off (its own provider
+    options, read back from the session), and an INT8 row keeps ONNX Runtime's default."""
+    import onnxruntime as ort
+
+    from deploy.factories import make_runner
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here (onnxruntime-gpu)")
+    for variant, want in (("fp32", "0"), ("ptq", "1")):
+        with make_runner("ort", variant, tiny_artifacts, threads=1, device="cuda") as r:
+            opts = r.session.get_provider_options()["CUDAExecutionProvider"]
+            assert opts["use_tf32"] == want, (variant, opts)

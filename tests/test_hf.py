@@ -126,7 +126,7 @@ def test_optimum_reference_rows(tiny_artifacts):
     rows = man.get("onnx-ptq")["static"]["calib_rows"]
     assert f"on {rows} validation rows" in s["how"]
     # the same evaluator scores them
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
 
     with make_runner("ort", "optimum-static", tiny_artifacts, threads=1) as r:
         x = {n: np.ones((2, 8), np.int64) for n in r.input_names}

@@ -12,7 +12,7 @@ from common.feeds import batches, encode
 from common.modelsource import load_tokenizer
 from common.onnx_graph import op_counts
 from common.task import load_split
-from deploy.registry import make_runner
+from deploy.factories import make_runner
 from tests.test_dynamic_variants import MIN_AGREEMENT
 
 

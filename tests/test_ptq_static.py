@@ -16,7 +16,7 @@ from common.feeds import encode
 from common.manifest import Manifest, sha256_of
 from common.modelsource import load_tokenizer
 from common.task import load_split
-from deploy.registry import make_runner
+from deploy.factories import make_runner
 
 
 def test_calibration_set_is_validation_rows_fixed_shape_and_seeded(tiny_artifacts, data_dir, tmp_path):

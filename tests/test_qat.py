@@ -28,7 +28,7 @@ from common.qat_model import (
 )
 from common.task import load_split
 from common.torch_infer import torch_fn
-from deploy.registry import make_runner
+from deploy.factories import make_runner
 from export.qat_export import (
     QdqStructureError,
     check_structure,

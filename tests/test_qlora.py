@@ -122,7 +122,7 @@ def test_qlora_artifact_scored_by_runner(tiny_artifacts, data_dir):
     the saved model loaded directly, and reproduces the validation score the build selected on."""
     from common.metrics import classification_metrics
     from common.torch_infer import torch_logits
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
 
     recipe = json.loads((tiny_artifacts / "qlora" / "recipe.json").read_text())
     tok = load_tokenizer(tiny_artifacts / "qlora")

@@ -34,9 +34,10 @@ def toy(monkeypatch):
         return Step("onnx-toy", fixed("onnx/toy.onnx"), ToyConfig(), ("onnx-fp32",), dict, build)
 
     added = [variants.register(variants.Variant("ort", "toy", "onnx-toy", "a copy of the FP32 graph",
-                                                "dynamic", speedup="yes", serve=("triton", "ngc"))),
+                                                variants.FP32, speedup=variants.LISTED,
+                                                serve=("triton", "ngc"))),
              variants.register(variants.Variant("torch", "toy-gpu", "onnx-toy", "a GPU-only toy",
-                                                "dynamic", device="cuda", gpu_row=True))]
+                                                variants.FP32, device="cuda", gpu_row=True))]
     monkeypatch.setitem(steps.STEP_FACTORIES, "dynamic", [*steps.STEP_FACTORIES["dynamic"], toy_step])
     yield added
     for v in added:
@@ -74,18 +75,47 @@ def test_toy_variant_is_built_skipped_scored_and_listed(toy, tiny_artifacts, tin
     assert "ort/toy" in parser().format_help()
 
 
-def test_every_variant_has_a_step_of_its_stage(tiny_artifacts, tiny_model_dir, data_dir):
-    """Each registered variant's artifact is made by a registered step of the stage it names."""
-    from engines.pipeline import STAGES, Builder, steps_for
+def test_every_variant_has_a_step(tiny_artifacts, tiny_model_dir, data_dir):
+    """Each registered variant's artifact is made by a registered step, and every source a
+    TensorRT engine names is one too."""
+    from engines.pipeline import Builder, steps_for
     from tests.conftest import tiny_build_config
 
     b = Builder(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts))
-    made: dict[str, str] = {}
-    for stage in STAGES:
-        b.cfg = tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts, stages=(stage,))
-        made.update({s.name: stage for s in steps_for(b)})
+    made = {s.name for s in steps_for(b)}
     for v in variants.variants():
-        assert made.get(v.artifact) == v.stage, v.key
+        assert v.artifact in made, v.key
+        if v.backend == "trt":
+            assert v.param("source") in made, v.key
+
+
+def test_variant_facts_are_read_from_the_registry():
+    """The lists and references other modules once restated are the registry's, and a fact of
+    the wrong kind is refused when a variant is declared."""
+    from deploy.ort_runner import provider_options
+    from evaluate import op_profile, saturation
+    from evaluate.speedup import SpeedupConfig
+
+    assert op_profile.OpProfileConfig().variants == ("fp32-fused", "dynamic-fused", "ptq-fused")
+    assert saturation.SaturationConfig().variants == ("dynamic-fused", "ptq", "ptq-fused", "qat")
+    assert SpeedupConfig().variants == variants.speedup_variants("ort")
+    assert SpeedupConfig().variants[0] == "fp32-fused"  # the reference first
+    assert variants.fp32_references("ort") == (("ort", "fp32"), ("ort", "fp32-fused"))
+    assert variants.fp32_references("qlora") == (("torch", "fp32"),)
+    assert [v.variant for v in variants.listed("seed-reference")] == ["fp32", "ptq", "ptq-fused"]
+    fp32 = {v.key for v in variants.variants() if v.precision is variants.FP32}
+    assert {"ort/fp32", "ort/student-fused", "torch/student", "trt/fp32"} <= fp32
+    assert not {"ort/ptq", "ort/qat", "trt/fp16", "qlora/nf4"} & fp32
+    # CUDA keeps FP32 graphs in FP32 (TF32 off), by the registry's precision, not the name
+    assert provider_options("cuda", "student-fused") == {"use_tf32": "0"}
+    assert provider_options("cuda", "student-ptq-fused") == {}
+    with pytest.raises(ValueError, match="precision is a Precision"):
+        variants.Variant("ort", "bad", "onnx-fp32", "x", "fp32")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="precision is a Precision"):
+        variants.Variant("ort", "bad", "onnx-fp32", "x", variants.FP32,
+                         speedup="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lists are among"):
+        variants.Variant("ort", "bad", "onnx-fp32", "x", variants.FP32, lists=("nope",))
 
 
 def test_variant_names_and_their_errors():

@@ -6,8 +6,8 @@ import pytest
 from common.feeds import batches, encode
 from common.modelsource import load_tokenizer
 from common.task import load_split
+from deploy.factories import make_runner
 from deploy.ort_runner import OrtRunner
-from deploy.registry import make_runner
 from deploy.runner import Runner, RunnerError
 
 

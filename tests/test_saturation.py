@@ -139,3 +139,38 @@ def test_cli_checks_ort_graphs_only(tiny_artifacts, data_dir, tmp_path, capsys):
     rc = main(["--backend", "ort", "--saturation", "nope", "--artifacts", str(tiny_artifacts),
                "--out", str(tmp_path)])
     assert rc == 2 and "unknown variant ort/nope" in capsys.readouterr().err  # with the list
+
+
+def test_a_graph_with_u8_weights_is_not_checked(tiny_artifacts, data_dir, tmp_path):
+    """A graph whose INT8 weights are already U8 (here ptq-fused replaced by its own exact twin,
+    re-recorded in the manifest) cannot differ from exact sums: it is listed as not checked with
+    the reason, not published as "0 differ"."""
+    import shutil
+
+    from common.manifest import Manifest
+    from evaluate.compare import comparison_markdown, write_comparison
+
+    arts = tmp_path / "a"
+    shutil.copytree(tiny_artifacts, arts)
+    man = Manifest(arts)
+    e = man.get("onnx-ptq-fused")
+    model = onnx.load(str(arts / e["path"]))
+    assert exact_twin(model) > 0
+    onnx.save(model, str(arts / e["path"]))
+    man.record("onnx-ptq-fused", e["path"], e["recipe"], e["inputs"], e["versions"], e["device"])
+    assert _int8_weights(arts / e["path"]) == 0
+    out = tmp_path / "r"
+    r = check_saturation(SaturationConfig(variants=("ptq-fused", "dynamic-fused"),
+                                          data=str(data_dir), sentences=8, threads=1,
+                                          artifacts=str(arts), out=str(out)))
+    rows = {x["variant"]: x for x in r["rows"]}
+    assert rows["ptq-fused"]["weights_rewritten"] == 0 and "predictions_differ" not in rows["ptq-fused"]
+    assert "already U8" in rows["ptq-fused"]["skipped"]
+    assert rows["dynamic-fused"]["weights_rewritten"] > 0 and "skipped" not in rows["dynamic-fused"]
+    md = write_saturation(r, out)["md"].read_text()
+    assert "| ptq-fused |" not in md and "- ptq-fused: not checked" in md
+    c = json.loads(write_comparison(out, [], artifacts=arts)["json"].read_text())
+    sa = c["saturation"][0]
+    assert [x["variant"] for x in sa["rows"]] == ["dynamic-fused"]
+    assert sa["not_checked"] == ["ptq-fused"]
+    assert "ptq-fused not checked (its weights are already U8)" in comparison_markdown(c)

@@ -449,7 +449,7 @@ def test_spin_setting_reaches_the_ort_session_and_only_ort_takes_it(tiny_artifac
     """spin=False is ONNX Runtime's allow_spinning=0 in the real session, predicts the same, is
     written into the served model's parameters, and is refused for backends without it."""
     from deploy.bench import BenchConfig, label
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
     from deploy.runner import RunnerError
     from deploy.service import ClassifierService
 

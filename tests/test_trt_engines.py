@@ -27,7 +27,7 @@ def trt_artifacts(tiny_artifacts, tiny_model_dir, data_dir):
 def test_engine_agrees_with_onnx_runtime(trt_artifacts, data_dir, variant, reference, min_agreement):
     import tensorrt as trt
 
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
 
     if variant == "int8" and int(trt.__version__.split(".")[0]) >= 11:
         pytest.skip("implicit INT8 does not exist in TensorRT 11")
@@ -44,7 +44,7 @@ def test_engine_from_another_gpu_is_refused(trt_artifacts, tmp_path):
     import json
     import shutil
 
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
     from deploy.runner import RunnerError
 
     art = tmp_path / "a"
@@ -59,7 +59,7 @@ def test_engine_from_another_gpu_is_refused(trt_artifacts, tmp_path):
 def test_runner_switches_between_the_single_and_batched_profiles(trt_artifacts, data_dir):
     """Profile 0 serves batch 1, profile 1 batches; alternating between them gives the same
     logits per row (padding is masked out; fp32 engine, TF32 cleared)."""
-    from deploy.registry import make_runner
+    from deploy.factories import make_runner
 
     texts = load_split(data_dir, "test").texts[:8]
     enc = encode(load_tokenizer(trt_artifacts / "baseline"), texts, 64)

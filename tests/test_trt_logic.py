@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.trt_calibrator import CalibrationFeeder, cache_name
+from calibration.trt_calibrator import CalibrationFeeder, cache_name, read_cache, write_cache
 from common.buckets import Buckets
 from common.calibset import CalibrationSet
 from common.trt import (
@@ -90,6 +90,31 @@ def test_cache_name_changes_with_every_input():
     others = {cache_name("c" * 64, "b" * 64, "10.13.0", 16), cache_name("a" * 64, "c" * 64, "10.13.0", 16),
               cache_name("a" * 64, "b" * 64, "10.14.1", 16), cache_name("a" * 64, "b" * 64, "10.13.0", 8)}
     assert base not in others and len(others) == 4
+
+
+def test_the_calibration_cache_is_verified_and_its_leftovers_cleaned(tmp_path, capsys):
+    """The cache is read only as written (its sha256 beside it); a truncated, edited or unhashed
+    one is not read (TensorRT calibrates again); a killed write's temporary file is one the next
+    build removes."""
+    from common.workdir import clean_leftovers
+
+    trt_dir = tmp_path / "trt"
+    cache = trt_dir / cache_name("a" * 64, "b" * 64, "10.13.0", 16)
+    assert read_cache(cache) is None  # none yet
+    write_cache(cache, b"TRT-8601-EntropyCalibration2\ninput_ids: 3c010a14\n")
+    assert read_cache(cache) == b"TRT-8601-EntropyCalibration2\ninput_ids: 3c010a14\n"
+    assert sorted(p.name for p in trt_dir.iterdir()) == [cache.name, cache.name + ".sha256"]
+    cache.write_bytes(b"TRT-8601-EntropyCalibration2\n")  # truncated
+    assert read_cache(cache) is None
+    assert "does not match its sha256: not read, calibrating again" in capsys.readouterr().out
+    (trt_dir / (cache.name + ".sha256")).unlink()
+    assert read_cache(cache) is None
+    assert "has no sha256 beside it" in capsys.readouterr().out
+    # what a write killed mid-way leaves (pid 999999: gone) is cleaned like every other leftover
+    left = trt_dir / f".{cache.name}.999999-abc123.tmp"
+    left.write_bytes(b"partial")
+    assert clean_leftovers(tmp_path) == [f"removed {left} (left by a killed build)"]
+    assert not left.exists()
 
 
 def test_implicit_int8_refused_on_trt11_with_the_way_out():

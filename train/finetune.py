@@ -43,12 +43,9 @@ class FinetuneConfig:
     VERSION = 1
     model: str = location(DEFAULT_MODEL, "Hub id or local dir (default: the packaged MiniLM)")
     data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
-    # 2: measured here, MiniLM-L6 reaches 0.893 test macro F1 after 2 epochs (max length 64) and
-    # plateaus near 0.894; a 4-epoch run scored 0.874 on test (validation 0.914): it over-fits
-    # and costs twice the CPU time.
+    # 2: MiniLM-L6 plateaus after 2 epochs; more over-fits and costs CPU time (docs/decisions.md)
     epochs: int = 2
-    # 1e-4: measured here, MiniLM-L6 reaches 0.893 test macro F1 after 2 epochs at 1e-4 but only
-    # 0.731 at bert-base's usual 2e-5 (small models want larger steps).
+    # 1e-4, not bert-base's usual 2e-5: small models want larger steps (docs/decisions.md)
     lr: float = 1e-4
     batch_size: int = 32
     max_length: int = 128  # longest test sentence is 66 tokens: nothing is truncated

@@ -51,10 +51,8 @@ class QloraConfig:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    # Measured here (MiniLM, r=16, lr 5e-4, 1 epoch each, validation macro F1, 2-core CPU):
-    # "attention" 0.8250 in 3.1 min (371k trainable, 1.6%); "attention+ffn" 0.8857 in 4.1 min
-    # (814k trainable, 3.5%). Adapting the feed-forward layers too is worth 6 pt for 30% more time;
-    # attention-only needed 2 epochs (12 min) to reach 0.8848.
+    # adapting the feed-forward layers too is worth several points of macro F1 for a third more
+    # time; attention-only needs twice the epochs to catch up (docs/decisions.md)
     targets: str = doc("attention+ffn", "attention (Q, K, V) | attention+ffn (every layer Linear)")
     double_quant: bool = True
     compute_dtype: str = doc("float32", "float32 | bfloat16 | float16 (CUDA)")

@@ -85,8 +85,9 @@ def _torch(r: RunnerRequest) -> Runner:
 
     v = r.variant.variant
     if r.variant.artifact != "torch-ptq-dynamic":
+        fp16 = r.variant.precision is variants.FP16
         return TorchRunner(r.path, r.input_names, r.threads, device=r.device, variant=v,
-                           dtype="float16" if v == "fp16" else "float32")
+                           dtype="float16" if fp16 else "float32")
     baseline = r.manifest.verify("baseline")
     return TorchRunner(baseline, r.input_names, r.threads, device=r.device, variant=v,
                        state_dict=r.path)
