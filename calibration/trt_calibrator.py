@@ -110,24 +110,10 @@ def write_cache(path: Path, data: bytes) -> None:
     """The cache, then its sha256 beside it (`<cache>.sha256`), each under a temporary name that a
     later build cleans if this one is killed (common.workdir.clean_leftovers), renamed into
     place: a cache is only ever read whole and as written."""
-    import os
-    import tempfile
-
-    from common.manifest import write_text_atomic
+    from common.manifest import write_bytes_atomic, write_text_atomic
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
     write_text_atomic(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
 
 

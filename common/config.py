@@ -157,6 +157,29 @@ def add_flags(p: argparse.ArgumentParser | Any, cls: type, prefix: str = "",
         action.config_default = default  # type: ignore[attr-defined,union-attr]
 
 
+def to_flags(cfg: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
+    """The flags that give `cfg` back through add_flags + from_flags: one per field whose value
+    differs from its default (a child process is handed its parent's config this way). For a
+    config whose flags add_flags made as they are (EvalConfig, the mode configs), not for
+    BuildConfig, whose nested configs' flags engines names itself."""
+    out: list[str] = []
+    for f in dataclasses.fields(cfg):
+        if f.name in skip:
+            continue
+        v, default = getattr(cfg, f.name), _default(f)
+        name = f"{prefix}{f.name.replace('_', '-')}"
+        if dataclasses.is_dataclass(default):
+            out += to_flags(v, f"{name}-")
+        elif v != default:
+            if isinstance(default, bool):
+                out.append(f"--{name}" if v else f"--no-{name}")
+            elif isinstance(default, tuple):
+                out.append(f"--{name}={','.join(map(str, v))}")
+            else:
+                out.append(f"--{name}={v}")
+    return out
+
+
 def from_flags(cls: type[T], ns: argparse.Namespace, prefix: str = "", **fixed: Any) -> T:
     """The config the flags describe: defaults, then `fixed` (shared flags), then each flag the
     user actually gave. Out-of-range values raise ConfigError (from the config's checks)."""

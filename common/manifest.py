@@ -86,7 +86,7 @@ def size_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write under a temporary name in the same folder, fsync, rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,14 +95,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-",
                                suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -354,15 +358,17 @@ class Manifest:
 
         self._update(change)
 
-    def made_by(self, name: str) -> dict[str, Any]:
-        """What a report records of the artifact it measured, so whoever publishes the report can
-        check it is still the current one (common.manifest.report_freshness)."""
+    def stamp(self, name: str) -> dict[str, Any]:
+        """The stamp a report carries of the artifact it measured (the report's `made_by` field),
+        so whoever publishes the report can check it is still the current one (freshness)."""
         e = self.get(name)
         return {"artifact": name, "sha256": e["sha256"], "key": e["key"], "recipe": e["recipe"],
                 "code": e.get("inputs", {}).get("code")}
 
-    def freshness(self, made_by: Any) -> str | None:
-        """None when `made_by` (what a report measured) is the current artifact; else why not."""
+    def freshness(self, stamp: Any) -> str | None:
+        """None when `stamp` (a report's `made_by`: what it measured) is the current artifact;
+        else why not."""
+        made_by = stamp
         if not isinstance(made_by, dict) or not {"artifact", "sha256", "key"} <= made_by.keys():
             return "it records no artifact hash and key (written by older code)"
         name = made_by["artifact"]

@@ -3,7 +3,7 @@ to a temporary name and renamed into place (a crash never leaves a half-written 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +42,11 @@ def replace_block(text: str, name: str, body: str) -> str:
 def figure_name(stem: str, key: str = "") -> str:
     """The file name write_report gives a figure (for the Markdown that links it)."""
     return f"{stem}-{key}.png" if key else f"{stem}.png"
+
+
+def md_table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row (cells as given, str()'d:
+    the caller formats its numbers)."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out

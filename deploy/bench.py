@@ -499,7 +499,7 @@ def _run_bench(cfg: BenchConfig, texts: list[Item], model: str, points: list[Ser
                            {x: v for x, v in r.items() if x != "predictions"}
                            for k, r in refs.items()},
             "paired_block": PAIRED_BLOCK, "agreement": agree, "goals": goals(sweep, agree, best),
-            "versions": versions(), "made_by": Manifest(Path(cfg.artifacts)).made_by(variant.artifact)}
+            "versions": versions(), "made_by": Manifest(Path(cfg.artifacts)).stamp(variant.artifact)}
 
 
 def goals(sweep: list[dict[str, Any]], agree: dict[str, Any] | None,

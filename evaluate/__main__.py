@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from common.cliconfig import add_config_flags, parse_args
 from common.config import add_flags, from_flags
@@ -50,8 +51,37 @@ def parser() -> argparse.ArgumentParser:
                    help="with --all/--compare: write the comparison into this README's Results block")
     add_flags(p, EvalConfig, title="what is scored and how (EvalConfig)",
               choices={"backend": list(backends()), "split": ["train", "validation", "test"]})
+    # each mode's own fields, generated from its config like the rest (the fields EvalConfig
+    # already has - rows, threads, folders - are taken from it)
+    for cls, prefix in mode_configs():
+        add_flags(p, cls, prefix=prefix, skip=SHARED, title=f"with --{prefix[:-1]} ({cls.__name__})")
     add_config_flags(p)
     return p
+
+
+# fields a mode config shares with EvalConfig (or sets from its mode flag): one flag each
+SHARED = ("backend", "variants", "reference", "data", "split", "batch_size", "threads", "device",
+          "artifacts", "out")
+
+
+def mode_configs() -> list[tuple[type, str]]:
+    from evaluate.gpu_check import GpuCheckConfig
+    from evaluate.op_profile import OpProfileConfig
+    from evaluate.saturation import SaturationConfig
+    from evaluate.speedup import SpeedupConfig
+
+    return [(SpeedupConfig, "speedup-"), (OpProfileConfig, "profile-ops-"),
+            (SaturationConfig, "saturation-"), (GpuCheckConfig, "gpu-check-")]
+
+
+def mode_config(cls: type, prefix: str, cfg: EvalConfig, a: argparse.Namespace, **fixed: Any
+                ) -> Any:
+    """The mode's config: EvalConfig's shared fields, then `fixed`, then its own flags."""
+    shared = {k: getattr(cfg, k) for k in SHARED if hasattr(cfg, k)}
+    try:
+        return from_flags(cls, a, prefix, **{**shared, **fixed})
+    except ConfigError as exc:
+        raise ConfigError(f"--{prefix[:-1]}: {exc}") from None
 
 
 def parse(argv: list[str] | None = None) -> tuple[EvalConfig, argparse.Namespace]:
@@ -123,14 +153,7 @@ def run_speedup_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     from evaluate.speedup import SpeedupConfig, run_speedup, write_speedup
 
     names = variant_list(a.speedup, speedup_variants(cfg.backend), cfg.backend)
-    try:
-        sc = SpeedupConfig(backend=cfg.backend, variants=names, reference=a.reference,
-                           data=cfg.data, split=cfg.split,
-                           sentences=cfg.latency_samples or SpeedupConfig.sentences,
-                           batch_size=cfg.batch_size, threads=cfg.threads, device=cfg.device,
-                           artifacts=cfg.artifacts, out=cfg.out)
-    except ValueError as exc:
-        raise ConfigError(f"--speedup: {exc}") from None
+    sc = mode_config(SpeedupConfig, "speedup-", cfg, a, variants=names, reference=a.reference)
     r = run_speedup(sc)
     paths = write_speedup(r, Path(cfg.out))
     for x in r["rows"]:
@@ -144,12 +167,7 @@ def run_profile_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     from evaluate.op_profile import OpProfileConfig, default_variants, profile_ops, write_op_profile
 
     names = variant_list(a.profile_ops, default_variants(), "ort")
-    try:
-        pc = OpProfileConfig(variants=names, data=cfg.data, split=cfg.split,
-                             sentences=cfg.latency_samples or OpProfileConfig.sentences,
-                             threads=cfg.threads, artifacts=cfg.artifacts, out=cfg.out)
-    except ValueError as exc:
-        raise ConfigError(f"--profile-ops: {exc}") from None
+    pc = mode_config(OpProfileConfig, "profile-ops-", cfg, a, variants=names)
     r = profile_ops(pc)
     paths = write_op_profile(r, Path(cfg.out))
     for row in r["rows"]:
@@ -167,12 +185,7 @@ def run_saturation_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
     )
 
     names = variant_list(a.saturation, default_variants(), "ort")
-    try:
-        sc = SaturationConfig(variants=names, data=cfg.data, split=cfg.split,
-                              sentences=cfg.latency_samples, threads=cfg.threads,
-                              artifacts=cfg.artifacts, out=cfg.out)
-    except ValueError as exc:
-        raise ConfigError(f"--saturation: {exc}") from None
+    sc = mode_config(SaturationConfig, "saturation-", cfg, a, variants=names)
     r = check_saturation(sc)
     paths = write_saturation(r, Path(cfg.out))
     for x in r["rows"]:
@@ -189,9 +202,10 @@ def run_saturation_cli(cfg: EvalConfig, a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
     if a.gpu_check:  # checks --out itself, once it knows there is a GPU to score on
-        from evaluate.gpu_check import run_gpu_check
+        from evaluate.gpu_check import GpuCheckConfig, run_gpu_check
 
-        return run_gpu_check(cfg, Path(cfg.out)).exit_code
+        gc = mode_config(GpuCheckConfig, "gpu-check-", cfg, a)
+        return run_gpu_check(cfg, Path(cfg.out), gc).exit_code
     check_writable(cfg.out, 1 << 20, "--out")  # before the scoring run, not after it
     if a.all or a.compare:
         from evaluate.compare import write_comparison

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common.manifest import Manifest
-from common.reports import write_report
+from common.reports import md_table, write_report
 
 RECORD = "build-record.json"
 
@@ -48,11 +48,10 @@ def run_lines(title: str, run: dict[str, Any]) -> list[str]:
              f"{run.get('wall_minutes')} min wall time, finished {run.get('finished')}, on "
              f"{dev.get('name')} ({dev.get('cores')} cores); stages "
              f"{', '.join(run.get('stages') or [])}; QLoRA beside the baseline: "
-             f"{'yes' if run.get('overlap') else 'no'}.", "",
-             "| step | in that run | seconds | peak RSS MB |", "|---|---|---|---|"]
-    for s in run.get("steps") or []:
-        lines.append(f"| {s['step']} | {s['action']} | {s.get('seconds', '-')} | "
-                     f"{s.get('peak_rss_mb', '-')} |")
+             f"{'yes' if run.get('overlap') else 'no'}.", ""]
+    lines += md_table(["step", "in that run", "seconds", "peak RSS MB"],
+                      ([s["step"], s["action"], s.get("seconds", "-"), s.get("peak_rss_mb", "-")]
+                       for s in run.get("steps") or []))
     return lines + [""]
 
 
@@ -63,14 +62,11 @@ def markdown(r: dict[str, Any]) -> str:
         lines += run_lines("Last `make engines` run of every stage", full)
     if full != last:
         lines += run_lines("Last `make engines` run", last)
-    lines += ["Every artifact as built (its own build, possibly by an earlier run):", "",
-              "| artifact | seconds | peak RSS MB | size MB | built |", "|---|---|---|---|---|"]
-    for name, a in r["artifacts"].items():
-        if "skipped" in a:
-            lines.append(f"| {name} | - | - | - | skipped: {a['skipped']} |")
-        else:
-            lines.append(f"| {name} | {a['seconds']} | {a['peak_rss_mb']} | {a['size_mb']} | "
-                         f"{a['built']} |")
+    lines += ["Every artifact as built (its own build, possibly by an earlier run):", ""]
+    lines += md_table(["artifact", "seconds", "peak RSS MB", "size MB", "built"],
+                      ([name, "-", "-", "-", f"skipped: {a['skipped']}"] if "skipped" in a else
+                       [name, a["seconds"], a["peak_rss_mb"], a["size_mb"], a["built"]]
+                       for name, a in r["artifacts"].items()))
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from common.classes import largest_changes, names_of
 from common.manifest import Manifest, write_json_atomic, write_text_atomic
+from common.reports import md_table
 from evaluate.report import load_report, stem
 
 AGREEMENT_REFERENCE = ("torch", "fp32")
@@ -322,13 +323,15 @@ def comparison_markdown(c: dict) -> str:
             f"{_fmt(v.get('size_ratio'), '.2f')} | "
             f"{_fmt(a.get('top1_pct'), '.2f')} | {_fmt(a.get('max_abs_logit_diff'), '.3f')} |")
     if c["missing"]:
-        out += ["", "## Not measured", "", "| variant | backend | why |", "|---|---|---|"]
-        out += [f"| {m['variant']} | {m['backend']} | {m['reason']} |" for m in c["missing"]]
+        out += ["", "## Not measured", ""]
+        out += md_table(["variant", "backend", "why"],
+                        ([m["variant"], m["backend"], m["reason"]] for m in c["missing"]))
     if c.get("stale"):
         out += ["", "## Stale reports (left out)", "",
                 "Each measured an artifact that is no longer the current one; rerun the fix to "
-                "measure the current build.", "", "| report | why | fix |", "|---|---|---|"]
-        out += [f"| {s['report']} | {s['why']} | `{s['fix']}` |" for s in c["stale"]]
+                "measure the current build.", ""]
+        out += md_table(["report", "why", "fix"],
+                        ([s["report"], s["why"], f"`{s['fix']}`"] for s in c["stale"]))
     if c.get("serving"):
         out += ["", "## Serving on Triton (`python -m deploy bench`)", "",
                 "| variant | backend | device | failed / requests | recommended server | req/s at 16 "
@@ -364,8 +367,9 @@ def comparison_markdown(c: dict) -> str:
                           for v in sa.get("not_checked", []))
                 + f": [{sa['report']}]({sa['report']})."]
     if c.get("studies"):
-        out += ["", "## Quantization study (`python -m study`)", "", "| task | report |", "|---|---|"]
-        out += [f"| {st['task']} | [{st['report']}]({st['report']}) |" for st in c["studies"]]
+        out += ["", "## Quantization study (`python -m study`)", ""]
+        out += md_table(["task", "report"], ([st["task"], f"[{st['report']}]({st['report']})"]
+                                             for st in c["studies"]))
     names = c.get("labels") or []
     shown = largest_changes(c["rows"], "per_class_delta_pt", names)
     which = ("" if len(shown) == len(names) else

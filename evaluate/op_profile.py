@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import check_ranges
+from common.config import check_ranges, doc
 
 # FP32 and INT8 forms of the same work, so that a row reads "matrix products" in both graphs
 GROUPS = {"MatMul": "matrix products", "MatMulIntegerToFloat": "matrix products",
@@ -53,9 +53,10 @@ class OpProfileConfig:
     variants: tuple[str, ...] = field(default_factory=default_variants)
     data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
-    sentences: int = 300
-    round_size: int = 20  # sentences per variant per interleaved round
-    settle_ms: int = 100  # untimed pause before each turn (evaluate/speedup.py says why)
+    sentences: int = doc(300, "batch-1 sentences profiled per variant (the first N of the split)")
+    round_size: int = doc(20, "sentences per variant per interleaved round")
+    # why the pause: evaluate/speedup.py
+    settle_ms: int = doc(100, "untimed pause (ms) before each variant's turn")
     threads: int = 0
     artifacts: str = "artifacts"
     out: str = "reports"
@@ -78,7 +79,7 @@ def op_times(profile: Path, skip_runs: int) -> tuple[dict[str, float], dict[str,
     if len(runs) != 2 * skip_runs:
         # ONNX Runtime stops recording at 1,000,000 events: averages over partial runs would lie
         raise RuntimeError(f"{profile}: {len(runs)} runs recorded, {2 * skip_runs} expected (the "
-                           "profiler's event cap?); profile fewer sentences (--latency-samples)")
+                           "profiler's event cap?); profile fewer sentences (--profile-ops-sentences)")
     start = runs[skip_runs]["ts"]
     n = len(runs) - skip_runs
     us: Counter[str] = Counter()
@@ -140,7 +141,7 @@ def profile_ops(cfg: OpProfileConfig) -> dict[str, Any]:
                    for op, t in sorted(ms.items(), key=lambda kv: -kv[1])]
             rows.append({"variant": v, "run_ms": run_ms, "ops_ms": sum(ms.values()), "ops": ops})
     # what each row measured: the comparison leaves the report out once an artifact changes
-    made_by = {v: man.made_by(arts[v]) for v in cfg.variants}
+    made_by = {v: man.stamp(arts[v]) for v in cfg.variants}
     return {"backend": "ort", "config": asdict(cfg), "threads": threads, "sentences": n,
             "device": cpu_device(), "rows": rows, "versions": versions(), "made_by": made_by}
 

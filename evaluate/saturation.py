@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import check_ranges
+from common.config import check_ranges, doc
 
 # op -> (index of its INT8 weight input, of that weight's zero point, of its scale or None)
 WEIGHT_INPUTS = {"DequantizeLinear": (0, 2, 1), "MatMulIntegerToFloat": (1, 5, 3),
@@ -43,7 +43,7 @@ class SaturationConfig:
     variants: tuple[str, ...] = field(default_factory=default_variants)
     data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
-    sentences: int = 0  # 0: the whole split
+    sentences: int = doc(0, "sentences checked (the first N of the split; 0: all)")
     threads: int = 0
     artifacts: str = "artifacts"
     out: str = "reports"
@@ -168,7 +168,7 @@ def check_saturation(cfg: SaturationConfig) -> dict[str, Any]:
             "device": cpu_device(), "rows": rows, "versions": versions(),
             # the project's one rule for where U8 x S8 saturates (it also picks QAT's weights)
             "u8s8_saturates": int8_weights_for_this_cpu() == "u8",
-            "made_by": {v: man.made_by(arts[v]) for v in cfg.variants}}
+            "made_by": {v: man.stamp(arts[v]) for v in cfg.variants}}
 
 
 def markdown(r: dict) -> str:

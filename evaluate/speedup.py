@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import check_ranges
+from common.config import check_ranges, doc
 
 
 @dataclass(frozen=True)
@@ -33,17 +33,17 @@ class SpeedupConfig:
     reference: str = ""  # default: the first variant
     data: str = ""  # the rows: empty = the build's task (common.task.scoring_task)
     split: str = "test"
-    sentences: int = 2000  # batch-1 sentences per variant (the first N of the split)
-    round_size: int = 20  # sentences per variant per round
+    sentences: int = doc(2000, "batch-1 sentences per variant (the first N of the split)")
+    round_size: int = doc(20, "sentences per variant per interleaved round")
     batch_size: int = 32
-    batches: int = 8  # batched rounds (one batch per variant per round)
+    batches: int = doc(8, "batched rounds (one batch per variant per round)")
     # untimed pause before each variant's turn, so the previous variant's spinning threads stop
-    settle_ms: int = 100
+    settle_ms: int = doc(100, "untimed pause (ms) before each variant's turn")
     threads: int = 0
     device: str = "cpu"
     artifacts: str = "artifacts"
     out: str = "reports"
-    seed: int = 0
+    seed: int = doc(0, "seed of the bootstrap intervals of the ratios")
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -133,9 +133,9 @@ def run_speedup(cfg: SpeedupConfig) -> dict[str, Any]:
                      "batched_ms_median": float(np.median(btimes[v]) * 1e3),
                      "speedup_batched": bs, "speedup_batched_ci95": [blo, bhi]})
     return {"backend": cfg.backend, "reference": cfg.ref, "config": asdict(cfg), "threads": threads,
-            "device": cpu_device() if cfg.device == "cpu" else cuda_device(),
+            "device": cpu_device() if cfg.device == "cpu" else cuda_device(cfg.device),
             "rounds": len(times[cfg.ref]), "sentences": n, "rows": rows, "versions": versions(),
-            "made_by": {v: man.made_by(find_variant(cfg.backend, v).artifact) for v in cfg.variants}}
+            "made_by": {v: man.stamp(find_variant(cfg.backend, v).artifact) for v in cfg.variants}}
 
 
 def markdown(r: dict) -> str:

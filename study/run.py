@@ -292,4 +292,4 @@ def run_study(cfg: StudyConfig) -> dict:
 def _baseline_made_by(cfg: StudyConfig) -> dict[str, Any]:
     from common.manifest import Manifest
 
-    return Manifest(Path(cfg.artifacts)).made_by("baseline")
+    return Manifest(Path(cfg.artifacts)).stamp("baseline")

@@ -102,3 +102,52 @@ def test_a_missing_or_non_table_file(tmp_path, capsys):
     f.write_text("split: dev\n")
     assert main(["--config", str(f), "--compare"]) == 2
     assert "key 'split' is one of train, validation, test, not 'dev'" in _err(capsys)
+
+
+def test_evaluate_modes_take_their_own_generated_flags(tmp_path, capsys):
+    """--speedup, --profile-ops and --saturation read their configs' own fields from flags
+    generated like the rest (`--speedup-sentences` is not `--latency-samples`), from a config
+    file too, with out-of-range values refused in one line naming the mode."""
+    from evaluate.__main__ import mode_config, mode_configs, parse
+    from evaluate.op_profile import OpProfileConfig
+    from evaluate.saturation import SaturationConfig
+    from evaluate.speedup import SpeedupConfig
+
+    f = tmp_path / "bench.toml"
+    f.write_text("speedup-sentences = 40\nspeedup-round-size = 10\nprofile-ops-sentences = 7\n"
+                 "saturation-sentences = 9\nlatency-samples = 3\nthreads = 1\n")
+    cfg, a = parse(["--backend", "ort", "--speedup", "default", "--config", str(f),
+                    "--speedup-batches", "2"])
+    sc = mode_config(SpeedupConfig, "speedup-", cfg, a, variants=("fp32", "ptq"))
+    assert (sc.sentences, sc.round_size, sc.batches, sc.threads) == (40, 10, 2, 1)
+    assert mode_config(OpProfileConfig, "profile-ops-", cfg, a, variants=("fp32",)).sentences == 7
+    assert mode_config(SaturationConfig, "saturation-", cfg, a, variants=("ptq",)).sentences == 9
+    from evaluate.gpu_check import GpuCheckConfig
+
+    assert {c for c, _ in mode_configs()} == {SpeedupConfig, OpProfileConfig, SaturationConfig,
+                                              GpuCheckConfig}
+    assert mode_config(GpuCheckConfig, "gpu-check-", *parse(
+        ["--gpu-check", "--gpu-check-row-timeout-s", "60"])).row_timeout_s == 60
+    with pytest.raises(SystemExit):
+        parse(["--backend", "ort", "--speedup", "default", "--print-config"])
+    printed = capsys.readouterr().out
+    assert "speedup-sentences = 2000\n" in printed and "saturation-sentences = 0\n" in printed
+    from common.errors import ConfigError
+
+    cfg, a = parse(["--backend", "ort", "--speedup", "default", "--speedup-round-size", "0"])
+    with pytest.raises(ConfigError, match="^--speedup: SpeedupConfig: .*round_size"):
+        mode_config(SpeedupConfig, "speedup-", cfg, a, variants=("fp32", "ptq"))
+
+
+def test_a_config_handed_to_a_child_process_comes_back_equal():
+    """common.config.to_flags: the flags that give a config back through the same parser (how
+    --gpu-check hands its settings to each row's process)."""
+    from common.config import to_flags
+    from evaluate.__main__ import parse
+    from evaluate.run import EvalConfig
+
+    cfg = EvalConfig(backend="ort", variant="ptq", data="/x/y", threads=3, limit=16,
+                     latency_samples=4, batch_size=8, split="validation")
+    assert to_flags(EvalConfig()) == []
+    got, _ = parse(to_flags(cfg))
+    assert got == cfg

@@ -83,7 +83,7 @@ def test_cli_profiles_ort_graphs_only(tiny_artifacts, data_dir, tmp_path, capsys
     rc = main(["--backend", "ort", "--profile-ops", "fp32,no-such", "--artifacts",
                str(tiny_artifacts), "--data", str(data_dir), "--out", str(tmp_path)])
     assert rc == 2 and "no-such" in capsys.readouterr().err
-    rc = main(["--backend", "ort", "--profile-ops", "fp32", "--latency-samples", "3", "--threads",
+    rc = main(["--backend", "ort", "--profile-ops", "fp32", "--profile-ops-sentences", "3", "--threads",
                "1", "--artifacts", str(tiny_artifacts), "--data", str(data_dir), "--out",
                str(tmp_path)])
     assert rc == 0 and (tmp_path / "ops-ort.json").is_file()

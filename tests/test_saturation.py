@@ -131,7 +131,7 @@ def test_cli_checks_ort_graphs_only(tiny_artifacts, data_dir, tmp_path, capsys):
         main(["--backend", "torch", "--saturation", "default", "--artifacts", str(tiny_artifacts)])
     assert "give --backend ort" in capsys.readouterr().err
     assert main(["--backend", "ort", "--saturation", "ptq-fused", "--data", str(data_dir),
-                 "--latency-samples", "4", "--threads", "1", "--artifacts", str(tiny_artifacts),
+                 "--saturation-sentences", "4", "--threads", "1", "--artifacts", str(tiny_artifacts),
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ort/ptq-fused:" in out and "of 4 answers differ" in out
