@@ -39,7 +39,7 @@ TASK_ARGS := $(DATA_ARG) $(if $(LABELS),--labels $(LABELS),)
 SEED_DATA := $(or $(DATA),$(ARTIFACTS)/task)
 
 .PHONY: setup engines evaluate report readme-results speedup ops saturation serve triton-repo k8s bench study gpu-check \
-        baseline-seeds test lint typecheck pytest clean
+        baseline-seeds gpu-bundle test lint typecheck pytest clean
 
 setup: $(SETUP)
 
@@ -134,6 +134,11 @@ baseline-seeds: $(SETUP)
 study: $(SETUP)
 	$(PY) -m study --task classifier $(DATA_ARG) --artifacts $(ARTIFACTS) --out $(REPORTS) \
 	    --threads $(THREADS)
+
+# One offline archive (<= 64 MiB) for an air-gapped CUDA host with only torch: source, the build's
+# task, the base model (FP16 + xz), the wheels it lacks, deploy/gpu_run.sh -> gpu-bundle/bundle.tar
+gpu-bundle: $(SETUP)
+	$(PY) -m deploy gpu-bundle --artifacts $(ARTIFACTS) $(MODEL_ARG)
 
 # Every GPU row this machine can score (torch CUDA FP32/FP16, QLoRA on CUDA, ORT CUDA, TensorRT)
 # -> reports/gpu/, one line per row it skips; on a CPU machine one line saying there is no GPU.

@@ -92,14 +92,53 @@ def cuda_driver() -> dict[str, str | None]:
     return out
 
 
-def cuda_device(index: int = 0) -> dict[str, object]:
-    """What a GPU number was measured on: the GPU, its compute capability and memory, the driver,
-    the CUDA runtime and cuDNN torch uses."""
+def cuda_index(device: int | str = "cuda") -> int:
+    """The GPU number a device names: `cuda:N` -> N; `cuda` -> torch's current device."""
+    if isinstance(device, int):
+        return device
+    head, _, num = str(device).partition(":")
+    if head != "cuda" or (num and not num.isdigit()):
+        raise ValueError(f"not a CUDA device: {device!r} (cuda or cuda:N)")
+    if num:
+        return int(num)
     import torch  # lazy: only for GPU descriptions
 
+    return int(torch.cuda.current_device())
+
+
+def reset_gpu_peak(device: str) -> None:
+    """Start torch's peak-memory count afresh on `device` (nothing on a CPU device)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(cuda_index(device))
+
+
+def gpu_memory(device: str) -> dict[str, object] | None:
+    """GPU memory as a run leaves it (None on a CPU device): torch's peak allocation since
+    reset_gpu_peak, and the device's memory in use now by every allocator (ONNX Runtime's and
+    TensorRT's are not torch's) and every process on it."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    index = cuda_index(device)
+    free, total = torch.cuda.mem_get_info(index)
+    return {"torch_peak_allocated_mb": round(torch.cuda.max_memory_allocated(index) / 1e6, 1),
+            "device_in_use_mb": round((total - free) / 1e6, 1),
+            "note": "device_in_use_mb counts every allocator and every process on the GPU"}
+
+
+def cuda_device(device: int | str = "cuda") -> dict[str, object]:
+    """What a GPU number was measured on (`device`: cuda, cuda:N or N): the GPU, its number,
+    compute capability and memory, the driver, the CUDA runtime and cuDNN torch uses."""
+    import torch  # lazy: only for GPU descriptions
+
+    index = cuda_index(device)
     props = torch.cuda.get_device_properties(index)
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"kind": "cuda", "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+    return {"kind": "cuda", "index": index, "name": props.name,
+            "compute_capability": f"{props.major}.{props.minor}",
             "memory_gb": round(props.total_memory / 2**30, 1), **cuda_driver(),
             "cuda_runtime": torch.version.cuda, "cudnn": cudnn, "torch": torch.__version__}
 

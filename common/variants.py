@@ -72,7 +72,7 @@ class Variant:
     # activation ranges taken per batch (padding included): predictions depend on what else is
     # in the batch, so behind a dynamic batcher one user's answer depends on other requests
     batch_dependent: bool = False
-    device: str = "any"  # "cuda": runs on a GPU only
+    device: str = "any"  # "cuda": runs on a GPU only; "cpu": on the CPU only
     needs: tuple[str, ...] = ()  # libraries it cannot run without (NEEDS)
     gpu_row: bool = False  # scored by `make gpu-check` on a CUDA GPU
     serve: tuple[str, ...] = ("triton",)
@@ -143,7 +143,7 @@ for _v in (
             gpu_row=True, serve=(), runner="torch-graphs"),
     Variant("torch", "ptq-dynamic", "torch-ptq-dynamic",
             "torch.ao quantize_dynamic: int8 layer Linear weights, activations quantized per batch",
-            INT8, batch_dependent=True, speedup=LISTED),
+            INT8, batch_dependent=True, speedup=LISTED, device="cpu"),
     Variant("ort", "fp32", "onnx-fp32", "FP32 ONNX export (plain graph)", FP32, gpu_row=True,
             serve=_NGC, speedup=LISTED, hf=True, lists=("fp32-reference", "seed-reference")),
     Variant("ort", "fp32-fused", "onnx-fp32-fused", "FP32 ONNX after ORT's transformers optimizer",
@@ -295,6 +295,8 @@ def unavailable(v: Variant, device: str = "cpu") -> str | None:
         why = missing_library(need)
         if why:
             return why
+    if v.device == "cpu" and cuda:  # torch's quantized kernels exist on the CPU only
+        return f"{v.key} has no CUDA path (it runs on the CPU only): score it with --device cpu"
     if v.device == "cuda" and not cuda:
         return ("runs on a CUDA GPU only: `make gpu-check` (or --device cuda) on a machine with "
                 "one")

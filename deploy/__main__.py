@@ -3,9 +3,10 @@
 python -m deploy triton-repo --out model_repository/ [--variant ort/ptq-fused] [--cpu]
 python -m deploy bench       [--variant ort/fp32] [--url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001]
 python -m deploy k8s         --out k8s/ [--variant ort/ptq-fused] [--cpu] [--image ...] [--hpa-metric cpu|queue]
+python -m deploy gpu-bundle  [--out gpu-bundle/bundle.tar] [--cuda 130]   one offline archive for a GPU host
 
 The config flags of each subcommand are generated from its frozen config (ServeConfig, K8sConfig,
-BenchConfig), as engines' and evaluate's are."""
+BenchConfig, GpuBundleConfig), as engines' and evaluate's are."""
 
 from __future__ import annotations
 
@@ -122,6 +123,16 @@ def bench(a) -> int:
     return 0
 
 
+def gpu_bundle(a) -> int:
+    from common.config import from_flags
+    from deploy.gpu_bundle import GpuBundleConfig, build_bundle
+
+    m = build_bundle(from_flags(GpuBundleConfig, a))
+    print(f"GPU bundle {m['bundle']} -> {a.out or GpuBundleConfig().out} "
+          f"({m['archive_bytes'] / 2**20:.1f} MiB); on the GPU host: {m['run']}")
+    return 0
+
+
 def check_output(a: argparse.Namespace) -> None:
     """Where the subcommand writes, checked before it loads or measures anything (one line
     naming the path: a file, read-only, no room)."""
@@ -131,6 +142,12 @@ def check_output(a: argparse.Namespace) -> None:
         if Path(a.out).exists():
             check_writable(a.out, 0, "--out")
         check_writable(Path(a.out).resolve().parent, 1 << 20, f"--out {a.out}: its parent")
+    elif a.cmd == "gpu-bundle":
+        from deploy.gpu_bundle import GpuBundleConfig
+
+        out = Path(a.out or GpuBundleConfig().out)
+        check_writable(out.resolve().parent if out.parent.exists() else Path("."), 80 << 20,
+                       f"--out {out}: its folder")
     elif a.cmd == "bench":
         from deploy.bench import BenchConfig
 
@@ -169,9 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="load benchmark (starts its own servers unless --url)")
     _serve_args(b)
     add_flags(b, BenchConfig, skip=("serve", "artifacts"), title="the sweep (BenchConfig)")
-    for one in (s, r, k, b):
+    from deploy.gpu_bundle import GpuBundleConfig
+
+    g = sub.add_parser("gpu-bundle", help="one offline archive (<= 64 MiB) a GPU host runs: "
+                                          "source, task, base model, wheels, run script")
+    add_flags(g, GpuBundleConfig, title="the bundle (GpuBundleConfig)")
+    for one in (s, r, k, b, g):
         add_config_flags(one)
     a = parse_args(p, argv)
+    if a.cmd == "gpu-bundle":
+        check_output(a)
+        return gpu_bundle(a)
     _serve_config(a)  # an unknown variant or a bad flag is refused before anything is written
     check_output(a)
     return {"serve": serve, "triton-repo": triton_repo, "k8s": k8s, "bench": bench}[a.cmd](a)

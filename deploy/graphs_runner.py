@@ -22,6 +22,24 @@ from common.buckets import Buckets, pad_feed
 from deploy.runner import BaseRunner, RunnerError
 from deploy.torch_runner import tensor_bytes
 
+# Families whose eager forward cannot be captured, with why (said in one line by load): DeBERTa-v2
+# builds its relative-position tensors on the host and copies them to the device inside the
+# forward, a host-to-device copy that CUDA graph capture refuses.
+NO_CAPTURE = {"deberta-v2": "its eager forward copies host-built relative-position tensors to "
+                            "the device, which CUDA graph capture refuses"}
+
+
+def capture_refusal(checkpoint: Path) -> str | None:
+    """Why the model in `checkpoint` cannot be replayed from CUDA graphs, or None."""
+    import json
+
+    try:
+        kind = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the load says what is wrong with the folder
+    why = NO_CAPTURE.get(str(kind.get("model_type")))
+    return f"{kind.get('model_type')}: {why}" if why else None
+
 
 class CudaGraphRunner(BaseRunner):
     backend = "torch"
@@ -48,6 +66,10 @@ class CudaGraphRunner(BaseRunner):
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        refused = capture_refusal(self.checkpoint) if self.capture else None
+        if refused:
+            raise RunnerError(f"torch/{self.variant} cannot capture this model ({refused}); "
+                              "score torch/fp16 (eager) instead")
         if self.capture and not (self.device.startswith("cuda") and torch.cuda.is_available()):
             raise RunnerError(f"torch/{self.variant} captures CUDA graphs: it needs a CUDA GPU "
                               "(--device cuda on a machine with one)")
@@ -132,5 +154,5 @@ class CudaGraphRunner(BaseRunner):
         if self.device.startswith("cuda"):
             from common.env import cuda_device
 
-            out["device_info"] = {**cuda_device(), "attention": "eager (CUDA graphs)"}
+            out["device_info"] = {**cuda_device(self.device), "attention": "eager (CUDA graphs)"}
         return out

@@ -15,9 +15,19 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
 
 
+def split_provider(provider: str) -> tuple[str, int | None]:
+    """`cuda:1` -> ("cuda", 1); `cuda` -> ("cuda", None); `cpu` -> ("cpu", None)."""
+    kind, _, num = provider.partition(":")
+    if num and not (kind in ("cuda", "tensorrt") and num.isdigit()):
+        raise RunnerError(f"unknown provider {provider!r}; choose one of {sorted(PROVIDERS)} "
+                          "(cuda:N for GPU N)")
+    return kind, int(num) if num else None
+
+
 def check_provider(provider: str) -> str:
     import onnxruntime as ort
 
+    provider, _ = split_provider(provider)
     if provider not in PROVIDERS:
         raise RunnerError(f"unknown provider {provider!r}; choose one of {sorted(PROVIDERS)}")
     want = PROVIDERS[provider]
@@ -36,9 +46,11 @@ def provider_options(provider: str, variant: str) -> dict[str, str]:
     GPU "fp32" row is FP32, as the TensorRT fp32 engine (TF32 cleared) is."""
     from common.variants import FP32, find_variant
 
-    if provider == "cuda" and find_variant("ort", variant).precision is FP32:
-        return {"use_tf32": "0"}
-    return {}
+    kind, index = split_provider(provider)
+    out = {"device_id": str(index)} if index is not None else {}
+    if kind == "cuda" and find_variant("ort", variant).precision is FP32:
+        out["use_tf32"] = "0"
+    return out
 
 
 def initializer_bytes(path: Path) -> int:
@@ -125,14 +137,15 @@ class OrtRunner(BaseRunner):
         return [self.path, *self.extra_files]
 
     def info(self) -> dict[str, Any]:
-        out = {**super().info(), "device": self.provider, "provider": PROVIDERS[self.provider],
+        kind, index = split_provider(self.provider)
+        out = {**super().info(), "device": self.provider, "provider": PROVIDERS[kind],
                "active_providers": self.session.get_providers() if self.session else None,
                "provider_options": provider_options(self.provider, self.variant),
                "graph_optimization": "ORT_ENABLE_ALL"}
         if self.session is not None:
             out["weight_bytes"] = self.weight_bytes
-        if self.provider == "cuda":
+        if kind == "cuda":
             from common.env import cuda_device
 
-            out["device_info"] = cuda_device()
+            out["device_info"] = cuda_device(index or 0)
         return out

@@ -127,5 +127,5 @@ class TorchRunner(BaseRunner):
         if self.device.startswith("cuda"):
             from common.env import cuda_device
 
-            out["device_info"] = {**cuda_device(), "attention": self.attention}
+            out["device_info"] = {**cuda_device(self.device), "attention": self.attention}
         return out

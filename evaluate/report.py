@@ -24,7 +24,7 @@ def to_markdown(r: dict) -> str:
         "",
         f"- model: `{r['model']}`; data: `{r['data']}` split `{r['split']}` ({r['n_examples']} rows)",
         *task_lines(r),
-        f"- device: {dev.get('name', dev.get('kind'))}; provider: {r['provider']}; threads: {r['threads']}",
+        f"- device: {device_line(dev)}; provider: {r['provider']}; threads: {r['threads']}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in sorted(r['versions'].items()))}",
         "",
         "| metric | value |",
@@ -37,6 +37,11 @@ def to_markdown(r: dict) -> str:
         f"{'yes' if r['batch_invariance']['batch_invariant'] else 'no'}: "
         f"{r['batch_invariance']['differ']} predictions differ |",
         f"| size MB | {r['size_mb']:.1f} |",
+        *([f"| weights in memory MB | {r['weights_in_memory_mb']:.1f} |"]
+          if r.get("weights_in_memory_mb") else []),
+        *([f"| GPU memory MB: torch peak allocated / device in use (every allocator) | "
+           f"{r['gpu_memory']['torch_peak_allocated_mb']:.0f} / "
+           f"{r['gpu_memory']['device_in_use_mb']:.0f} |"] if r.get("gpu_memory") else []),
         f"| latency batch 1 p50 / p95 / p99 ms | {lat['p50']:.2f} / {lat['p95']:.2f} / {lat['p99']:.2f} |",
         f"| latency batch {bl['batch_size']} p50 / p95 ms | {bl['p50']:.2f} / {bl['p95']:.2f} |",
         f"| throughput (batch {tp['batch_size']}) | {tp['examples_per_s']:.1f} examples/s |",
@@ -52,6 +57,20 @@ def to_markdown(r: dict) -> str:
     if r.get("made_by"):
         lines += made_by_markdown(r["made_by"])
     return "\n".join(lines)
+
+
+def device_line(dev: dict) -> str:
+    """The device a report measured on: a GPU with its number, capability, memory, driver and
+    CUDA; a CPU by name."""
+    if dev.get("kind") != "cuda":
+        return str(dev.get("name", dev.get("kind")))
+    facts = [f"cuda:{dev['index']}" if "index" in dev else "",
+             f"compute capability {dev['compute_capability']}" if dev.get("compute_capability") else "",
+             f"{dev['memory_gb']} GB" if dev.get("memory_gb") else "",
+             f"driver {dev['driver']}" if dev.get("driver") else "",
+             f"CUDA {dev['cuda_runtime']}" if dev.get("cuda_runtime") else "",
+             f"TensorRT {dev['tensorrt']}" if dev.get("tensorrt") else ""]
+    return f"{dev.get('name')} ({', '.join(x for x in facts if x)})"
 
 
 def task_lines(r: dict) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 from common.checkpoint import baseline_encoder, baseline_meta
 from common.config import doc
 from common.data import SPLITS
-from common.env import cpu_device, versions
+from common.env import cpu_device, gpu_memory, reset_gpu_peak, versions
 from common.errors import ConfigError
 from common.feeds import batches
 from common.manifest import Manifest, size_bytes
@@ -69,12 +69,12 @@ MADE_BY_KEYS = ("quantization", "qat", "qat_training", "qdq", "agreement_vs_fake
                 "static", "blocks_fp32", "val_drop_pt", "quantized_ops", "trt", "search")
 
 
-def made_by(man: Manifest, backend: str, variant: str) -> dict[str, Any]:
+def variant_stamp(man: Manifest, backend: str, variant: str) -> dict[str, Any]:
     """What the report measured: the artifact's hash, key (recipe + inputs, the code's
     fingerprint among them) and recipe, so a publisher can check it against the manifest."""
     name = find_variant(backend, variant).artifact
     e = man.get(name)
-    return {**man.made_by(name), **{k: e[k] for k in MADE_BY_KEYS if k in e}}
+    return {**man.stamp(name), **{k: e[k] for k in MADE_BY_KEYS if k in e}}
 
 
 def _finite(logits: np.ndarray, what: str) -> np.ndarray:
@@ -100,6 +100,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     enc = te.encode_split(split)  # tokenized once, reused by every pass
     y = np.asarray(split.labels)
     what = f"{cfg.backend}/{cfg.variant}"
+    reset_gpu_peak(cfg.device)
     with runner:
         names = runner.input_names
         # Batched pass: dataset order, each batch padded to its own longest sentence.
@@ -118,6 +119,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         logits = _finite(np.concatenate(outs), what)
         info = runner.info()
         files = runner.files()
+        gpu_mem = gpu_memory(cfg.device)  # before the runner lets its memory go
 
     metrics = classification_metrics(y, logits.argmax(-1), task.labels)
     batched = classification_metrics(y, batched_logits.argmax(-1), task.labels)
@@ -146,6 +148,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "size_note": "bytes on disk of what the variant ships and its runner loads (" +
                      ", ".join(sorted({Path(f).name for f in files})) + "); tokenizer excluded",
         "weights_in_memory_mb": info.get("weight_bytes", 0) / 1e6 or None,
+        **({"gpu_memory": gpu_mem} if gpu_mem else {}),
         "latency_ms": latency_stats(lat[:n_lat]),
         "batched_latency_ms": {**latency_stats(batch_times), "batch_size": cfg.batch_size},
         "throughput": {"examples_per_s": len(enc) / float(np.sum(batch_times)),
@@ -161,7 +164,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             "max_length": te.max_length, "truncated_texts": enc.truncated,
         },
         "versions": versions(), "config": asdict(cfg),
-        "made_by": made_by(man, cfg.backend, cfg.variant),
+        "made_by": variant_stamp(man, cfg.backend, cfg.variant),
         **({"weight_memory": {**info["weight_memory"], "fp32_weight_bytes": info.get("fp32_weight_bytes"),
                               "note": "in-memory weight bytes of the NF4 model (packed 4-bit + "
                                       "quantization state + FP parts)"}, "qlora": info.get("qlora")}
