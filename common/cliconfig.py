@@ -31,6 +31,18 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="write the effective settings as TOML (a --config file) and exit")
 
 
+def _toml_loads(path: Path, text: str) -> Any:
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # 3.10: the same parser as the package it came from, where installed
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise ConfigError(f"--config {path}: reading TOML needs Python 3.11+ (tomllib) or "
+                              "`pip install tomli`; or write the settings as YAML") from None
+    return tomllib.loads(text)
+
+
 def read_file(path: Path) -> dict[str, Any]:
     """The file's key/value table; one line naming the file when it cannot be read as one."""
     if not path.is_file():
@@ -42,9 +54,9 @@ def read_file(path: Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
         else:
-            import tomllib
-
-            data = tomllib.loads(text)
+            data = _toml_loads(path, text)
+    except ConfigError:
+        raise
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"--config {path} cannot be read ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else exc})") from None
