@@ -64,6 +64,9 @@ def exact_twin(model: Any) -> int:
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
+    # zero points given by Constant nodes (as torch's exporter writes them, the QAT graph's)
+    consts = {o: numpy_helper.to_array(at.t) for n in g.node if n.op_type == "Constant"
+              for at in n.attribute if at.name == "value" for o in n.output}
     made: dict[str, str] = {}  # old initializer -> its U8 form (weights and zero points are shared)
 
     def u8(name: str, values: np.ndarray) -> str:
@@ -83,10 +86,10 @@ def exact_twin(model: Any) -> int:
         if w is None or w.data_type != TensorProto.INT8:
             continue  # an activation, or weights that are U8 already
         zname = node.input[zi] if len(node.input) > zi else ""
-        if zname and zname not in inits:
+        if zname and zname not in inits and zname not in consts:
             continue  # a zero point computed at run time: not a stored weight
         if zname:
-            zp = numpy_helper.to_array(inits[zname])
+            zp = numpy_helper.to_array(inits[zname]) if zname in inits else consts[zname]
         else:  # absent means 0, shaped like the scale (per channel or per tensor)
             scale = inits.get(node.input[si]) if si is not None else None
             zp = np.zeros(numpy_helper.to_array(scale).shape if scale is not None else (),

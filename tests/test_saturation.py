@@ -174,3 +174,33 @@ def test_a_graph_with_u8_weights_is_not_checked(tiny_artifacts, data_dir, tmp_pa
     assert [x["variant"] for x in sa["rows"]] == ["dynamic-fused"]
     assert sa["not_checked"] == ["ptq-fused"]
     assert "ptq-fused not checked (its weights are already U8)" in comparison_markdown(c)
+
+
+def test_zero_points_given_by_constant_nodes_are_rewritten_too(tiny_artifacts):
+    """torch's exporter writes the QAT graph's zero points as Constant nodes, not initializers:
+    its S8 weights are rewritten all the same (the check once called such a graph "already U8"),
+    and the twin dequantizes to the same values."""
+    rng = np.random.default_rng(1)
+    w8 = rng.integers(-128, 128, (8, 3), dtype=np.int8)
+    inits = [numpy_helper.from_array(w8, "w"),
+             numpy_helper.from_array(np.full(3, 0.02, np.float32), "ws")]
+    nodes = [helper.make_node("Constant", [], ["wz"], value=numpy_helper.from_array(
+                 np.zeros(3, np.int8), "wz_value")),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["w1"], axis=1),
+             helper.make_node("MatMul", ["X", "w1"], ["Y"])]
+    vi = helper.make_tensor_value_info
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [vi("X", TensorProto.FLOAT, [2, 8])], [vi("Y", TensorProto.FLOAT, [2, 3])],
+        inits), opset_imports=[helper.make_opsetid("", 17)])
+    x = {"X": rng.normal(size=(2, 8)).astype(np.float32)}
+    before = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, x)[0]
+    assert exact_twin(model) == 1
+    names = {i.name: i for i in model.graph.initializer}
+    assert names["w_u8"].data_type == TensorProto.UINT8
+    np.testing.assert_array_equal(numpy_helper.to_array(names["wz_u8"]), [128, 128, 128])
+    after = _session(model, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, x)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    # the tiny build's QAT graph: every S8 weight it holds (none where its weights are U8) is one
+    # the twin rewrites
+    qat = onnx.load(str(tiny_artifacts / "onnx" / "qat.onnx"))
+    assert exact_twin(qat) == _int8_weights(tiny_artifacts / "onnx" / "qat.onnx")
