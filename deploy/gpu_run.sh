@@ -45,5 +45,7 @@ part build "$PY" -m engines --model "$WORK/model" --data "$DATA" --stages "$STAG
     --artifacts "$WORK/artifacts" $(cat "$HERE/TASK_ARGS" 2>/dev/null)
 part gpu-check "$PY" -m evaluate --gpu-check --artifacts "$WORK/artifacts" \
     --out "$OUT/results" --threads 1
+# the tests' slices come from the bundled task (the emotion rows where the task is emotion)
+export EMOTION_DATA="$DATA"
 part pytest-gpu "$PY" -m pytest -m gpu -q -p no:cacheprovider tests
 log "done: $OUT/results (gpu-check.md first)"
