@@ -11,6 +11,22 @@ from common.codehash import code_fingerprint, code_modules, normalised
 from evaluate.__main__ import main as evaluate_main
 
 
+def edit_module(monkeypatch, tmp_path, module: str) -> None:
+    """The fingerprinting reads `module` from an edited copy (one line added), as if its source
+    had been changed; the fingerprints' cache is cleared (callers clear it again when done)."""
+    import shutil
+
+    import common.codehash as ch
+
+    changed = tmp_path / "edited" / (module.replace(".", "/") + ".py")
+    changed.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ch._module_file(module), changed)
+    changed.write_text(changed.read_text() + "\n\nCHANGED = 1\n")
+    real = ch._module_file
+    monkeypatch.setattr(ch, "_module_file", lambda name: changed if name == module else real(name))
+    ch._closure.cache_clear()
+
+
 def test_comments_docstrings_and_blank_lines_do_not_count():
     a = textwrap.dedent('''
         def f(x):
@@ -82,20 +98,12 @@ def test_changed_code_rebuilds_what_it_affects(tiny_artifacts, tiny_model_dir, d
                                                monkeypatch):
     """A change to export/onnx_export.py marks the ONNX export (and what is made from it) stale,
     with that reason; the baseline stays up to date."""
-    import shutil
 
     import common.codehash as ch
     from engines.pipeline import plan_all
     from tests.conftest import tiny_build_config
 
-    changed = tmp_path / "export" / "onnx_export.py"
-    changed.parent.mkdir()
-    shutil.copy(ch.ROOT / "export" / "onnx_export.py", changed)
-    changed.write_text(changed.read_text() + "\n\nCHANGED = 1\n")
-    real = ch._module_file
-    monkeypatch.setattr(ch, "_module_file",
-                        lambda name: changed if name == "export.onnx_export" else real(name))
-    ch._closure.cache_clear()
+    edit_module(monkeypatch, tmp_path, "export.onnx_export")
     try:
         plan = plan_all(tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts))
     finally:
@@ -192,7 +200,6 @@ def test_publishing_leaves_out_what_changed_code_would_rebuild(tiny_artifacts, t
     """Edit the fused graph's builder: `--dry-run` lists the fused graph (and what is made from
     it) for rebuild, and the comparison marks the report of the fused graph stale with that
     reason while the plain graph's report stays current; a model card quotes no score for it."""
-    import shutil
 
     import common.codehash as ch
     from common.manifest import Manifest
@@ -212,13 +219,7 @@ def test_publishing_leaves_out_what_changed_code_would_rebuild(tiny_artifacts, t
     assert {p.name for p, _ in current["variant"]} == {"ort-fp32.json", "ort-fp32-fused.json"}
     assert stale == []
 
-    changed = tmp_path / "ort_graphs.py"
-    shutil.copy(ch.ROOT / "export" / "ort_graphs.py", changed)
-    changed.write_text(changed.read_text() + "\n\nCHANGED = 1\n")
-    real = ch._module_file
-    monkeypatch.setattr(ch, "_module_file",
-                        lambda name: changed if name == "export.ort_graphs" else real(name))
-    ch._closure.cache_clear()
+    edit_module(monkeypatch, tmp_path, "export.ort_graphs")
     cfg = tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts, reports=str(out))
     try:
         plan = plan_all(cfg)
