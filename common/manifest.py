@@ -368,17 +368,16 @@ class Manifest:
     def freshness(self, stamp: Any) -> str | None:
         """None when `stamp` (a report's `made_by`: what it measured) is the current artifact;
         else why not."""
-        made_by = stamp
-        if not isinstance(made_by, dict) or not {"artifact", "sha256", "key"} <= made_by.keys():
+        if not isinstance(stamp, dict) or not {"artifact", "sha256", "key"} <= stamp.keys():
             return "it records no artifact hash and key (written by older code)"
-        name = made_by["artifact"]
+        name = stamp["artifact"]
         e = self.entries.get(name)
         if e is None or "skipped" in e:
             return f"{name} is not built in {self.root}"
-        if e["sha256"] != made_by["sha256"]:
-            return (f"it measured another build of {name} (sha256 {str(made_by['sha256'])[:12]}, "
+        if e["sha256"] != stamp["sha256"]:
+            return (f"it measured another build of {name} (sha256 {str(stamp['sha256'])[:12]}, "
                     f"current {e['sha256'][:12]})")
-        if e.get("key") != made_by["key"]:
+        if e.get("key") != stamp["key"]:
             return f"{name} has been rebuilt from another recipe or inputs since"
         try:
             self.verify(name)

@@ -165,10 +165,9 @@ def model_members(model_dir: Path, cache: Path) -> dict[str, bytes]:
         model_dir / "model.safetensors").is_file() else "none"
     cached = cache / f"model-{key}.fp16.safetensors.xz"
     if not cached.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_bytes(xz(fp16_weights(model_dir)))
-        tmp.replace(cached)
+        from common.manifest import write_bytes_atomic
+
+        write_bytes_atomic(cached, xz(fp16_weights(model_dir)))
     out["model/model.fp16.safetensors.xz"] = cached.read_bytes()
     return out
 

@@ -452,4 +452,3 @@ def preflight(cfg: BuildConfig) -> None:
         print(f"warning: {w}")
     check_models(cfg, task)
     check_calibration(cfg, task)
-

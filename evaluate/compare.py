@@ -55,7 +55,7 @@ def agreement(r: dict, ref: dict | None, reports_dir: Path) -> dict[str, Any] | 
     b = np.load(reports_dir / ref["logits_file"])
     if a.shape != b.shape:
         return {"refused": f"different inputs ({a.shape} vs {b.shape})"}
-    return {"reference": stem(*AGREEMENT_REFERENCE), "n": int(a.shape[0]),
+    return {"reference": stem(ref["backend"], ref["variant"]), "n": int(a.shape[0]),
             "top1_pct": 100 * float((a.argmax(-1) == b.argmax(-1)).mean()),
             "max_abs_logit_diff": float(np.abs(a - b).max())}
 
@@ -89,7 +89,7 @@ def report_files(reports_dir: Path) -> dict[str, list[Path]]:
 def why_stale(report: Any, man: Manifest, kind: str,
               code: dict[str, str] | None = None) -> str | None:
     """None when every artifact the report measured is the manifest's current one and a build
-    would not remake it (`code`: engines.pipeline.code_stale, the rule of `--dry-run`)."""
+    would not remake it (`code`: engines.freshness.code_stale, the rule of `--dry-run`)."""
     code = code or {}
 
     def fresh(m: Any) -> str | None:

@@ -130,21 +130,21 @@ def run_row(cmd: list[str], log: Path, timeout_s: float) -> str | None:
 
 
 def agreement(r: dict, ref: dict, folder: Path, bound: float | None) -> dict[str, Any]:
-    """Top-1 agreement, max |delta logit| and the paired macro F1 delta of report `r` against
-    `ref` (both in `folder`, on the same rows)."""
+    """The comparison's agreement of report `r` with `ref` (top-1 agreement, max |delta logit|;
+    evaluate.compare.agreement, both in `folder`, on the same rows) and the paired macro F1 delta
+    of their batch-1 predictions."""
     import numpy as np
 
     from common.metrics import bootstrap_weights, paired_delta_ci
+    from evaluate.compare import agreement as logits_agreement
 
-    a, b = np.load(folder / r["logits_file"]), np.load(folder / ref["logits_file"])
-    if a.shape != b.shape:
-        return {"refused": f"different rows ({a.shape} vs {ref['backend']}/{ref['variant']}'s "
-                           f"{b.shape})"}
+    out = logits_agreement(r, ref, folder) or {"refused": "a report has no logits"}
+    if "refused" in out:
+        return out
+    out["reference"] = f"{ref['backend']}/{ref['variant']}"  # the row's name, as the table says
     y = np.asarray(r["labels"])
-    out = {"reference": f"{ref['backend']}/{ref['variant']}",
-           "top1_pct": 100 * float((a.argmax(-1) == b.argmax(-1)).mean()),
-           "max_abs_logit_diff": float(np.abs(a - b).max()),
-           **paired_delta_ci(bootstrap_weights(len(y)), y, a.argmax(-1), b.argmax(-1))}
+    pred, ref_pred = (np.load(folder / x["logits_file"]).argmax(-1) for x in (r, ref))
+    out.update(paired_delta_ci(bootstrap_weights(len(y)), y, pred, ref_pred))
     if bound is not None:
         out["bound_pct"] = bound
     return out
@@ -263,9 +263,10 @@ def run_gpu_check(base: Any, out: Path, gc: GpuCheckConfig | None = None,
                                                    "lines": lines})
         write_text_atomic(out / "gpu-check.md", check.markdown())
 
-    check = score_rows(rows, score, say, folder=out, written=written)
+    check = score_rows(rows, score, say, folder=out, written=written)  # written after each row
     print(check.table())
-    written(check)
+    if not check.rows:  # nothing scored or skipped: the (empty) table is still written
+        written(check)
     return check
 
 
