@@ -24,7 +24,6 @@ SPLIT = "validation"  # never "test": calibrating on test data would leak it int
 
 @dataclass(frozen=True)
 class CalibConfig:
-    VERSION = 2
     # 1024: static PTQ searches 256 and 1024 rows (prefixes of this draw); TensorRT's entropy
     # calibrator and QAT's amax calibration read the whole set
     size: int = doc(1024, "rows drawn from validation (kept in draw order)")

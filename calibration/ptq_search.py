@@ -48,8 +48,6 @@ from common.errors import ConfigError
 class StaticConfig:
     """The recipe space and the acceptance rule of the static-PTQ search (u8: ONNX Runtime on
     CPU). The TensorRT flavour (s8) reuses the chosen recipe, symmetric."""
-
-    VERSION = 2
     # Entropy is left out by default: the same ranges as MinMax at many times the calibration
     # time (docs/decisions.md)
     methods: tuple[str, ...] = doc(("minmax", "percentile"), f"calibrations tried, of {METHODS}")

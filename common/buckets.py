@@ -25,7 +25,6 @@ class BucketError(ValueError):
 
 @dataclass(frozen=True)
 class Buckets:
-    VERSION = 1
     # Token lengths: with MiniLM's tokenizer the test split's sentences take 5-66 tokens (median
     # 20, 60 distinct lengths); four buckets keep the padding under 2x (above 16 tokens) and the
     # captured graphs few.

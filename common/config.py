@@ -1,8 +1,10 @@
 """Frozen dataclass configs: their canonical recipe (what the manifest hashes), loading a saved
 one back, and command-line flags generated one to one from their fields.
 
-A recipe is `{"type": <class name>, "version": <class VERSION>, "fields": {...}}`, nested configs
-tagged the same way; it holds every field that decides what a step makes. Two kinds of field stay
+A recipe is `{"type": <class name>, "fields": {...}}`, nested configs tagged the same way; it holds
+every field that decides what a step makes. It carries no version number: what a field means is
+the code's, and the code that builds a step is fingerprinted into the step's key
+(docs/architecture.md), so a recipe read back is only checked to be this class's, field for field. Two kinds of field stay
 out: `run_only` ones (device, threads: how a step runs, not what it makes), and `location` ones
 (the data or model to read), whose content goes into the key through the step's inputs (content
 fingerprints), so the same folder spelled two ways (relative, absolute, trailing slash) keys the
@@ -56,10 +58,6 @@ def check_ranges(cfg: Any, **rules: str) -> None:
                 raise ConfigError(f"{name} must be {rule}, not {v!r}")
 
 
-def version_of(cls: type) -> int:
-    return int(getattr(cls, "VERSION", 1))
-
-
 def recipe(cfg: Any) -> dict[str, Any]:
     """The canonical, tagged form of a config (nested configs included)."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
@@ -70,20 +68,26 @@ def recipe(cfg: Any) -> dict[str, Any]:
             v = getattr(cfg, f.name)
             fields[f.name] = recipe(v) if dataclasses.is_dataclass(v) else (
                 list(v) if isinstance(v, tuple) else v)
-    return {"type": type(cfg).__name__, "version": version_of(type(cfg)), "fields": fields}
+    return {"type": type(cfg).__name__, "fields": fields}
 
 
 def from_recipe(cls: type[T], saved: dict[str, Any], where: str = "a saved config") -> T:
     """Rebuild a config from its recipe; a recipe written by other code says so in one line."""
     name = saved.get("type") if isinstance(saved, dict) else None
-    if name != cls.__name__ or saved.get("version") != version_of(cls):
-        raise ConfigError(f"{where} is a {name} v{saved.get('version') if name else '?'}, this code "
-                          f"reads {cls.__name__} v{version_of(cls)}: rebuild it with `make engines`")
-    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if name != cls.__name__ or not isinstance(saved.get("fields"), dict):
+        raise ConfigError(f"{where} is a {name or 'unknown config'}, not a {cls.__name__}: rebuild "
+                          "it with `make engines`")
+    known = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+             if f.metadata.get("recipe", True)}
+    # both directions: a field this code lacks, or one it has that the recipe lacks, means other
+    # code wrote it (a default filled in here could differ from what that code meant)
     extra = sorted(set(saved["fields"]) - set(known))
-    if extra:
-        raise ConfigError(f"{where} has field(s) {extra} that {cls.__name__} v{version_of(cls)} "
-                          "does not know: rebuild it with `make engines`")
+    missing = sorted(set(known) - set(saved["fields"]))
+    if extra or missing:
+        said = "; ".join(x for x in (extra and f"field(s) {extra} that this code does not know",
+                                     missing and f"no field(s) {missing}") if x)
+        raise ConfigError(f"{where} has {said} ({cls.__name__}): other code wrote it; rebuild it "
+                          "with `make engines`")
     kw: dict[str, Any] = {}
     for k, v in saved["fields"].items():
         default = _default(known[k])

@@ -144,9 +144,8 @@ def atomic_output(final: Path) -> Iterator[Path]:
 def describe_change(entry: dict[str, Any], recipe: dict[str, Any], inputs: dict[str, str]) -> str:
     """What differs between a manifest entry and the recipe / inputs asked for now."""
     old_r, old_i = entry.get("recipe", {}), entry.get("inputs", {})
-    if old_r.get("type") != recipe.get("type") or old_r.get("version") != recipe.get("version"):
-        return (f"its config changed from {old_r.get('type')} v{old_r.get('version')} to "
-                f"{recipe.get('type')} v{recipe.get('version')}")
+    if old_r.get("type") != recipe.get("type"):
+        return f"its config changed from {old_r.get('type')} to {recipe.get('type')}"
     fields = sorted(k for k in set(old_r.get("fields", {})) | set(recipe.get("fields", {}))
                     if old_r.get("fields", {}).get(k) != recipe.get("fields", {}).get(k))
     if fields:

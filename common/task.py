@@ -48,8 +48,6 @@ CANONICAL = Columns("text", "text_pair", "label")  # the columns of artifacts/ta
 class TaskSpec:
     """What the user declares about the task; the data's content is keyed through the task
     artifact, so `data` (a location) stays out of the recipe."""
-
-    VERSION = 1
     data: str = location(DEFAULT_DATASET, "Hub dataset name, or a local folder of train / "
                          "validation / test files (.jsonl, .csv or .parquet)")
     text_column: str = doc("text", "the column holding the text")
@@ -187,9 +185,27 @@ def _read_local(spec: TaskSpec, folder: Path) -> tuple[dict[str, list[RawRow]], 
         if f is not None:
             raw[split] = read_file(f, spec.columns)
             origin[split] = f"{folder.name}/{f.name}"
-    lj = folder / LABELS_FILE
-    names = _labels_json(lj) if lj.is_file() else None
-    return raw, origin, names, f"{folder.name}/{LABELS_FILE}" if names else None
+    lj, tj = folder / LABELS_FILE, folder / TASK_FILE
+    if lj.is_file():
+        return raw, origin, _labels_json(lj), f"{folder.name}/{LABELS_FILE}"
+    if tj.is_file():  # a build's task folder given as data: its rows hold ids, task.json the names
+        return raw, origin, _built_labels(tj, spec), f"{folder.name}/{TASK_FILE}"
+    return raw, origin, None, None
+
+
+def _built_labels(path: Path, spec: TaskSpec) -> tuple[str, ...]:
+    """The label names of a task folder a build wrote (task.json), checked against the columns
+    the spec reads its rows with."""
+    try:
+        s = json.loads(path.read_text(encoding="utf-8"))
+        names, pair = tuple(s["labels"]), s["columns"]["text_pair"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a build's task summary ({exc}); give the original data "
+                           "or rebuild the task with `make engines`") from None
+    if pair and spec.columns.pair != CANONICAL.pair:
+        raise DatasetError(f"{path.parent} holds text pairs (columns {CANONICAL.text}, "
+                           f"{CANONICAL.pair}): add --text-pair-column {CANONICAL.pair}")
+    return names
 
 
 def _read_hub(spec: TaskSpec) -> tuple[dict[str, list[RawRow]], dict[str, str],

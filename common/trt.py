@@ -19,7 +19,7 @@ WHERE_TRT = "engines are built and run in the NGC image on a GPU (docker/Dockerf
 TRITON_DOCKERFILE = Path(__file__).resolve().parents[1] / "docker" / "Dockerfile.triton"
 # TensorRT of each NGC tritonserver release docker/Dockerfile.triton has pinned (NVIDIA's
 # frameworks support matrix); an `ARG TENSORRT_VERSION=` in that Dockerfile takes precedence.
-TRITON_TRT = {"25.01": "10.8"}
+TRITON_TRT = {"25.01": "10.8", "25.10": "10.13"}
 
 Shape = tuple[int, int]
 ProfileShapes = tuple[Shape, Shape, Shape]
@@ -49,8 +49,6 @@ class TrtProfile:
 
     min_seq 1: the shortest text is [CLS] [SEP] (2 tokens) and Triton's TensorRT backend refuses
     any request outside the profiles, so they start at 1 rather than at a typical length."""
-
-    VERSION = 3
     buckets: Buckets = field(default_factory=Buckets)
     min_seq: int = 1
     max_seq: int = Buckets().lengths[-1]  # the model's max length

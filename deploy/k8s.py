@@ -28,7 +28,7 @@ APP = "emotion-triton"
 
 @dataclass(frozen=True)
 class K8sConfig:
-    image: str = doc("emotion-triton:25.01", "the image of docker/Dockerfile.triton, pushed")
+    image: str = doc("emotion-triton:25.10", "the image of docker/Dockerfile.triton, pushed")
     storage_uri: str = doc("pvc://emotion-models/model_repository",
                            "where the model repository lives (KServe storageUri)")
     pvc: str = doc("emotion-models", "PersistentVolumeClaim holding model_repository/ (Deployment)")

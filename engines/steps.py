@@ -237,8 +237,6 @@ class PtqFusedConfig:
     """What ort/ptq-fused is built and checked with: the static-PTQ config (per-channel weights;
     the recipe itself comes from the onnx-ptq artifact) and the agreement check, the dynamic INT8
     graphs' (their validation rows and top-1 floor)."""
-
-    VERSION = 1
     static: Any
     check: Any
 

@@ -39,7 +39,6 @@ FP32_OPS = ("LayerNormalization", "Pow", "ReduceMean", "Sqrt")
 
 @dataclass(frozen=True)
 class TrtConfig:
-    VERSION = 4
     precision: str = doc("fp16", " | ".join(PRECISIONS))
     profile: TrtProfile = field(default_factory=TrtProfile)
     workspace_mb: int = 4096

@@ -32,7 +32,6 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 @dataclass(frozen=True)
 class HfConfig:
-    VERSION = 2
     license: str = doc("apache-2.0", "license field of the model cards (the base model's)")
     language: str = doc("en", "language field of the model cards (the data's)")
 

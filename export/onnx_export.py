@@ -28,7 +28,6 @@ class ExportValidationError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class ExportConfig:
-    VERSION = 2
     opset: int = 17
     atol: float = doc(1e-3, "max |delta logit| vs PyTorch (FP32 vs FP32 differs by kernel "
                       "order only, ~1e-5 measured)")

@@ -21,7 +21,6 @@ from common.config import check_ranges, doc
 
 @dataclass(frozen=True)
 class OptimumConfig:
-    VERSION = 1
     calibration: str = doc("minmax", "Optimum calibration for the static anchor: minmax | "
                            "percentiles | entropy (AutoCalibrationConfig)")
     n_compare: int = doc(256, "validation sentences the two exporters are compared on")

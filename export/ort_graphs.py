@@ -34,8 +34,6 @@ from common.onnx_graph import op_counts
 
 @dataclass(frozen=True)
 class FuseConfig:
-    # 2: SkipLayerNormalization written back as Add + LayerNormalization
-    VERSION = 2
     opt_level: int = doc(0, "ORT graph optimization applied by the optimizer itself (0: none; "
                          "the session applies its own at load)")
     unfuse_skip_layernorm: bool = doc(True, "SkipLayerNormalization -> Add + LayerNormalization "
@@ -51,7 +49,6 @@ class FuseConfig:
 
 @dataclass(frozen=True)
 class DynamicConfig:
-    VERSION = 1
     per_channel: bool = doc(False, "measured here: per-tensor is as accurate and faster on ORT CPU")
     reduce_range: bool = doc(False, "7-bit weights only help on old non-VNNI int8 overflow paths")
     # A trained classifier's margins are wide; INT8 weight noise flips a few per cent at most.

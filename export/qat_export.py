@@ -258,7 +258,6 @@ def check_structure(got: dict[str, Any], want: dict[str, Any], path: Path) -> No
 
 @dataclass(frozen=True)
 class QatExportConfig:
-    VERSION = 2
     flavour: str = doc("u8", "u8: U8 activations for ONNX Runtime on CPU; s8: for TensorRT")
     opset: int = 17
     # Resolved when the config is made, so the recipe (and the manifest) names the weight type:
@@ -319,7 +318,7 @@ def export_qat(ckpt: Path, out_path: Path, cfg: QatExportConfig) -> dict[str, An
           f"{100 * agreement['top1_agreement']:.2f}% on {agreement['n']} test inputs")
     training = {k: recipe[k] for k in ("max_length", "steps", "steps_per_epoch", "best_step",
                                        "val_macro_f1_before_qat", "best_val_macro_f1",
-                                       "frozen_params", "train_minutes")}
+                                       "frozen_params")}
     return {"qdq": got, "expected_qdq": want, "fold": folded, "agreement_vs_fakequant": agreement,
             "flavour": cfg.flavour, "weights": cfg.weights, "quantization": recipe["quantization"],
             "qat": recipe["config"]["fields"], "qat_training": training}

@@ -10,10 +10,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TorchDynamicConfig:
-    """No knobs: qint8 weights of every layer-stack Linear (common.torch_dynamic). VERSION is
-    bumped whenever what the step makes changes, which marks the artifact stale."""
-
-    VERSION = 1
+    """No knobs: qint8 weights of every layer-stack Linear (common.torch_dynamic); a change to
+    what the step makes is a change to its code, which its key fingerprints."""
 
 
 def build_torch_dynamic(checkpoint: Path, out_path: Path, cfg: TorchDynamicConfig) -> dict[str, Any]:

@@ -14,8 +14,6 @@ class TorchFp16Config:
     """No knobs: every floating-point weight in FP16 (LayerNorm included; PyTorch's FP16 CUDA
     LayerNorm accumulates in FP32)."""
 
-    VERSION = 1
-
 
 def save_fp16(checkpoint: Path, out_dir: Path, cfg: TorchFp16Config) -> dict[str, Any]:
     import torch

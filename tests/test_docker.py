@@ -1,6 +1,10 @@
 """The images can be built as written: every Dockerfile's pip installs resolve for the image's own
 Python and platform (pip --dry-run against PyPI, nothing installed), so a pin that does not exist
-(onnxruntime-gpu 1.32.*, say) fails here, on a CPU machine; and hadolint passes."""
+fails here, on a CPU machine; the GPU wheels are built for the image's CUDA major and the GPU
+image's onnxruntime is the version CI tests (offline, from docker/gpu-wheels.json: the wheels'
+metadata as PyPI serves it, checked against PyPI where it is reachable); and hadolint passes.
+
+Refresh docker/gpu-wheels.json after changing a GPU pin: `python -m tests.test_docker --refresh`."""
 
 import re
 import shlex
@@ -100,7 +104,7 @@ def test_a_pin_that_does_not_exist_fails(tmp_path):
         pytest.skip("pypi.org is not reachable from here")
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
                         "--only-binary=:all:", "--python-version", "3.12", "--no-deps",
-                        "--platform", "manylinux_2_28_x86_64", "onnxruntime-gpu==1.32.*"],
+                        "--platform", "manylinux_2_28_x86_64", "onnxruntime-gpu==0.0.*"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "No matching distribution" in r.stderr
 
@@ -127,38 +131,112 @@ def wheel_cuda_major(requires: list[str]) -> int | None:
     return None
 
 
-def wheel_requires(pin: str, python: str, platform: str, tmp_path) -> list[str]:
-    """Requires-Dist of the wheel `pin` resolves to for that Python and platform, read by pip's
-    dry run (the index's metadata, not the multi-hundred-MB wheel)."""
-    import json
-
-    report = tmp_path / "report.json"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-                        "--no-deps", "--only-binary=:all:", "--python-version", python,
-                        "--platform", platform, "--quiet", "--report", str(report), pin],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(report.read_text())["install"][0]["metadata"].get("requires_dist", [])
-
-
 def test_wheel_cuda_major_reads_both_naming_schemes():
     assert wheel_cuda_major(['nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']) == 12
     assert wheel_cuda_major(["numpy>=1.21", 'nvidia-cuda-runtime~=13.0; extra == "cuda"']) == 13
     assert wheel_cuda_major(["numpy>=1.21"]) is None
 
 
-def test_gpu_wheels_match_the_image_cuda(tmp_path):
-    """Every GPU wheel the GPU image installs is built for the base image's CUDA major, read from
-    the wheel's own metadata (onnxruntime-gpu 1.27+ asks for CUDA 13; NGC 25.01 has 12.8)."""
-    if not _pypi_reachable():
-        pytest.skip("pypi.org is not reachable from here: the wheels' metadata cannot be read")
-    f = REPO / "docker" / "Dockerfile.gpu"
-    a = args_of(f)
-    pins = [w for words in pip_installs(f) for w in words if w.split("==")[0] in GPU_WHEELS]
+WHEELS_FILE = REPO / "docker" / "gpu-wheels.json"
+
+
+def gpu_pins() -> list[str]:
+    """The GPU wheels docker/Dockerfile.gpu installs, as it pins them."""
+    return [w for words in pip_installs(REPO / "docker" / "Dockerfile.gpu") for w in words
+            if w.split("==")[0] in GPU_WHEELS]
+
+
+def core_pin(name: str) -> str:
+    """pyproject.toml's pin of `name` in the core group (what CI installs and tests)."""
+    text = (REPO / "pyproject.toml").read_text()
+    core = text[text.index("core = ["):text.index("\n]", text.index("core = ["))]
+    found = re.findall(rf'^\s*"({re.escape(name)}==[^"]+)"', core, flags=re.M)
+    assert len(found) == 1, f"pyproject.toml's core group pins {name} {len(found)} times"
+    return found[0]
+
+
+def test_gpu_wheels_match_the_image_cuda_and_the_tested_onnxruntime():
+    """Offline, from the recorded metadata: every GPU wheel the GPU image installs asks for the
+    base image's CUDA major, and onnxruntime-gpu is the version CI tests (pyproject's
+    onnxruntime pin), so the image makes and scores graphs with the onnxruntime of the tests."""
+    import json
+
+    from packaging.specifiers import SpecifierSet
+
+    a = args_of(REPO / "docker" / "Dockerfile.gpu")
+    rec = json.loads(WHEELS_FILE.read_text())
+    assert (rec["python"], rec["platform"]) == (a["PYTHON_VERSION"], a["PLATFORM"])
+    pins = gpu_pins()
     assert pins, "the GPU image installs no GPU wheel: update GPU_WHEELS"
+    assert set(rec["wheels"]) == set(pins), "refresh docker/gpu-wheels.json (see the docstring)"
     for pin in pins:
-        assert wheel_cuda_major(wheel_requires(pin, a["PYTHON_VERSION"], a["PLATFORM"],
-                                               tmp_path)) == int(a["CUDA_MAJOR"]), pin
-    # the check catches the pin that was here before
-    old = wheel_requires("onnxruntime-gpu==1.31.*", a["PYTHON_VERSION"], a["PLATFORM"], tmp_path)
-    assert wheel_cuda_major(old) == 13 != int(a["CUDA_MAJOR"])
+        meta = rec["wheels"][pin]
+        assert SpecifierSet("==" + pin.split("==", 1)[1]).contains(meta["version"]), pin
+        assert wheel_cuda_major(meta["requires_dist"]) == int(a["CUDA_MAJOR"]), pin
+    ort_gpu = rec["wheels"][next(p for p in pins if p.startswith("onnxruntime-gpu=="))]
+    tested = core_pin("onnxruntime").split("==")[1]
+    assert SpecifierSet(f"=={tested}").contains(ort_gpu["version"]), (
+        f"the GPU image runs onnxruntime-gpu {ort_gpu['version']}, CI tests onnxruntime {tested}")
+
+
+def test_the_check_catches_a_cuda_12_wheel_and_a_version_apart():
+    """What the offline check compares, on the pin that was here before (onnxruntime-gpu 1.26,
+    CUDA 12, beside a tested 1.32): both of its faults are seen."""
+    from packaging.specifiers import SpecifierSet
+
+    old = ["numpy>=1.21.6", 'nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']
+    assert wheel_cuda_major(old) == 12 != int(args_of(REPO / "docker" / "Dockerfile.gpu")["CUDA_MAJOR"])
+    assert not SpecifierSet("==1.32.*").contains("1.26.0")
+
+
+def read_wheels_from_pypi(tmp_path) -> dict:
+    a = args_of(REPO / "docker" / "Dockerfile.gpu")
+    out = {}
+    for pin in gpu_pins():
+        report = tmp_path / "report.json"
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                            "--no-deps", "--only-binary=:all:", "--python-version", a["PYTHON_VERSION"],
+                            "--platform", a["PLATFORM"], "--quiet", "--report", str(report), pin],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        import json
+
+        got = json.loads(report.read_text())["install"][0]
+        meta = got["metadata"]
+        out[pin] = {"name": meta["name"], "version": meta["version"],
+                    "requires_dist": meta.get("requires_dist", []),
+                    "url": got["download_info"]["url"],
+                    "sha256": got["download_info"].get("archive_info", {}).get("hashes", {})
+                    .get("sha256")}
+    return {"python": a["PYTHON_VERSION"], "platform": a["PLATFORM"], "wheels": out}
+
+
+def test_recorded_wheel_metadata_is_what_pypi_serves(tmp_path):
+    """Where PyPI is reachable: the recorded metadata is still what the pins resolve to (a newer
+    patch release of a pin is reported with the refresh command, not silently trusted)."""
+    import json
+
+    if not _pypi_reachable():
+        pytest.skip("pypi.org is not reachable from here: the offline record stands alone")
+    rec = json.loads(WHEELS_FILE.read_text())
+    now = read_wheels_from_pypi(tmp_path)
+    for pin, meta in now["wheels"].items():
+        old = rec["wheels"].get(pin, {})
+        assert (old.get("version"), old.get("requires_dist")) == (meta["version"],
+                                                                  meta["requires_dist"]), (
+            f"{pin}: PyPI now serves {meta['version']}; run `python -m tests.test_docker --refresh`")
+
+
+if __name__ == "__main__":  # python -m tests.test_docker --refresh
+    import json
+    import tempfile
+    from pathlib import Path
+
+    if sys.argv[1:] != ["--refresh"]:
+        sys.exit("usage: python -m tests.test_docker --refresh")
+    with tempfile.TemporaryDirectory() as d:
+        data = read_wheels_from_pypi(Path(d))
+    about = json.loads(WHEELS_FILE.read_text())["_about"] if WHEELS_FILE.is_file() else ""
+    WHEELS_FILE.write_text(json.dumps({"_about": about, **data}, indent=1) + "\n")
+    print(f"wrote {WHEELS_FILE}: " + ", ".join(f"{p} -> {m['version']}"
+                                                for p, m in data["wheels"].items()))

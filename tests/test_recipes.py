@@ -1,5 +1,5 @@
-"""Recipes are the configs that run: changing any step's config (or its VERSION) rebuilds exactly
-that step and what reads its artifact; run-only fields (threads, device) rebuild nothing; a saved
+"""Recipes are the configs that run: changing any step's config (or the code that builds it)
+rebuilds exactly that step and what reads its artifact; run-only fields (threads, device) rebuild nothing; a saved
 config that no longer fits the code is refused in one line."""
 
 import dataclasses
@@ -77,16 +77,32 @@ def test_changed_config_rebuilds_that_step_and_its_dependents(tiny_artifacts, ti
     assert rebuilt(plan) == dependents(cfg, direct) - skipped(plan)
 
 
-@pytest.mark.parametrize("name", sorted(CHANGES) + ["torch_dynamic"])
-def test_version_bump_rebuilds_that_step(tiny_artifacts, tiny_model_dir, data_dir, name,
-                                         monkeypatch):
-    """Behaviour changed in code (VERSION bumped) marks the artifact stale like a field does."""
+# a module of step code -> the steps whose own code it is (what reads their artifacts follows)
+EDITS = {
+    "train.qlora": {"qlora"},
+    "export.torch_dynamic": {"torch-ptq-dynamic"},
+    "train.student": {"teacher-logits"},  # the student reads the teacher's logits: it follows
+    "calibration.ptq_search": {"onnx-ptq"},  # the others reuse its recipe: they follow it
+}
+
+
+@pytest.mark.parametrize("module", sorted(EDITS))
+def test_changed_code_rebuilds_that_step(tiny_artifacts, tiny_model_dir, data_dir, module,
+                                         monkeypatch, tmp_path):
+    """Behaviour changed in code marks the artifact stale like a changed field does (configs
+    carry no version number: the step's key fingerprints its code)."""
+    import common.codehash as ch
+    from tests.test_codehash import edit_module
+
     cfg = tiny_build_config(tiny_model_dir, data_dir, tiny_artifacts)
-    cls = type(getattr(cfg, name))
-    monkeypatch.setattr(cls, "VERSION", getattr(cls, "VERSION", 1) + 1, raising=False)
-    direct = CHANGES.get(name, (None, None, {"torch-ptq-dynamic"}))[2]
-    plan = plan_all(cfg)
-    assert rebuilt(plan) == dependents(cfg, direct) - skipped(plan)
+    edit_module(monkeypatch, tmp_path, module)
+    try:
+        plan = plan_all(cfg)
+    finally:
+        ch._closure.cache_clear()
+    assert rebuilt(plan) == dependents(cfg, EDITS[module]) - skipped(plan)
+    assert {plan[s] for s in EDITS[module] if s not in skipped(plan)} == {
+        "build: the code that builds it changed"}
 
 
 def test_run_only_fields_rebuild_nothing(tiny_artifacts, tiny_model_dir, data_dir):
@@ -119,12 +135,16 @@ def test_saved_config_round_trips_and_mismatch_is_one_line():
         assert from_recipe(type(cfg), recipe(cfg)) == cfg
     r = recipe(QatConfig())
     assert r["type"] == "QatConfig" and "device" not in r["fields"]  # run-only: not in the recipe
-    with pytest.raises(ConfigError, match=r"^a saved config has field\(s\) \['gone'\].*make engines"):
+    assert set(r) == {"type", "fields"}  # no version: the key fingerprints the code instead
+    with pytest.raises(ConfigError, match=r"^a saved config has field\(s\) \['gone'\] that this "
+                                          r"code does not know \(QatConfig\).*make engines"):
         from_recipe(QatConfig, {**r, "fields": {**r["fields"], "gone": 1}})
-    old = QatConfig.VERSION - 1
-    with pytest.raises(ConfigError, match=f"is a QatConfig v{old}, this code reads QatConfig "
-                                          f"v{QatConfig.VERSION}"):
-        from_recipe(QatConfig, {**r, "version": old})
+    # a field this code has that the recipe lacks: other code wrote it, no default filled in
+    fields = {k: v for k, v in r["fields"].items() if k != "distill"}
+    with pytest.raises(ConfigError, match=r"has no field\(s\) \['distill'\] \(QatConfig\)"):
+        from_recipe(QatConfig, {**r, "fields": fields})
+    with pytest.raises(ConfigError, match="is a TrtConfig, not a QatConfig"):
+        from_recipe(QatConfig, recipe(TrtConfig()))
     with pytest.raises(ConfigError, match="does not fit QatConfig"):
         from_recipe(QatConfig, {**r, "fields": {**r["fields"], "epochs": -1}})
 

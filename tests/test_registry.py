@@ -16,7 +16,6 @@ from common import variants
 
 @dataclass(frozen=True)
 class ToyConfig:
-    VERSION = 1
     copies: int = 1
 
 

@@ -196,6 +196,32 @@ def test_task_artifact_round_trip_and_tamper(tmp_path):
         read_task(tmp_path / "task")
 
 
+def test_a_built_task_folder_given_as_data_keeps_its_label_names(tmp_path):
+    """artifacts/task as --data (what `make baseline-seeds` reads without DATA): its rows hold
+    ids, task.json the names; before, the names became "0", "1", ... unless --labels was given."""
+    d = tiny(tmp_path / "d", train_labels=("neg", "pos", "neg", "pos"), test_labels=("pos", "neg"))
+    built = resolve_task(TaskSpec(data=str(d)))
+    write_task(built, tmp_path / "task")
+    again = resolve_task(TaskSpec(data=str(tmp_path / "task")))
+    assert again.labels == ("neg", "pos") and again.label_source == "task/task.json"
+    for split in ("train", "validation", "test"):
+        assert again.split(split).labels == built.split(split).labels
+        assert again.split(split).texts == built.split(split).texts
+    with pytest.raises(DatasetError, match="task.json names the labels neg, pos; --labels says"):
+        resolve_task(TaskSpec(data=str(tmp_path / "task"), labels="a,b"))
+    # a pair task's folder read as single texts would drop the second texts: said, with the fix
+    p = tmp_path / "p"
+    for split in ("train", "validation", "test"):
+        write_jsonl(p, split, [{"q": f"{split} q{i}", "a": f"a{i}", "y": i % 2} for i in range(4)])
+    pairs = resolve_task(TaskSpec(data=str(p), text_column="q", text_pair_column="a",
+                                  label_column="y"))
+    write_task(pairs, tmp_path / "ptask")
+    with pytest.raises(DatasetError, match="holds text pairs.*add --text-pair-column text_pair"):
+        resolve_task(TaskSpec(data=str(tmp_path / "ptask")))
+    back = resolve_task(TaskSpec(data=str(tmp_path / "ptask"), text_pair_column="text_pair"))
+    assert back.split("test").pairs == pairs.split("test").pairs
+
+
 def test_spec_checks():
     from common.errors import ConfigError
 

@@ -660,7 +660,7 @@ def test_plan_for_server_needs_the_same_major_minor():
 
 
 def test_triton_trt_version_from_the_dockerfile(tmp_path):
-    assert triton_trt_version() == "10.8"  # docker/Dockerfile.triton: tritonserver 25.01
+    assert triton_trt_version() == "10.13"  # docker/Dockerfile.triton: tritonserver 25.10
 
     def dockerfile(*args):
         f = tmp_path / "Dockerfile"

@@ -6,7 +6,6 @@ the config that made it, the data fingerprints and the per-epoch validation hist
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -15,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.arch import input_names, model_spec
-from common.config import check_ranges, doc, location, recipe, run_only
-from common.data import DEFAULT_DATASET
+from common.config import check_ranges, doc, location, recipe
 from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import (
@@ -28,35 +26,26 @@ from common.modelsource import (
 )
 from common.task import brief
 from train.loop import (
+    TrainRun,
     adamw,
     bucketed_batches,
-    resolve_device,
-    seed_everything,
     train_step,
     train_val_splits,
     validation_row,
+    write_recipe,
 )
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    VERSION = 1
+class FinetuneConfig(TrainRun):
     model: str = location(DEFAULT_MODEL, "Hub id or local dir (default: the packaged MiniLM)")
-    data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
     # 2: MiniLM-L6 plateaus after 2 epochs; more over-fits and costs CPU time (docs/decisions.md)
     epochs: int = 2
     # 1e-4, not bert-base's usual 2e-5: small models want larger steps (docs/decisions.md)
     lr: float = 1e-4
-    batch_size: int = 32
     max_length: int = 128  # longest test sentence is 66 tokens: nothing is truncated
     warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    seed: int = 42
     amp: str = doc("none", "none | fp16 | bf16 (autocast, CUDA only)")
-    device: str = run_only("auto", "auto | cpu | cuda")
-    threads: int = run_only(0, "torch intra-op threads; 0 = torch default")
-    limit_train: int = doc(0, "first N training rows (0 = all); for tests and smoke runs")
-    limit_eval: int = doc(0, "first N validation rows (0 = all)")
     # Candidates of the baseline study (train/seeds.py, docs/results/baseline-seeds.md).
     # sqrt-inverse: the simplest of the candidates that tie on validation over 3 seeds
     # (docs/results/baseline-seeds.md, docs/decisions.md)
@@ -78,9 +67,8 @@ class FinetuneConfig:
                             "and let validation choose it like an epoch (0 = off)")
 
     def __post_init__(self) -> None:
-        check_ranges(self, epochs=">= 1", lr="> 0", batch_size=">= 1", seed=">= 0",
-                     threads=">= 0", limit_train=">= 0", limit_eval=">= 0",
-                     warmup_ratio="in [0, 1]", weight_decay=">= 0")
+        super().__post_init__()
+        check_ranges(self, epochs=">= 1", lr="> 0", warmup_ratio="in [0, 1]")
         if self.class_weights not in {"none", "sqrt-inverse"}:
             raise ConfigError(f"class_weights must be none or sqrt-inverse, not {self.class_weights!r}")
         if not 0 <= self.label_smoothing < 1:
@@ -172,10 +160,7 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
     validate_model(cfg.model, cfg.max_length)  # one line, before any data or weights are read
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = cfg.start()
     if cfg.amp != "none" and device != "cuda":
         raise ConfigError(f"--amp {cfg.amp} needs CUDA; on CPU train with --amp none")
     task, train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
@@ -259,5 +244,5 @@ def finetune(cfg: FinetuneConfig, out_dir: Path) -> dict:
         "best_averaged_checkpoints": best.get("averaged_checkpoints", 0),
         "train_minutes": (time.time() - t0) / 60, "input_names": list(names), **bias_info,
     }
-    (out_dir / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_recipe(out_dir, meta)
     return meta

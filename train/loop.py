@@ -4,15 +4,68 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from common.config import check_ranges, doc, location, run_only
+from common.data import DEFAULT_DATASET
 from common.errors import UserError
 from common.feeds import Encoded
 
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite: the recipe (learning rate, precision) needs changing."""
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What every trainer's config (baseline, QAT, student, QLoRA) shares: the task's rows and how
+    many of them, the batch and weight decay, the seed, and how the run goes (device, threads).
+    A trainer's config extends it with its own recipe."""
+
+    data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    seed: int = 42
+    device: str = run_only("auto", "auto | cpu | cuda")
+    threads: int = run_only(0, "torch intra-op threads; 0 = torch default")
+    limit_train: int = doc(0, "first N training rows (0 = all); for tests and smoke runs")
+    limit_eval: int = doc(0, "first N validation rows (0 = all)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self, batch_size=">= 1", weight_decay=">= 0", seed=">= 0", threads=">= 0",
+                     limit_train=">= 0", limit_eval=">= 0")
+
+    def start(self) -> str:
+        """Threads set, every RNG seeded, in that order (as each trainer did); the device to use."""
+        import torch
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        seed_everything(self.seed)
+        return resolve_device(self.device)
+
+
+# What a run measures of the clock, not of the model: returned to the build (its manifest entry
+# records them) but kept out of the recipe.json saved beside the weights, so a retraining that
+# makes the same weights makes the same folder, and what depends on it keeps its key.
+WALL_CLOCK = frozenset({"train_minutes", "minutes"})
+
+
+def write_recipe(out_dir, meta: dict) -> None:
+    """recipe.json beside a trained model: `meta` without its wall-clock fields (WALL_CLOCK), at
+    the top and in the history rows."""
+    import json
+    from pathlib import Path
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in WALL_CLOCK}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+
+    (Path(out_dir) / "recipe.json").write_text(json.dumps(strip(meta), indent=2) + "\n",
+                                               encoding="utf-8")
 
 
 def train_val_splits(data: str, limit_train: int = 0, limit_eval: int = 0):

@@ -20,26 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from common.config import check_ranges, doc, location, recipe, run_only
-from common.data import DEFAULT_DATASET
+from common.config import check_ranges, doc, recipe
 from common.errors import ConfigError
 from common.feeds import encode
 from train.loop import (
+    TrainRun,
     adamw,
     bucketed_batches,
-    resolve_device,
-    seed_everything,
     train_step,
     train_val_splits,
     validation_row,
+    write_recipe,
 )
 
 
 @dataclass(frozen=True)
-class QatConfig:
-    # 3: the loss carries the baseline recipe's class weights; fused AdamW; 4: distillation fields
-    VERSION = 4
-    data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
+class QatConfig(TrainRun):
     # Quantizers (INT8 symmetric everywhere; weights per channel, activations per tensor).
     calib_method: str = doc("percentile", "max | percentile (of |x|, mean over calibration batches)")
     percentile: float = 99.99
@@ -50,9 +46,7 @@ class QatConfig:
     lr: float = 1e-5
     # the schedule is measured against the 30-minute build budget: docs/decisions.md
     epochs: float = doc(0.5, "may be a fraction")
-    batch_size: int = 32
     warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
     freeze_layers: int = doc(0, "embeddings + the lowest N layers frozen (0 = train all)")
     # Knowledge distillation from the FP32 baseline (its logits on the training rows, computed
     # once before QAT): the quantized student learns the teacher's full distribution, not only
@@ -62,24 +56,18 @@ class QatConfig:
     distill_temperature: float = 2.0
     # steps between validation scores (model selection); 125 = twice in the default half epoch
     eval_every: int = 125
-    seed: int = 42
-    device: str = run_only("auto", "auto | cpu | cuda")
-    threads: int = run_only(0, "torch intra-op threads; 0 = torch default")
-    limit_train: int = 0
-    limit_eval: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.calib_method not in {"max", "percentile"}:
             raise ConfigError(f"calib_method must be max or percentile, not {self.calib_method!r}")
-        if not 0 < self.epochs <= 10 or self.lr <= 0 or self.batch_size < 1:
-            raise ConfigError("QAT needs 0 < epochs <= 10, lr > 0 and batch_size >= 1")
+        if not 0 < self.epochs <= 10 or self.lr <= 0:
+            raise ConfigError("QAT needs 0 < epochs <= 10 and lr > 0")
         if self.freeze_layers < 0 or self.eval_every < 1:
             raise ConfigError("freeze_layers must be >= 0 and eval_every >= 1")
         if not 0 <= self.distill < 1 or self.distill_temperature <= 0:
             raise ConfigError("QAT needs 0 <= distill < 1 and distill_temperature > 0")
-        check_ranges(self, percentile="in (0, 100]", warmup_ratio="in [0, 1]",
-                     weight_decay=">= 0", seed=">= 0", threads=">= 0", limit_train=">= 0",
-                     limit_eval=">= 0")
+        check_ranges(self, percentile="in (0, 100]", warmup_ratio="in [0, 1]")
 
     def quantizer_kwargs(self) -> dict[str, Any]:
         return {"method": self.calib_method, "percentile": self.percentile,
@@ -158,10 +146,7 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
     from common.qat_model import AMAX_FILE, amax_state, insert_fake_quant, remove_fake_quant
     from train.finetune import class_weights
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = cfg.start()
     baseline = Path(baseline)
     meta = read_recipe(baseline)
     names, max_length = meta["input_names"], int(meta["max_length"])
@@ -265,5 +250,5 @@ def train_qat(cfg: QatConfig, baseline: Path, calib_npz: Path, calib_batch_size:
         "history": history, "train_minutes": (time.time() - t0) / 60, "device": device,
         "quantization": describe(cfg, inserted, model_type),
     }
-    (out_dir / "recipe.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_recipe(out_dir, out)
     return out

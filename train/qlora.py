@@ -16,7 +16,6 @@ EmbeddingNF4): without it the 4-bit model cannot go below ~0.55x of the FP32 wei
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -24,30 +23,27 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import check_ranges, doc, location, recipe, run_only
-from common.data import DEFAULT_DATASET
+from common.config import check_ranges, doc, location, recipe
 from common.errors import ConfigError
 from common.feeds import encode
 from common.modelsource import DEFAULT_MODEL, base_reference, load_classifier, load_tokenizer
 from common.qlora_model import Nf4Spec
 from common.task import brief
 from train.loop import (
+    TrainRun,
     bucketed_batches,
-    resolve_device,
-    seed_everything,
     train_step,
     train_val_splits,
     validation_row,
+    write_recipe,
 )
 
 TARGETS = ("attention", "attention+ffn")
 
 
 @dataclass(frozen=True)
-class QloraConfig:
-    VERSION = 3
+class QloraConfig(TrainRun):
     model: str = location(DEFAULT_MODEL, "Hub id or local dir (default: the packaged MiniLM)")
-    data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -62,17 +58,12 @@ class QloraConfig:
     # 1e-3 with the baseline's class weights: one epoch then lands within 0.5 pt of FP32 over 3
     # seeds, where 5e-4 without them did not (docs/decisions.md, docs/results/variant-seeds.md)
     lr: float = 1e-3
-    batch_size: int = 32
     max_length: int = 128
     warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
     class_weights: str = doc("sqrt-inverse", "none | sqrt-inverse (the baseline's loss weights)")
-    seed: int = 42
-    device: str = run_only("auto", "auto | cpu | cuda")
-    limit_train: int = 0
-    limit_eval: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.targets not in TARGETS:
             raise ConfigError(f"targets must be one of {TARGETS}, not {self.targets!r}")
         if self.compute_dtype not in {"float32", "bfloat16", "float16"}:
@@ -80,11 +71,22 @@ class QloraConfig:
         if self.class_weights not in {"none", "sqrt-inverse"}:
             raise ConfigError(f"class_weights must be none or sqrt-inverse, not {self.class_weights!r}")
         check_ranges(self, rank=">= 1", alpha="> 0", dropout="in [0, 1)", epochs=">= 1",
-                     lr="> 0", batch_size=">= 1", max_length=">= 3", warmup_ratio="in [0, 1]",
-                     weight_decay=">= 0", seed=">= 0", limit_train=">= 0", limit_eval=">= 0")
+                     lr="> 0", max_length=">= 3", warmup_ratio="in [0, 1]")
 
     def nf4(self) -> Nf4Spec:
         return Nf4Spec(self.double_quant, self.compute_dtype, self.quantize_embeddings)
+
+
+def _sort_target_modules(path: Path) -> None:
+    """peft writes target_modules from a set, in an order that changes from run to run (string
+    hashing is salted per process); sorted, the same adapters save the same folder. peft reads
+    the list back into a set, and writes with indent 2 and sorted keys, as here."""
+    import json
+
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def build_peft_model(cfg: QloraConfig, device: str, labels: tuple[str, ...]):
@@ -112,8 +114,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     from common.qlora_model import trainable_summary, weight_memory
 
     validate_model(cfg.model, cfg.max_length, "--qlora-max-length")  # one line, before any work
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = cfg.start()
     task, train, val = train_val_splits(cfg.data, cfg.limit_train, cfg.limit_eval)
     tok = load_tokenizer(cfg.model)
     model = build_peft_model(cfg, device, task.labels)
@@ -151,6 +152,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
     model.load_state_dict(best_state, strict=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)  # adapters + the trained head/pooler (modules_to_save)
+    _sort_target_modules(out_dir / "adapter_config.json")
     tok.save_pretrained(out_dir)
     fp32_bytes = sum(p.numel() * 4 for p in load_classifier(cfg.model, task.labels).parameters())
     meta = {"config": recipe(cfg), "base_model": base_reference(cfg.model), "nf4": vars(cfg.nf4()),
@@ -163,7 +165,7 @@ def train_qlora(cfg: QloraConfig, out_dir: Path) -> dict:
             "data": {"train": train.fingerprint, "validation": val.fingerprint},
             "input_names": list(names), "labels": list(task.labels),
             "task": brief(task.summary())}
-    (out_dir / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_recipe(out_dir, meta)
     return meta
 
 

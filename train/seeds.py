@@ -169,8 +169,7 @@ def _recipe_fields(r: dict[str, Any]) -> dict[str, Any]:
 def is_default(r: dict[str, Any]) -> bool:
     """Whether a run's recipe is FinetuneConfig's default (model, data and seed aside)."""
     d = recipe(FinetuneConfig())
-    return (r["type"] == d["type"] and r["version"] == d["version"]
-            and _recipe_fields(r) == _recipe_fields(d))
+    return r["type"] == d["type"] and _recipe_fields(r) == _recipe_fields(d)
 
 
 def markdown(report: dict[str, Any]) -> str:

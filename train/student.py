@@ -18,7 +18,6 @@ baseline.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -27,17 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from common.config import check_ranges, doc, location, recipe, run_only
-from common.data import DEFAULT_DATASET
+from common.config import check_ranges, doc, recipe, run_only
 from common.errors import ConfigError
 from train.loop import (
+    TrainRun,
     adamw,
     bucketed_batches,
     resolve_device,
-    seed_everything,
     train_step,
     train_val_splits,
     validation_row,
+    write_recipe,
 )
 
 
@@ -45,7 +44,6 @@ from train.loop import (
 class TeacherConfig:
     """The teacher's logits: the FP32 baseline as it was fine-tuned, in FP32 (no knobs)."""
 
-    VERSION = 1
     batch_size: int = 128
     device: str = run_only("auto", "auto | cpu | cuda")
 
@@ -57,30 +55,20 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class StudentConfig:
-    VERSION = 1
-    data: str = location(DEFAULT_DATASET, "the task's rows (a build points it at artifacts/task)")
+class StudentConfig(TrainRun):
     layers: str = doc("every-other", "the baseline's encoder layers the student keeps: "
                       "every-other (the top one and every second one below it) | a comma list "
                       "of layer indices, e.g. 0,2,5")
     epochs: int = 3
     lr: float = 1e-4
-    batch_size: int = 32
     warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
     temperature: float = doc(2.0, "softening of teacher and student logits in the distillation "
                              "loss")
     distill: float = doc(0.5, "weight of the distillation loss (1 - it: the label loss)")
-    seed: int = 42
-    device: str = run_only("auto", "auto | cpu | cuda")
-    threads: int = run_only(0, "torch intra-op threads; 0 = torch default")
-    limit_train: int = doc(0, "first N training rows (0 = all); for tests and smoke runs")
-    limit_eval: int = doc(0, "first N validation rows (0 = all)")
 
     def __post_init__(self) -> None:
-        check_ranges(self, epochs=">= 1", lr="> 0", batch_size=">= 1", seed=">= 0",
-                     threads=">= 0", limit_train=">= 0", limit_eval=">= 0",
-                     warmup_ratio="in [0, 1]", weight_decay=">= 0", temperature="> 0",
+        super().__post_init__()
+        check_ranges(self, epochs=">= 1", lr="> 0", warmup_ratio="in [0, 1]", temperature="> 0",
                      distill="in [0, 1]")
         if self.layers != "every-other":
             try:
@@ -167,10 +155,7 @@ def train_student(cfg: StudentConfig, baseline: Path, teacher: Path, out_dir: Pa
     from common.checkpoint import TextEncoder, read_recipe, trained_with
     from train.finetune import class_weights, param_groups
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = cfg.start()
     meta = read_recipe(baseline)
     te = TextEncoder.from_checkpoint(baseline)
     task, full_train, val = train_val_splits(cfg.data, 0, cfg.limit_eval)
@@ -238,5 +223,5 @@ def train_student(cfg: StudentConfig, baseline: Path, teacher: Path, out_dir: Pa
            "best_epoch": best["epoch"], "best_val_macro_f1": best_f1, "history": history,
            "params": int(sum(p.numel() for p in model.parameters())),
            "train_minutes": (time.time() - t0) / 60, "device": device}
-    (out_dir / "recipe.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    write_recipe(out_dir, out)
     return out
