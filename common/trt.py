@@ -145,13 +145,14 @@ def require_implicit_int8(version: str) -> None:
             "with TensorRT 10.x (docker/Dockerfile.gpu pins one).")
 
 
-def gpu_identity() -> dict[str, str]:
-    """What an engine is tied to: TensorRT version, GPU name and compute capability."""
+def gpu_identity(index: int = 0) -> dict[str, str]:
+    """What an engine is tied to: TensorRT version, GPU name and compute capability (of GPU
+    `index`: the one the engine is built or run on)."""
     import tensorrt as trt
     import torch
 
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"kind": "cuda", "name": torch.cuda.get_device_name(0),
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"kind": "cuda", "name": torch.cuda.get_device_name(index),
             "compute_capability": f"{major}.{minor}", "tensorrt": trt.__version__}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common import variants
+from common.buckets import Buckets
 from common.checkpoint import baseline_meta
 from common.manifest import ArtifactError, Manifest
 from common.variants import Variant
@@ -93,13 +94,42 @@ def _torch(r: RunnerRequest) -> Runner:
                        state_dict=r.path)
 
 
+def build_buckets(man: Manifest) -> Buckets:
+    """The build's one table of (batch, length) buckets: the table its TensorRT profiles were
+    made from (`--trt-profile-buckets-*`), which every TensorRT entry records, built or skipped
+    (a machine without TensorRT records the skip with its recipe). The CUDA-graph runner captures
+    these shapes and the Triton tokenizer pads to these lengths, so the three cannot drift apart.
+    Entries that disagree (engines from two builds) are refused; a build with no TensorRT entry
+    (an older one, or --stages without them): the default table."""
+    from common.config import from_recipe
+    from common.trt import TrtProfile
+
+    found: dict[Buckets, list[str]] = {}
+    for artifact in dict.fromkeys(v.artifact for v in variants.variants() if v.backend == "trt"):
+        e = man.entries.get(artifact)
+        if e is None:
+            continue
+        # a built engine: its seal checked, and the recipe it was built with (what TrtRunner and
+        # the NGC repository read); a skipped one: the recipe it would have been built with
+        e = e if "skipped" in e else man.get(artifact)
+        made = e.get("trt") or e["recipe"]
+        profile = from_recipe(TrtProfile, made["fields"]["profile"], f"{artifact}'s profile")
+        found.setdefault(profile.buckets, []).append(artifact)
+    if len(found) > 1:
+        said = "; ".join(f"{', '.join(names)}: batches {list(b.batches)}, lengths {list(b.lengths)}"
+                         for b, names in found.items())
+        raise RunnerError(f"the TensorRT entries of {man.root} record different bucket tables "
+                          f"({said}): rebuild them with one `make engines`")
+    return next(iter(found), Buckets())
+
+
 @runner_factory("torch-graphs")
 def _torch_graphs(r: RunnerRequest) -> Runner:
     from deploy.graphs_runner import CudaGraphRunner
 
     max_length = int(baseline_meta(r.manifest.root)["max_length"])
     return CudaGraphRunner(r.path, r.input_names, r.threads, max_length, device=r.device,
-                           variant=r.variant.variant)
+                           variant=r.variant.variant, buckets=build_buckets(r.manifest))
 
 
 @runner_factory("ort")
@@ -126,4 +156,5 @@ def _trt(r: RunnerRequest) -> Runner:
 
     profile = from_recipe(TrtProfile, r.entry["trt"]["fields"]["profile"],
                           f"{r.variant.artifact}'s profile")
-    return TrtRunner(r.path, r.input_names, r.entry["device"], profile, r.variant.variant)
+    return TrtRunner(r.path, r.input_names, r.entry["device"], profile, r.variant.variant,
+                     device=r.device)

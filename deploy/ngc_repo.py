@@ -22,11 +22,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from common.buckets import Buckets
 from common.checkpoint import baseline_meta
 from common.errors import UserError
 from common.manifest import Manifest, atomic_output
 from common.task import Task, task_of
-from deploy.factories import find_variant
+from deploy.factories import build_buckets, find_variant
 from deploy.triton_repo import (
     HERE,
     PROJECT_ROOT,
@@ -146,8 +147,11 @@ def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True
         shutil.copy(facts["path"], folder / "1" / TRITON_BACKEND[sc.backend][1])
         write_config(model_config(pb, target, sc, gpu, names, types, task.num_labels,
                                   facts.get("profile")), folder)
+        # the lengths the tokenizer pads to: the served engine's own table (TensorRT), else the
+        # build's (deploy.factories.build_buckets), the table its engines and graphs share
+        buckets = facts["profile"].buckets if "profile" in facts else build_buckets(man)
         write_tokenizer(pb, tmp / "tokenizer", artifacts, man, sc, names, int(meta["max_length"]),
-                        task.pair)
+                        task.pair, buckets)
         write_postprocess(pb, tmp / "postprocess", sc, task)
         write_ensemble(pb, tmp / sc.model_name, sc, target, names, task)
     return {"models": {f"{sc.backend}/{sc.variant}": target}, "ensemble": sc.model_name,
@@ -155,7 +159,7 @@ def write_ngc_repo(out: Path, artifacts: Path, sc: ServeConfig, gpu: bool = True
 
 
 def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: ServeConfig,
-                    names: list[str], max_length: int, pair: bool) -> None:
+                    names: list[str], max_length: int, pair: bool, buckets: Buckets) -> None:
     """tokenizer.json + settings + the input checks shared with the local server (copied beside
     it in project/: common/feeds.py and deploy/service.py import numpy only)."""
     (tok / "1" / "project" / "common").mkdir(parents=True)
@@ -170,8 +174,10 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
     from common.modelsource import load_tokenizer
 
     pad = load_tokenizer(baseline).pad_token_id
+    lengths = list(buckets.length_buckets(max_length))
     (tok / "1" / "settings.json").write_text(json.dumps(
-        {"max_length": max_length, "input_names": names, "pad_id": int(pad or 0), "pair": pair}))
+        {"max_length": max_length, "input_names": names, "pad_id": int(pad or 0), "pair": pair,
+         "lengths": lengths}))
     cfg = pb.ModelConfig(name="tokenizer", backend="python", max_batch_size=sc.max_batch)
     for name in text_inputs(pair):
         cfg.input.add(name=name, data_type=pb.TYPE_STRING, dims=[1])

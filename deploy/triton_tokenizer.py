@@ -7,10 +7,11 @@ baseline, and the project's input checks and feed builder, copied beside it in p
 special tokens added, truncated to max_length keeping the final token (a pair task's pairs:
 `longest_first`, the tokenizer's own pair truncation), padded with the tokenizer's own pad id.
 
-Every request of one execute() is padded to the same width, the length bucket (common/buckets.py,
-the table the TensorRT profiles and the CUDA-graph runner share) of the longest of them: Triton's
-dynamic batcher joins requests downstream only when their shapes are equal, so requests of
-different lengths can share one model execution.
+Every request of one execute() is padded to the same width, the length bucket of the longest of
+them: Triton's dynamic batcher joins requests downstream only when their shapes are equal, so
+requests of different lengths can share one model execution. The buckets are the build's table
+(settings.json `lengths`, written by deploy/ngc_repo.py from what the build's TensorRT entries
+record: the table the engines' profiles and the CUDA-graph runner use too).
 """
 
 import json
@@ -23,11 +24,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "project"))
 
 
-def bucket(longest: int, max_length: int) -> int:
-    """The padded width for a batch whose longest row has `longest` tokens."""
-    from common.buckets import Buckets
+def bucket(longest: int, max_length: int, lengths: tuple[int, ...] | None = None) -> int:
+    """The padded width for a batch whose longest row has `longest` tokens: the first of the
+    build's length buckets (`lengths`, ending at the max length; the default table's where none
+    is given) that holds it."""
+    from common.buckets import BucketError, Buckets
 
-    return Buckets().length_for(longest, max_length)
+    table = Buckets().length_buckets(max_length) if lengths is None else tuple(lengths)
+    if longest > min(max_length, table[-1]):
+        raise BucketError(f"{longest} tokens is longer than the max length {max_length}")
+    return next(x for x in table if x >= longest)
 
 
 def encode_rows(tokenizer, texts, max_length, pad_id, pairs=None):
@@ -61,6 +67,7 @@ class TritonPythonModel:
         settings = json.loads((HERE / "settings.json").read_text())
         self.max_length, self.names = settings["max_length"], settings["input_names"]
         self.pad_id, self.pair = settings["pad_id"], settings["pair"]
+        self.lengths = tuple(settings["lengths"])
         self.check_pairs = check_pairs
         self.tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
         self.tokenizer.no_truncation()  # truncation is done above, as in common.feeds.encode
@@ -84,7 +91,8 @@ class TritonPythonModel:
                 continue
             encoded[i] = encode_rows(self.tokenizer, texts, self.max_length, self.pad_id, pairs)
         if encoded:
-            width = bucket(max(int(e.lengths().max()) for e in encoded.values()), self.max_length)
+            width = bucket(max(int(e.lengths().max()) for e in encoded.values()), self.max_length,
+                           self.lengths)
             for i, enc in encoded.items():
                 feed = enc.batch(list(range(len(enc))), self.names, pad_to=width)
                 responses[i] = pb_utils.InferenceResponse(

@@ -1,6 +1,8 @@
 """TensorRT runner: deserialises a plan, binds CUDA buffers (torch tensors) and runs
 execute_async_v3 on its own stream, after selecting the optimization profile (TrtProfile: batch
-1, or batches 2..max) that admits the batch. Refuses an engine built for another GPU, compute
+1, or batches 2..max) that admits the batch. Runs on the GPU its device names (cuda or cuda:N):
+TensorRT deserialises, allocates and executes on the current CUDA device, so loading and every
+inference run with that GPU made current. Refuses an engine built for another GPU, compute
 capability or TensorRT version, or with other profiles than its recipe, naming the command that
 rebuilds it."""
 
@@ -19,8 +21,18 @@ class TrtRunner(BaseRunner):
     backend = "trt"
 
     def __init__(self, plan: Path, input_names: tuple[str, ...], built_on: dict[str, Any],
-                 profile: TrtProfile, variant: str):
+                 profile: TrtProfile, variant: str, device: str = "cuda"):
+        from common.env import cuda_index
+
         super().__init__(variant, input_names, threads=1)
+        try:
+            if not device.startswith("cuda"):
+                raise ValueError(f"not a CUDA device: {device!r} (cuda or cuda:N)")
+            # an explicit number now; "cuda" is torch's current device, resolved at load
+            self.index: int | None = cuda_index(device) if ":" in device else None
+        except ValueError as exc:
+            raise RunnerError(f"the trt backend runs on a CUDA GPU: {exc}") from None
+        self.device = device
         self.plan = Path(plan)
         self.built_on = built_on
         self.profile = profile
@@ -36,14 +48,21 @@ class TrtRunner(BaseRunner):
         import tensorrt as trt
         import torch
 
-        check_engine_identity(self.built_on, gpu_identity(), self.plan)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.plan.read_bytes())
-        if self.engine is None:
-            raise RunnerError(f"TensorRT could not deserialise {self.plan}; rebuild with `make engines`")
-        check_profiles(self.engine, self.profile, self.input_names[0], self.plan)
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        if self.index is None:
+            self.index = int(torch.cuda.current_device())
+        if self.index >= torch.cuda.device_count():
+            raise RunnerError(f"{self.device}: this machine has {torch.cuda.device_count()} CUDA "
+                              "GPU(s), numbered from 0")
+        check_engine_identity(self.built_on, gpu_identity(self.index), self.plan)
+        with torch.cuda.device(self.index):
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.engine = runtime.deserialize_cuda_engine(self.plan.read_bytes())
+            if self.engine is None:
+                raise RunnerError(f"TensorRT could not deserialise {self.plan}; rebuild with "
+                                  "`make engines`")
+            check_profiles(self.engine, self.profile, self.input_names[0], self.plan)
+            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device=self.index)
         self.active_profile = None  # selected explicitly before the first shapes are set
         super().load()
 
@@ -55,18 +74,20 @@ class TrtRunner(BaseRunner):
         feed = self._check_feed(feed)
         batch, seq = feed[self.input_names[0]].shape
         keep = []
-        with torch.cuda.stream(self.stream):
+        gpu = f"cuda:{self.index}"
+        with torch.cuda.device(self.index), torch.cuda.stream(self.stream):
             self.select_profile(batch, seq)
             for i in range(self.engine.num_io_tensors):
                 name = self.engine.get_tensor_name(i)
                 dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
                 if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                    t = torch.from_numpy(feed[name].astype(dtype, copy=False)).cuda(non_blocking=True)
+                    t = torch.from_numpy(feed[name].astype(dtype, copy=False)).to(
+                        gpu, non_blocking=True)
                     self.context.set_input_shape(name, tuple(t.shape))
                     self.context.set_tensor_address(name, int(t.data_ptr()))
                     keep.append(t)
             out = torch.empty((batch, int(self.context.get_tensor_shape("logits")[1])),
-                              dtype=torch.float32, device="cuda")
+                              dtype=torch.float32, device=gpu)
             self.context.set_tensor_address("logits", int(out.data_ptr()))
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RunnerError("TensorRT execution failed")
@@ -101,8 +122,9 @@ class TrtRunner(BaseRunner):
 
         # weights in memory: the plan's bytes (TensorRT keeps the serialized weights on the GPU;
         # activations come on top, in the context's device memory)
-        return {**super().info(), "device": "cuda", "provider": "tensorrt",
-                "device_info": {**cuda_device(), "tensorrt": self.built_on.get("tensorrt")},
+        gpu = self.device if self.index is None else f"cuda:{self.index}"
+        return {**super().info(), "device": gpu, "provider": "tensorrt",
+                "device_info": {**cuda_device(gpu), "tensorrt": self.built_on.get("tensorrt")},
                 "weight_bytes": self.plan.stat().st_size}
 
 

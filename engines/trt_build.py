@@ -99,6 +99,16 @@ def fp16_typed_onnx(src: Path, dst: Path) -> dict[str, Any]:
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
                                      op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
+    # onnxruntime 1.31's converter can insert one Cast twice (same name, input and type) where a
+    # value feeds two ops kept in FP32: the copies are exact, so one of each is kept
+    seen: set[bytes] = set()
+    nodes = []
+    for n in model.graph.node:
+        if n.SerializeToString() not in seen:
+            seen.add(n.SerializeToString())
+            nodes.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
     OnnxModel.graph_topological_sort(model.graph)  # the converter appends its Casts at the end
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))

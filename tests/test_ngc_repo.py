@@ -176,7 +176,7 @@ def test_tensorrt_requests_are_checked_against_the_engine(tiny_artifacts, tmp_pa
     (art / "trt").mkdir(exist_ok=True)
     (art / "trt" / "fp16.plan").write_bytes(b"plan")
     man = Manifest(art)
-    built = {"tensorrt": "10.8.0.43", "name": "NVIDIA H200", "compute_capability": "9.0"}
+    built = {"tensorrt": "10.13.3.9", "name": "NVIDIA H200", "compute_capability": "9.0"}
     small = TrtProfile(Buckets(batches=(1, 2, 4, 8, 16, 32)), max_seq=128)
     man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, built, {"trt": recipe(TrtConfig(profile=small))})
     with pytest.raises(RepoError, match="GPUs only"):
@@ -190,9 +190,9 @@ def test_tensorrt_requests_are_checked_against_the_engine(tiny_artifacts, tmp_pa
     group = parse(tmp_path / "repo" / "classifier_trt_fp16" / "config.pbtxt").instance_group[0]
     assert list(group.profile) == ["0", "1"]
     # a plan built by another TensorRT than the Triton image's is refused
-    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {**built, "tensorrt": "10.13.0"},
+    man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, {**built, "tensorrt": "10.8.0.43"},
                {"trt": recipe(TrtConfig(profile=small))})
-    with pytest.raises(TrtUnavailable, match="10.13"):
+    with pytest.raises(TrtUnavailable, match="built with TensorRT 10.8.0.43.*runs TensorRT 10.13"):
         check_request(ServeConfig(backend="trt", variant="fp16", max_batch=32), Manifest(art), True)
     man.record("trt-fp16", "trt/fp16.plan", {}, {}, {}, built,
                {"trt": recipe(TrtConfig(profile=TrtProfile(min_seq=4, max_seq=16)))})
@@ -242,3 +242,60 @@ def test_postprocess_refuses_non_finite_logits(monkeypatch, tmp_path):
     assert ok.error is None and ok.outputs[1].a.tolist() == [[1]]
     assert ok.outputs[0].a.tolist() == [[b"b"]]  # the task's name of label 1
     assert err.outputs is None and "non-finite" in err.error.msg and err.error.code == "INTERNAL"
+
+
+def test_one_bucket_table_from_the_build(tiny_artifacts, tiny_model_dir, data_dir, tmp_path,
+                                         monkeypatch):
+    """The table given to the build (`--trt-profile-buckets-*`) is the one the TensorRT entries
+    record (skipped here: no TensorRT), the CUDA-graph runner captures and the Triton tokenizer
+    pads to; entries that disagree are refused."""
+    import dataclasses
+    import importlib.util
+    import sys
+
+    from common.buckets import Buckets
+    from common.config import recipe
+    from common.manifest import Manifest
+    from common.trt import TrtProfile
+    from common.variants import find_variant
+    from deploy.factories import _FACTORIES, RunnerRequest, build_buckets
+    from deploy.runner import RunnerError
+    from engines.pipeline import build_all
+    from engines.trt_build import TrtConfig
+    from tests.conftest import tiny_build_config
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the tokenizer model prepends its copy
+    art = tmp_path / "a"
+    shutil.copytree(tiny_artifacts, art)
+    assert build_buckets(Manifest(art)) == Buckets()  # the default build: the default table
+    table = Buckets(lengths=(8, 24, 48), batches=(1, 4, 16), opt_length_b1=24, opt_batch=16,
+                    opt_length_batched=48)
+    base = tiny_build_config(tiny_model_dir, data_dir, art, stages=("trt",))
+    cfg = dataclasses.replace(base, trt=dataclasses.replace(
+        base.trt, profile=dataclasses.replace(base.trt.profile, buckets=table)))
+    build_all(cfg)
+    man = Manifest(art)
+    assert build_buckets(man) == table
+
+    # the graphs runner, made by its factory (capture needs CUDA; the table is set at creation)
+    spec = find_variant("torch", "fp16-graphs")
+    runner = _FACTORIES[spec.runner_key](RunnerRequest(
+        spec, man.verify(spec.artifact), man.get(spec.artifact), man,
+        ("input_ids", "attention_mask", "token_type_ids"), 1, "cuda", True))
+    assert runner.buckets == table
+
+    # the Triton tokenizer: settings carry the table's lengths, and it pads to them
+    write_ngc_repo(tmp_path / "ngc", art, ServeConfig(backend="ort", variant="fp32"))
+    tok = tmp_path / "ngc" / "tokenizer" / "1"
+    lengths = json.loads((tok / "settings.json").read_text())["lengths"]
+    assert lengths == [8, 24, 48, 64]  # below the max length of 64, then 64
+    mod_spec = importlib.util.spec_from_file_location("ngc_tokenizer_buckets", tok / "model.py")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    assert [mod.bucket(n, 64, lengths) for n in (1, 8, 9, 25, 49, 64)] == [8, 8, 24, 48, 64, 64]
+
+    # one TensorRT entry from another table: refused, naming both
+    other = next(n for n in man.entries if n.startswith("trt-"))
+    man.record_skip(other, recipe(TrtConfig(profile=TrtProfile(Buckets()))), "no TensorRT")
+    with pytest.raises(RunnerError, match=r"record different bucket tables.*rebuild them"):
+        build_buckets(Manifest(art))

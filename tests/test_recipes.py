@@ -245,3 +245,42 @@ def test_keys_do_not_depend_on_how_the_data_path_is_spelled(tiny_artifacts, tiny
                                                             tiny_artifacts).finetune, lr=1e-3)))
     assert plan["baseline"] == "build: recipe field(s) changed: lr"
     assert plan["onnx-fp32"] == "build: its input baseline is rebuilt in this run"
+
+
+def test_same_inputs_make_the_same_bytes(tiny_model_dir, data_dir, tmp_path):
+    """Two builds of the baseline from the same inputs make byte-identical folders (recipe.json
+    keeps no wall-clock fields: the build's manifest entry records those), so what is built from
+    them keeps its key."""
+    from common.manifest import Manifest
+    from engines.pipeline import build_all
+
+    for name in ("a", "b"):
+        build_all(tiny_build_config(tiny_model_dir, data_dir, tmp_path / name,
+                                    stages=("task", "baseline")))
+    a, b = Manifest(tmp_path / "a"), Manifest(tmp_path / "b")
+    assert a.get("baseline")["sha256"] == b.get("baseline")["sha256"]
+    assert a.get("baseline")["key"] == b.get("baseline")["key"]
+    assert "train_minutes" in a.get("baseline")  # recorded, beside the folder, not in it
+    import json
+
+    saved = json.loads((tmp_path / "a" / "baseline" / "recipe.json").read_text())
+    assert "train_minutes" not in saved and all("minutes" not in h for h in saved["history"])
+
+
+def test_qlora_adapter_config_lists_its_targets_sorted(tmp_path):
+    """peft writes target_modules from a set (its order follows the process's string-hash salt);
+    sorted, the same adapters save the same bytes, and peft reads them back."""
+    import json
+
+    from peft import LoraConfig
+
+    from train.qlora import _sort_target_modules
+
+    LoraConfig(r=4, target_modules=["value", "query", "key"]).save_pretrained(tmp_path)
+    f = tmp_path / "adapter_config.json"
+    cfg = json.loads(f.read_text())
+    cfg["target_modules"] = ["value", "query", "key"]  # as a salted set may list them
+    f.write_text(json.dumps(cfg))
+    _sort_target_modules(f)
+    assert json.loads(f.read_text())["target_modules"] == ["key", "query", "value"]
+    assert LoraConfig.from_pretrained(tmp_path).target_modules == {"key", "query", "value"}

@@ -610,6 +610,20 @@ def test_serialize_failure_without_calibration_points_at_the_log():
 
 # --- the runner's profile selection, without a GPU -------------------------------------------
 
+def test_runner_takes_its_gpu_from_the_device():
+    """cuda:N is the GPU the runner loads and runs on (TensorRT uses the current CUDA device:
+    the runner makes N current around load and inference); cuda is torch's current device,
+    resolved at load; anything else is refused in one line."""
+    from deploy.runner import RunnerError
+    from deploy.trt_runner import TrtRunner
+
+    assert TrtRunner(Path("x.plan"), ("input_ids",), {}, TrtProfile(), "fp16", "cuda:1").index == 1
+    assert TrtRunner(Path("x.plan"), ("input_ids",), {}, TrtProfile(), "fp16", "cuda").index is None
+    for bad in ("cpu", "cuda:x", "cuda:-1"):
+        with pytest.raises(RunnerError, match="the trt backend runs on a CUDA GPU: not a CUDA"):
+            TrtRunner(Path("x.plan"), ("input_ids",), {}, TrtProfile(), "fp16", bad)
+
+
 def test_runner_selects_the_profile_before_setting_shapes():
     from deploy.runner import RunnerError
     from deploy.trt_runner import TrtRunner
