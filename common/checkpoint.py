@@ -28,7 +28,7 @@ def read_recipe(ckpt: Path) -> dict[str, Any]:
 
 def trained_with(meta: dict[str, Any], field: str, default: Any = None) -> Any:
     """A field of the config a checkpoint was trained with (recipe.json's `config` is a tagged
-    recipe: {"type", "version", "fields"})."""
+    recipe: {"type", "fields"})."""
     cfg = meta.get("config")
     fields = cfg.get("fields") if isinstance(cfg, dict) else None
     return fields.get(field, default) if isinstance(fields, dict) else default

@@ -74,9 +74,12 @@ def recipe(cfg: Any) -> dict[str, Any]:
 def from_recipe(cls: type[T], saved: dict[str, Any], where: str = "a saved config") -> T:
     """Rebuild a config from its recipe; a recipe written by other code says so in one line."""
     name = saved.get("type") if isinstance(saved, dict) else None
-    if name != cls.__name__ or not isinstance(saved.get("fields"), dict):
+    if name != cls.__name__:
         raise ConfigError(f"{where} is a {name or 'unknown config'}, not a {cls.__name__}: rebuild "
                           "it with `make engines`")
+    if not isinstance(saved.get("fields"), dict):
+        raise ConfigError(f"{where} is a {cls.__name__} with no fields: rebuild it with "
+                          "`make engines`")
     known = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
              if f.metadata.get("recipe", True)}
     # both directions: a field this code lacks, or one it has that the recipe lacks, means other

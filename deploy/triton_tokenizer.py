@@ -32,7 +32,8 @@ def bucket(longest: int, max_length: int, lengths: tuple[int, ...] | None = None
 
     table = Buckets().length_buckets(max_length) if lengths is None else tuple(lengths)
     if longest > min(max_length, table[-1]):
-        raise BucketError(f"{longest} tokens is longer than the max length {max_length}")
+        raise BucketError(f"{longest} tokens is longer than the largest length bucket "
+                          f"{min(max_length, table[-1])}")
     return next(x for x in table if x >= longest)
 
 
@@ -67,7 +68,8 @@ class TritonPythonModel:
         settings = json.loads((HERE / "settings.json").read_text())
         self.max_length, self.names = settings["max_length"], settings["input_names"]
         self.pad_id, self.pair = settings["pad_id"], settings["pair"]
-        self.lengths = tuple(settings["lengths"])
+        # a repository written before the table was recorded: the default table
+        self.lengths = tuple(settings["lengths"]) if "lengths" in settings else None
         self.check_pairs = check_pairs
         self.tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
         self.tokenizer.no_truncation()  # truncation is done above, as in common.feeds.encode

@@ -8,6 +8,7 @@ rebuilds it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ class TrtRunner(BaseRunner):
 
         super().__init__(variant, input_names, threads=1)
         try:
-            if not device.startswith("cuda"):
+            if not re.fullmatch(r"cuda(:\d+)?", device):
                 raise ValueError(f"not a CUDA device: {device!r} (cuda or cuda:N)")
             # an explicit number now; "cuda" is torch's current device, resolved at load
             self.index: int | None = cuda_index(device) if ":" in device else None

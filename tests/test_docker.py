@@ -99,6 +99,34 @@ def test_pip_installs_resolve_for_each_image(tmp_path):
     assert failed == []
 
 
+def test_gpu_image_pins_accept_its_torch(tmp_path):
+    """The GPU image keeps the container's torch (TORCH_VERSION, held by PIP_CONSTRAINT): every
+    package its installs bring must accept that torch, read from the packages' own metadata
+    (resolving torch itself from PyPI would fetch another build, with its own CUDA wheels)."""
+    import json
+
+    from packaging.requirements import Requirement
+
+    if not _pypi_reachable():
+        pytest.skip("pypi.org is not reachable from here: the pins cannot be resolved")
+    f = REPO / "docker" / "Dockerfile.gpu"
+    torch_version = args_of(f)["TORCH_VERSION"] + ".0"
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    refused = []
+    for i, (cmd, words) in enumerate(resolve_commands(f)):
+        report = tmp_path / f"report-{i}.json"
+        r = subprocess.run([*cmd, "--report", str(report)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, (words, r.stderr[-2000:])
+        for item in json.loads(report.read_text())["install"]:
+            for line in item["metadata"].get("requires_dist") or []:
+                req = Requirement(line)
+                if req.name == "torch" and (req.marker is None or req.marker.evaluate({"extra": ""})) \
+                        and not req.specifier.contains(torch_version, prereleases=True):
+                    refused.append(f"{item['metadata']['name']} needs torch{req.specifier}")
+    assert refused == [], f"the image's torch {torch_version} is refused by: {refused}"
+
+
 def test_a_pin_that_does_not_exist_fails(tmp_path):
     if not _pypi_reachable():
         pytest.skip("pypi.org is not reachable from here")
@@ -155,38 +183,57 @@ def core_pin(name: str) -> str:
     return found[0]
 
 
+def gpu_image_faults(rec: dict, args: dict[str, str], pins: list[str], tested: str) -> list[str]:
+    """What is wrong with the GPU image's wheels, from their recorded metadata (`rec`), the image's
+    ARGs, its GPU pins and the onnxruntime version CI tests (`tested`, pyproject's pin)."""
+    from packaging.specifiers import SpecifierSet
+
+    faults = []
+    if (rec["python"], rec["platform"]) != (args["PYTHON_VERSION"], args["PLATFORM"]):
+        faults.append("the record is for another Python or platform: refresh it")
+    if not pins:
+        faults.append("the GPU image installs no GPU wheel: update GPU_WHEELS")
+    if set(rec["wheels"]) != set(pins):
+        faults.append("the record's pins are not the image's: refresh docker/gpu-wheels.json")
+    for pin in set(pins) & set(rec["wheels"]):
+        meta = rec["wheels"][pin]
+        if not SpecifierSet("==" + pin.split("==", 1)[1]).contains(meta["version"]):
+            faults.append(f"{pin} recorded as {meta['version']}")
+        major = wheel_cuda_major(meta["requires_dist"])
+        if major != int(args["CUDA_MAJOR"]):
+            faults.append(f"{pin} asks for CUDA {major}, the image has CUDA {args['CUDA_MAJOR']}")
+        if pin.startswith("onnxruntime-gpu==") and not SpecifierSet(f"=={tested}").contains(
+                meta["version"]):
+            faults.append(f"the GPU image runs onnxruntime-gpu {meta['version']}, CI tests "
+                          f"onnxruntime {tested}")
+    return faults
+
+
 def test_gpu_wheels_match_the_image_cuda_and_the_tested_onnxruntime():
     """Offline, from the recorded metadata: every GPU wheel the GPU image installs asks for the
     base image's CUDA major, and onnxruntime-gpu is the version CI tests (pyproject's
     onnxruntime pin), so the image makes and scores graphs with the onnxruntime of the tests."""
     import json
 
-    from packaging.specifiers import SpecifierSet
-
-    a = args_of(REPO / "docker" / "Dockerfile.gpu")
     rec = json.loads(WHEELS_FILE.read_text())
-    assert (rec["python"], rec["platform"]) == (a["PYTHON_VERSION"], a["PLATFORM"])
-    pins = gpu_pins()
-    assert pins, "the GPU image installs no GPU wheel: update GPU_WHEELS"
-    assert set(rec["wheels"]) == set(pins), "refresh docker/gpu-wheels.json (see the docstring)"
-    for pin in pins:
-        meta = rec["wheels"][pin]
-        assert SpecifierSet("==" + pin.split("==", 1)[1]).contains(meta["version"]), pin
-        assert wheel_cuda_major(meta["requires_dist"]) == int(a["CUDA_MAJOR"]), pin
-    ort_gpu = rec["wheels"][next(p for p in pins if p.startswith("onnxruntime-gpu=="))]
-    tested = core_pin("onnxruntime").split("==")[1]
-    assert SpecifierSet(f"=={tested}").contains(ort_gpu["version"]), (
-        f"the GPU image runs onnxruntime-gpu {ort_gpu['version']}, CI tests onnxruntime {tested}")
+    assert gpu_image_faults(rec, args_of(REPO / "docker" / "Dockerfile.gpu"), gpu_pins(),
+                            core_pin("onnxruntime").split("==")[1]) == []
 
 
 def test_the_check_catches_a_cuda_12_wheel_and_a_version_apart():
-    """What the offline check compares, on the pin that was here before (onnxruntime-gpu 1.26,
-    CUDA 12, beside a tested 1.32): both of its faults are seen."""
-    from packaging.specifiers import SpecifierSet
-
-    old = ["numpy>=1.21.6", 'nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']
-    assert wheel_cuda_major(old) == 12 != int(args_of(REPO / "docker" / "Dockerfile.gpu")["CUDA_MAJOR"])
-    assert not SpecifierSet("==1.32.*").contains("1.26.0")
+    """The check on what was here before: onnxruntime-gpu 1.26 (CUDA 12) in a CUDA 12 image
+    beside a tested 1.32, and the same wheel in today's CUDA 13 image."""
+    old_pin = "onnxruntime-gpu==1.26.*"
+    rec = {"python": "3.12", "platform": "manylinux_2_28_x86_64", "wheels": {old_pin: {
+        "version": "1.26.0", "requires_dist": ["numpy>=1.21.6",
+                                               'nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']}}}
+    args = {"PYTHON_VERSION": "3.12", "PLATFORM": "manylinux_2_28_x86_64", "CUDA_MAJOR": "12"}
+    assert gpu_image_faults(rec, args, [old_pin], "1.32.*") == [
+        "the GPU image runs onnxruntime-gpu 1.26.0, CI tests onnxruntime 1.32.*"]
+    assert gpu_image_faults(rec, {**args, "CUDA_MAJOR": "13"}, [old_pin], "1.26.*") == [
+        "onnxruntime-gpu==1.26.* asks for CUDA 12, the image has CUDA 13"]
+    assert gpu_image_faults(rec, args, ["onnxruntime-gpu==1.31.*"], "1.26.*") == [
+        "the record's pins are not the image's: refresh docker/gpu-wheels.json"]
 
 
 def read_wheels_from_pypi(tmp_path) -> dict:

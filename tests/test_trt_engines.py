@@ -32,7 +32,7 @@ def test_engine_agrees_with_onnx_runtime(trt_artifacts, data_dir, variant, refer
     if variant == "int8" and int(trt.__version__.split(".")[0]) >= 11:
         pytest.skip("implicit INT8 does not exist in TensorRT 11")
     enc = encode(load_tokenizer(trt_artifacts / "baseline"), load_split(data_dir, "test").texts, 64)
-    with make_runner("trt", variant, trt_artifacts) as t, make_runner("ort", reference, trt_artifacts, threads=1) as o:
+    with make_runner("trt", variant, trt_artifacts, device="cuda") as t, make_runner("ort", reference, trt_artifacts, threads=1) as o:
         a = np.concatenate([t.infer(enc.batch(b, t.input_names)) for b in batches(len(enc), 16)])
         r = np.concatenate([o.infer(enc.batch(b, o.input_names)) for b in batches(len(enc), 16)])
     assert (a.argmax(-1) == r.argmax(-1)).mean() >= min_agreement
@@ -53,7 +53,7 @@ def test_engine_from_another_gpu_is_refused(trt_artifacts, tmp_path):
     m["trt-fp16"]["device"]["compute_capability"] = "1.0"
     (art / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RunnerError, match="compute_capability.*make engines"):
-        make_runner("trt", "fp16", art).load()
+        make_runner("trt", "fp16", art, device="cuda").load()
 
 
 def test_runner_switches_between_the_single_and_batched_profiles(trt_artifacts, data_dir):
@@ -64,7 +64,7 @@ def test_runner_switches_between_the_single_and_batched_profiles(trt_artifacts, 
     texts = load_split(data_dir, "test").texts[:8]
     enc = encode(load_tokenizer(trt_artifacts / "baseline"), texts, 64)
     rows = list(range(len(texts)))
-    with make_runner("trt", "fp32", trt_artifacts) as t:
+    with make_runner("trt", "fp32", trt_artifacts, device="cuda:0") as t:
         assert t.engine.num_optimization_profiles == len(t.profile.profiles()) == 2
         batched = t.infer(enc.batch(rows, t.input_names))
         assert t.active_profile == 1
