@@ -4,8 +4,8 @@ one back, and command-line flags generated one to one from their fields.
 A recipe is `{"type": <class name>, "fields": {...}}`, nested configs tagged the same way; it holds
 every field that decides what a step makes. It carries no version number: what a field means is
 the code's, and the code that builds a step is fingerprinted into the step's key
-(docs/architecture.md), so a recipe read back is only checked to be this class's, field for field. Two kinds of field stay
-out: `run_only` ones (device, threads: how a step runs, not what it makes), and `location` ones
+(docs/architecture.md), so a recipe read back is only checked to be this class's, field for
+field. Two kinds of field stay out: `run_only` ones (device, threads: how a step runs, not what it makes), and `location` ones
 (the data or model to read), whose content goes into the key through the step's inputs (content
 fingerprints), so the same folder spelled two ways (relative, absolute, trailing slash) keys the
 same and a changed file under the same name does not.

@@ -96,8 +96,8 @@ def cuda_index(device: int | str = "cuda") -> int:
     """The GPU number a device names: `cuda:N` -> N; `cuda` -> torch's current device."""
     if isinstance(device, int):
         return device
-    head, _, num = str(device).partition(":")
-    if head != "cuda" or (num and not num.isdigit()):
+    head, colon, num = str(device).partition(":")
+    if head != "cuda" or (colon and not num.isdigit()):
         raise ValueError(f"not a CUDA device: {device!r} (cuda or cuda:N)")
     if num:
         return int(num)

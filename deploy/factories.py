@@ -12,13 +12,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import variants
 from common.buckets import Buckets
 from common.checkpoint import baseline_meta
 from common.manifest import ArtifactError, Manifest
 from common.variants import Variant
+
+if TYPE_CHECKING:
+    from common.trt import TrtProfile
 from deploy.runner import Runner, RunnerError
 
 
@@ -94,6 +97,17 @@ def _torch(r: RunnerRequest) -> Runner:
                        state_dict=r.path)
 
 
+def engine_profile(entry: dict[str, Any], artifact: str) -> TrtProfile:
+    """The optimization profile a TensorRT entry records: the recipe a built engine was built with
+    (its `trt` record, what TrtRunner and the NGC repository read), or the recipe a skipped one
+    would have been built with."""
+    from common.config import from_recipe
+    from common.trt import TrtProfile
+
+    made = entry.get("trt") or entry["recipe"]
+    return from_recipe(TrtProfile, made["fields"]["profile"], f"{artifact}'s profile")
+
+
 def build_buckets(man: Manifest) -> Buckets:
     """The build's one table of (batch, length) buckets: the table its TensorRT profiles were
     made from (`--trt-profile-buckets-*`), which every TensorRT entry records, built or skipped
@@ -101,20 +115,13 @@ def build_buckets(man: Manifest) -> Buckets:
     these shapes and the Triton tokenizer pads to these lengths, so the three cannot drift apart.
     Entries that disagree (engines from two builds) are refused; a build with no TensorRT entry
     (an older one, or --stages without them): the default table."""
-    from common.config import from_recipe
-    from common.trt import TrtProfile
-
     found: dict[Buckets, list[str]] = {}
     for artifact in dict.fromkeys(v.artifact for v in variants.variants() if v.backend == "trt"):
         e = man.entries.get(artifact)
         if e is None:
             continue
-        # a built engine: its seal checked, and the recipe it was built with (what TrtRunner and
-        # the NGC repository read); a skipped one: the recipe it would have been built with
-        e = e if "skipped" in e else man.get(artifact)
-        made = e.get("trt") or e["recipe"]
-        profile = from_recipe(TrtProfile, made["fields"]["profile"], f"{artifact}'s profile")
-        found.setdefault(profile.buckets, []).append(artifact)
+        e = e if "skipped" in e else man.get(artifact)  # a built one: its seal checked
+        found.setdefault(engine_profile(e, artifact).buckets, []).append(artifact)
     if len(found) > 1:
         said = "; ".join(f"{', '.join(names)}: batches {list(b.batches)}, lengths {list(b.lengths)}"
                          for b, names in found.items())
@@ -150,11 +157,8 @@ def _qlora(r: RunnerRequest) -> Runner:
 
 @runner_factory("trt")
 def _trt(r: RunnerRequest) -> Runner:
-    from common.config import from_recipe
-    from common.trt import TrtProfile
     from deploy.trt_runner import TrtRunner
 
-    profile = from_recipe(TrtProfile, r.entry["trt"]["fields"]["profile"],
-                          f"{r.variant.artifact}'s profile")
-    return TrtRunner(r.path, r.input_names, r.entry["device"], profile, r.variant.variant,
+    return TrtRunner(r.path, r.input_names, r.entry["device"],
+                     engine_profile(r.entry, r.variant.artifact), r.variant.variant,
                      device=r.device)

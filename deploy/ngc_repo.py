@@ -17,6 +17,7 @@ length), so requests of different lengths reach the model with equal shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -27,7 +28,7 @@ from common.checkpoint import baseline_meta
 from common.errors import UserError
 from common.manifest import Manifest, atomic_output
 from common.task import Task, task_of
-from deploy.factories import build_buckets, find_variant
+from deploy.factories import build_buckets, engine_profile, find_variant
 from deploy.triton_repo import (
     HERE,
     PROJECT_ROOT,
@@ -63,9 +64,6 @@ def check_request(sc: ServeConfig, man: Manifest, gpu: bool) -> dict[str, Any]:
     path = man.verify(art)
     facts: dict[str, Any] = {"artifact": art, "path": path}
     if sc.backend == "trt":
-        from common.config import from_recipe
-        from common.trt import TrtProfile
-
         if not gpu:
             raise RepoError("TensorRT models run on GPUs only (Triton's tensorrt backend refuses "
                             "KIND_CPU): drop --cpu, or serve an ort variant on CPU")
@@ -74,7 +72,7 @@ def check_request(sc: ServeConfig, man: Manifest, gpu: bool) -> dict[str, Any]:
 
         # the Triton image loads only plans of its own TensorRT version
         check_plan_for_server(str(e.get("device", {}).get("tensorrt")), triton_trt_version(), path)
-        profile = from_recipe(TrtProfile, e["trt"]["fields"]["profile"], f"{art}'s profile")
+        profile = engine_profile(e, art)
         if sc.max_batch > profile.max_batch:
             raise RepoError(f"--max-batch {sc.max_batch} is above the engine's profiles (max batch "
                             f"{profile.max_batch}); the tensorrt backend would refuse the model. "
@@ -174,10 +172,9 @@ def write_tokenizer(pb: Any, tok: Path, artifacts: Path, man: Manifest, sc: Serv
     from common.modelsource import load_tokenizer
 
     pad = load_tokenizer(baseline).pad_token_id
-    lengths = list(buckets.length_buckets(max_length))
     (tok / "1" / "settings.json").write_text(json.dumps(
         {"max_length": max_length, "input_names": names, "pad_id": int(pad or 0), "pair": pair,
-         "lengths": lengths}))
+         "buckets": dataclasses.asdict(buckets)}))
     cfg = pb.ModelConfig(name="tokenizer", backend="python", max_batch_size=sc.max_batch)
     for name in text_inputs(pair):
         cfg.input.add(name=name, data_type=pb.TYPE_STRING, dims=[1])

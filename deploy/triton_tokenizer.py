@@ -10,13 +10,14 @@ special tokens added, truncated to max_length keeping the final token (a pair ta
 Every request of one execute() is padded to the same width, the length bucket of the longest of
 them: Triton's dynamic batcher joins requests downstream only when their shapes are equal, so
 requests of different lengths can share one model execution. The buckets are the build's table
-(settings.json `lengths`, written by deploy/ngc_repo.py from what the build's TensorRT entries
+(settings.json `buckets`, written by deploy/ngc_repo.py from what the build's TensorRT entries
 record: the table the engines' profiles and the CUDA-graph runner use too).
 """
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,17 +25,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "project"))
 
 
-def bucket(longest: int, max_length: int, lengths: tuple[int, ...] | None = None) -> int:
-    """The padded width for a batch whose longest row has `longest` tokens: the first of the
-    build's length buckets (`lengths`, ending at the max length; the default table's where none
-    is given) that holds it."""
-    from common.buckets import BucketError, Buckets
+def bucket(longest: int, max_length: int, table: dict[str, Any] | None = None) -> int:
+    """The padded width for a batch whose longest row has `longest` tokens: its length bucket in
+    the build's table (`table`, common.buckets.Buckets' fields; the default table where none is
+    given)."""
+    from common.buckets import Buckets
 
-    table = Buckets().length_buckets(max_length) if lengths is None else tuple(lengths)
-    if longest > min(max_length, table[-1]):
-        raise BucketError(f"{longest} tokens is longer than the largest length bucket "
-                          f"{min(max_length, table[-1])}")
-    return next(x for x in table if x >= longest)
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in (table or {}).items()}
+    return Buckets(**fields).length_for(longest, max_length)
 
 
 def encode_rows(tokenizer, texts, max_length, pad_id, pairs=None):
@@ -69,7 +68,7 @@ class TritonPythonModel:
         self.max_length, self.names = settings["max_length"], settings["input_names"]
         self.pad_id, self.pair = settings["pad_id"], settings["pair"]
         # a repository written before the table was recorded: the default table
-        self.lengths = tuple(settings["lengths"]) if "lengths" in settings else None
+        self.table = settings.get("buckets")
         self.check_pairs = check_pairs
         self.tokenizer = Tokenizer.from_file(str(HERE / "tokenizer.json"))
         self.tokenizer.no_truncation()  # truncation is done above, as in common.feeds.encode
@@ -94,7 +93,7 @@ class TritonPythonModel:
             encoded[i] = encode_rows(self.tokenizer, texts, self.max_length, self.pad_id, pairs)
         if encoded:
             width = bucket(max(int(e.lengths().max()) for e in encoded.values()), self.max_length,
-                           self.lengths)
+                           self.table)
             for i, enc in encoded.items():
                 feed = enc.batch(list(range(len(enc))), self.names, pad_to=width)
                 responses[i] = pb_utils.InferenceResponse(

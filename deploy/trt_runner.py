@@ -8,7 +8,6 @@ rebuilds it."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ class TrtRunner(BaseRunner):
 
         super().__init__(variant, input_names, threads=1)
         try:
-            if not re.fullmatch(r"cuda(:\d+)?", device):
-                raise ValueError(f"not a CUDA device: {device!r} (cuda or cuda:N)")
             # an explicit number now; "cuda" is torch's current device, resolved at load
-            self.index: int | None = cuda_index(device) if ":" in device else None
+            # (cuda_index refuses anything but cuda or cuda:N)
+            self.index: int | None = None if device == "cuda" else cuda_index(device)
         except ValueError as exc:
             raise RunnerError(f"the trt backend runs on a CUDA GPU: {exc}") from None
         self.device = device

@@ -104,8 +104,9 @@ def fp16_typed_onnx(src: Path, dst: Path) -> dict[str, Any]:
     seen: set[bytes] = set()
     nodes = []
     for n in model.graph.node:
-        if n.SerializeToString() not in seen:
-            seen.add(n.SerializeToString())
+        key = n.SerializeToString()
+        if key not in seen:
+            seen.add(key)
             nodes.append(n)
     del model.graph.node[:]
     model.graph.node.extend(nodes)

@@ -287,12 +287,13 @@ def test_one_bucket_table_from_the_build(tiny_artifacts, tiny_model_dir, data_di
     # the Triton tokenizer: settings carry the table's lengths, and it pads to them
     write_ngc_repo(tmp_path / "ngc", art, ServeConfig(backend="ort", variant="fp32"))
     tok = tmp_path / "ngc" / "tokenizer" / "1"
-    lengths = json.loads((tok / "settings.json").read_text())["lengths"]
-    assert lengths == [8, 24, 48, 64]  # below the max length of 64, then 64
+    saved = json.loads((tok / "settings.json").read_text())["buckets"]
+    assert saved["lengths"] == [8, 24, 48] and saved["batches"] == [1, 4, 16]
     mod_spec = importlib.util.spec_from_file_location("ngc_tokenizer_buckets", tok / "model.py")
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    assert [mod.bucket(n, 64, lengths) for n in (1, 8, 9, 25, 49, 64)] == [8, 8, 24, 48, 64, 64]
+    # below the max length of 64 its buckets, then 64
+    assert [mod.bucket(n, 64, saved) for n in (1, 8, 9, 25, 49, 64)] == [8, 8, 24, 48, 64, 64]
 
     # one TensorRT entry from another table: refused, naming both
     other = next(n for n in man.entries if n.startswith("trt-"))

@@ -619,7 +619,7 @@ def test_runner_takes_its_gpu_from_the_device():
 
     assert TrtRunner(Path("x.plan"), ("input_ids",), {}, TrtProfile(), "fp16", "cuda:1").index == 1
     assert TrtRunner(Path("x.plan"), ("input_ids",), {}, TrtProfile(), "fp16", "cuda").index is None
-    for bad in ("cpu", "cuda:x", "cuda:-1", "cuda0", "cudafoo"):
+    for bad in ("cpu", "cuda:", "cuda:x", "cuda:-1", "cuda0", "cudafoo"):
         with pytest.raises(RunnerError, match="the trt backend runs on a CUDA GPU: not a CUDA"):
             TrtRunner(Path("x.plan"), ("input_ids",), {}, TrtProfile(), "fp16", bad)
 
